@@ -1,0 +1,69 @@
+# berth: `make run` starts it, `make test` tests it. Tools the tests need are
+# installed into $(GOBIN) at pinned versions by `make tools`.
+SHELL := /bin/bash
+GO ?= go
+GOBIN ?= $(shell $(GO) env GOPATH)/bin
+export PATH := $(GOBIN):$(PATH)
+BIN := bin/berth
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+CONFORMANCE_VERSION := v0.0.0-20260831232431-97274622c111
+DISTRIBUTION_VERSION := v3.1.2
+CRANE_VERSION := v0.22.1
+ORAS_VERSION := v1.3.6
+REGCTL_VERSION := v0.11.7
+STATICCHECK_VERSION := 2026.1
+
+.PHONY: run build test unit race fuzz conformance mirror-e2e e2e bench bench-smoke lint tools clean
+
+run: build
+	./$(BIN) serve --addr :5000 --data ./data
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/berth
+
+## test: everything CI runs: vet, unit tests under -race, short fuzzing, the
+## OCI conformance suite against a real `berth serve`, and the mirror e2e.
+test: lint race fuzz conformance mirror-e2e bench-smoke
+
+unit:
+	$(GO) test ./...
+
+race:
+	$(GO) test -race -count=1 ./...
+
+FUZZTIME ?= 5s
+fuzz:
+	@for f in FuzzParseRequest FuzzParseDigest FuzzParseRange FuzzValidName; do \
+	  pkg=$$(grep -rl "func $$f(" --include='*_test.go' . | xargs -n1 dirname | head -1); \
+	  echo "fuzz $$f in $$pkg"; \
+	  $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
+
+tools:
+	@bash .ci/install-tools.sh
+
+conformance: build tools
+	@bash .ci/conformance.sh full
+
+mirror-e2e: build tools
+	@bash .ci/mirror-e2e.sh
+
+e2e: build tools
+	@bash .ci/e2e.sh
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./proxy/
+
+bench-smoke:
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./proxy/
+
+lint:
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+	@if command -v staticcheck >/dev/null; then staticcheck ./...; else echo "staticcheck not installed (make tools)"; fi
+
+clean:
+	rm -rf bin

@@ -1,0 +1,248 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// FetchFunc opens the upstream stream of a blob. The stream must resume by
+// itself if it is cut (package upstream does); its context is the fill's,
+// detached from every client.
+type FetchFunc func(ctx context.Context) (io.ReadCloser, error)
+
+// ErrFillFailed is what readers of a fill see when it was cut off or its
+// content failed verification: they must not treat what they read as whole.
+var ErrFillFailed = errors.New("upstream fill failed")
+
+// Fill is one download of a blob from an upstream into the store, shared by
+// every client that asks for the blob while it runs. Readers stream from the
+// staging file as it grows.
+type Fill struct {
+	Digest digest.Digest
+	Size   int64
+
+	file *os.File // staging file, written by the fill goroutine only
+
+	mu      sync.Mutex
+	written int64
+	done    bool
+	err     error
+	changed chan struct{} // closed and replaced on every change
+	repos   map[string]string
+}
+
+// FillResult reports how a fill ended, for metrics and logs.
+type FillResult struct {
+	Digest digest.Digest
+	Bytes  int64
+	Err    error
+}
+
+// Fill returns the in-flight fill of blob d, starting one with fetch if there
+// is none. joined is false for the caller that started it. Once the fill is
+// verified and committed, repo is linked to the blob (with origin naming the
+// upstream), as is every repository of a later joiner. onDone, if set, is
+// called once when the fill ends.
+func (s *Store) Fill(d digest.Digest, size int64, repo, origin string, fetch FetchFunc, onDone func(FillResult)) (f *Fill, joined bool, err error) {
+	s.fillMu.Lock()
+	defer s.fillMu.Unlock()
+	if f, ok := s.fills[d]; ok {
+		f.AddRepo(repo, origin)
+		return f, true, nil
+	}
+	if s.ctx.Err() != nil {
+		return nil, false, fmt.Errorf("store closed: %w", s.ctx.Err())
+	}
+	file, err := s.createStaging()
+	if err != nil {
+		return nil, false, err
+	}
+	f = &Fill{Digest: d, Size: size, file: file, changed: make(chan struct{}), repos: map[string]string{repo: origin}}
+	s.fills[d] = f
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		n, err := s.runFill(f, fetch)
+		if onDone != nil {
+			onDone(FillResult{Digest: d, Bytes: n, Err: err})
+		}
+	}()
+	return f, false, nil
+}
+
+// InFlight returns the fill of d in progress, or nil.
+func (s *Store) InFlight(d digest.Digest) *Fill {
+	s.fillMu.Lock()
+	defer s.fillMu.Unlock()
+	return s.fills[d]
+}
+
+// AddRepo asks for repo to be linked to the blob when the fill commits.
+func (f *Fill) AddRepo(repo, origin string) {
+	f.mu.Lock()
+	f.repos[repo] = origin
+	f.mu.Unlock()
+}
+
+// runFill copies the upstream stream into the staging file, hashing as it
+// goes, then verifies, commits and links, or discards everything.
+func (s *Store) runFill(f *Fill, fetch FetchFunc) (int64, error) {
+	var n int64
+	err := func() error {
+		rc, err := fetch(s.ctx)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		// Closing the store aborts the download, whoever opened it.
+		stop := context.AfterFunc(s.ctx, func() { rc.Close() })
+		defer stop()
+		h := f.Digest.Algorithm().Hash()
+		buf := make([]byte, 256<<10)
+		for {
+			m, rerr := rc.Read(buf)
+			if m > 0 {
+				if n+int64(m) > f.Size {
+					return fmt.Errorf("%w: upstream sent more than %d bytes", ErrSizeMismatch, f.Size)
+				}
+				if _, err := f.file.Write(buf[:m]); err != nil {
+					return err
+				}
+				h.Write(buf[:m])
+				n += int64(m)
+				f.progress(n)
+			}
+			if rerr == io.EOF {
+				return s.finishFill(f, h, n)
+			}
+			if rerr != nil {
+				return rerr
+			}
+		}
+	}()
+	s.fillMu.Lock()
+	delete(s.fills, f.Digest)
+	s.fillMu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("%w: %w", ErrFillFailed, err)
+		s.log.Warn().Err(err).Str("digest", f.Digest.String()).Int64("bytes", n).Msg("fill discarded")
+	}
+	f.finish(err)
+	cleanupStaging(f.file)
+	return n, err
+}
+
+func (s *Store) finishFill(f *Fill, h hash.Hash, n int64) error {
+	if n != f.Size {
+		return fmt.Errorf("%w: upstream sent %d bytes, want %d", ErrSizeMismatch, n, f.Size)
+	}
+	if got := digest.NewDigest(f.Digest.Algorithm(), h); got != f.Digest {
+		return fmt.Errorf("%w: upstream content hashes to %s", ErrDigestMismatch, got)
+	}
+	if err := s.commitFile(f.file, f.Digest, n); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	repos := f.repos
+	f.repos = map[string]string{}
+	f.mu.Unlock()
+	for repo, origin := range repos {
+		if err := s.Link(repo, origin, f.Digest); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (f *Fill) progress(n int64) {
+	f.mu.Lock()
+	f.written = n
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+}
+
+func (f *Fill) finish(err error) {
+	f.mu.Lock()
+	f.done, f.err = true, err
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+}
+
+// Wait blocks until the fill ends and returns its error.
+func (f *Fill) Wait(ctx context.Context) error {
+	for {
+		f.mu.Lock()
+		done, err, ch := f.done, f.err, f.changed
+		f.mu.Unlock()
+		if done {
+			return err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// NewReader returns a reader of the blob from offset on, which blocks until
+// the bytes it needs have arrived. It returns io.EOF only once the whole blob
+// has been verified, and ErrFillFailed if the fill fails. ctx ends the wait
+// of a reader whose client went away.
+func (f *Fill) NewReader(ctx context.Context, offset int64) (io.ReadCloser, error) {
+	file, err := os.Open(f.file.Name())
+	if err != nil {
+		// The fill already ended and the staging file is gone (committed
+		// or discarded); the caller retries from the store.
+		return nil, fmt.Errorf("%w: %w", ErrFillFailed, err)
+	}
+	return &fillReader{f: f, file: file, off: offset, ctx: ctx}, nil
+}
+
+type fillReader struct {
+	f    *Fill
+	file *os.File
+	off  int64
+	ctx  context.Context
+}
+
+func (r *fillReader) Read(p []byte) (int, error) {
+	for {
+		r.f.mu.Lock()
+		written, done, err, ch := r.f.written, r.f.done, r.f.err, r.f.changed
+		r.f.mu.Unlock()
+		if err != nil {
+			return 0, err
+		}
+		if r.off < written {
+			if int64(len(p)) > written-r.off {
+				p = p[:written-r.off]
+			}
+			n, err := r.file.ReadAt(p, r.off)
+			r.off += int64(n)
+			if err == io.EOF && n > 0 {
+				err = nil
+			}
+			return n, err
+		}
+		if done {
+			return 0, io.EOF
+		}
+		select {
+		case <-ch:
+		case <-r.ctx.Done():
+			return 0, r.ctx.Err()
+		}
+	}
+}
+
+func (r *fillReader) Close() error { return r.file.Close() }

@@ -1,0 +1,84 @@
+// Package cache owns berth's bytes on disk and their Badger index: blobs by
+// digest (manifests included), per-repository links, manifests, tags with
+// their freshness, uploads in progress, referrers, and the in-flight fills
+// that stream a blob from an upstream to many readers at once.
+//
+// It knows nothing of HTTP; package proxy speaks the protocol and calls it.
+//
+// # Layout
+//
+// Files under the data directory:
+//
+//	<data>/blobs/<alg>/<hex[0:2]>/<hex>  immutable, verified content (manifests too)
+//	<data>/ingest/<id>                   staging: pushes in progress and upstream fills
+//	<data>/meta/                         the Badger index
+//
+// A file appears under blobs/ only by rename(2) from ingest/ after its size
+// and digest were verified and it was fsynced, so a crash at any point leaves
+// either the whole verified blob or nothing.
+//
+// Badger keys, one prefix a kind ("\x00" separates a repository name from
+// what follows, since names never contain it):
+//
+//	b/<digest>                  blobRecord: size; the blob file exists
+//	l/<repo>\x00<digest>        link: <repo> may read blob <digest>
+//	m/<repo>\x00<digest>        manifestRecord: media type, size, subject, artifact type
+//	t/<repo>\x00<tag>           tagRecord: digest and when it was fetched or pushed
+//	r/<repo>\x00<subject>\x00<digest>  referrer descriptor (OCI 1.1 subject)
+//	u/<id>                      uploadRecord: repository and committed offset
+//	n/<repo>                    repoRecord: the repository exists (catalog)
+//
+// Every key is built by one function, key, and pinned by a table test.
+package cache
+
+import (
+	"path/filepath"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Key prefixes, one per kind of record.
+const (
+	kindBlob     = "b/"
+	kindLink     = "l/"
+	kindManifest = "m/"
+	kindTag      = "t/"
+	kindReferrer = "r/"
+	kindUpload   = "u/"
+	kindRepo     = "n/"
+)
+
+const sep = "\x00"
+
+// key builds a Badger key of the given kind from its parts.
+func key(kind string, parts ...string) []byte {
+	n := len(kind)
+	for _, p := range parts {
+		n += len(p) + 1
+	}
+	b := make([]byte, 0, n)
+	b = append(b, kind...)
+	for i, p := range parts {
+		if i > 0 {
+			b = append(b, sep...)
+		}
+		b = append(b, p...)
+	}
+	return b
+}
+
+// prefix is key with a trailing separator, for iterating one repository's records.
+func prefix(kind string, parts ...string) []byte {
+	return append(key(kind, parts...), sep...)
+}
+
+// blobPath is where a verified blob lives.
+func blobPath(root string, d digest.Digest) string {
+	hex := d.Encoded()
+	return filepath.Join(root, "blobs", d.Algorithm().String(), hex[:2], hex)
+}
+
+// ingestPath is the staging file of an upload or fill.
+func ingestPath(root, id string) string {
+	return filepath.Join(root, "ingest", id)
+}

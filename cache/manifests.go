@@ -1,0 +1,175 @@
+package cache
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+func jsonBytes(v any) ([]byte, error) { return json.Marshal(v) }
+
+// PutManifest stores a manifest body (already validated by the caller) in
+// repo, records its referrer entry when it has a subject, and points tag at
+// it when tag is not empty. fetchedAt stamps the tag's freshness.
+func (s *Store) PutManifest(repo, origin string, m ManifestRecord, body []byte, tag string, fetchedAt time.Time) error {
+	if _, err := s.StatBlob(m.Digest); err != nil {
+		if err := s.PutBlob(repo, origin, m.Digest, int64(len(body)), bytes.NewReader(body)); err != nil {
+			return err
+		}
+	}
+	s.manifests.Add(m.Digest, body)
+	return s.update(func(txn *badger.Txn) error {
+		if err := ensureRepo(txn, repo, origin); err != nil {
+			return err
+		}
+		if err := txn.Set(key(kindLink, repo, m.Digest.String()), nil); err != nil {
+			return err
+		}
+		if err := setJSON(txn, key(kindManifest, repo, m.Digest.String()), m); err != nil {
+			return err
+		}
+		if m.Subject != "" {
+			if err := setJSON(txn, key(kindReferrer, repo, m.Subject.String(), m.Digest.String()), m); err != nil {
+				return err
+			}
+		}
+		if tag != "" {
+			return setJSON(txn, key(kindTag, repo, tag), TagRecord{Digest: m.Digest, FetchedAt: fetchedAt})
+		}
+		return nil
+	})
+}
+
+// Manifest returns the record of manifest d in repo, or ErrNotFound.
+func (s *Store) Manifest(repo string, d digest.Digest) (ManifestRecord, error) {
+	var m ManifestRecord
+	err := s.db.View(func(txn *badger.Txn) error { return getJSON(txn, key(kindManifest, repo, d.String()), &m) })
+	return m, err
+}
+
+// ManifestBody returns the bytes of a stored manifest.
+func (s *Store) ManifestBody(d digest.Digest) ([]byte, error) {
+	if b, ok := s.manifests.Get(d); ok {
+		return b, nil
+	}
+	b, err := os.ReadFile(blobPath(s.root, d))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.manifests.Add(d, b)
+	return b, nil
+}
+
+// Tag returns what tag points at in repo, or ErrNotFound.
+func (s *Store) Tag(repo, tag string) (TagRecord, error) {
+	var t TagRecord
+	err := s.db.View(func(txn *badger.Txn) error { return getJSON(txn, key(kindTag, repo, tag), &t) })
+	return t, err
+}
+
+// SetTag points tag in repo at d, stamped with fetchedAt.
+func (s *Store) SetTag(repo, tag string, d digest.Digest, fetchedAt time.Time) error {
+	return s.update(func(txn *badger.Txn) error {
+		return setJSON(txn, key(kindTag, repo, tag), TagRecord{Digest: d, FetchedAt: fetchedAt})
+	})
+}
+
+// DeleteTag removes a tag; ErrNotFound if there was none.
+func (s *Store) DeleteTag(repo, tag string) error {
+	return s.update(func(txn *badger.Txn) error {
+		k := key(kindTag, repo, tag)
+		if _, err := txn.Get(k); errors.Is(err, badger.ErrKeyNotFound) {
+			return ErrNotFound
+		}
+		return txn.Delete(k)
+	})
+}
+
+// Tags lists repo's tags in lexical order after last, at most n (n <= 0: all).
+func (s *Store) Tags(repo string, n int, last string) (tags []string, more bool, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
+		tags, more = listKeys(txn, prefix(kindTag, repo), last, n)
+		return nil
+	})
+	return tags, more, err
+}
+
+// DeleteManifest removes manifest d from repo with every tag pointing at it
+// and its referrer entry; ErrNotFound if repo did not hold it.
+func (s *Store) DeleteManifest(repo string, d digest.Digest) error {
+	return s.update(func(txn *badger.Txn) error {
+		var m ManifestRecord
+		if err := getJSON(txn, key(kindManifest, repo, d.String()), &m); err != nil {
+			return err
+		}
+		var dead [][]byte
+		p := prefix(kindTag, repo)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: p, PrefetchValues: true})
+		for it.Rewind(); it.Valid(); it.Next() {
+			var t TagRecord
+			if err := it.Item().Value(func(b []byte) error { return json.Unmarshal(b, &t) }); err == nil && t.Digest == d {
+				dead = append(dead, it.Item().KeyCopy(nil))
+			}
+		}
+		it.Close()
+		dead = append(dead, key(kindManifest, repo, d.String()), key(kindLink, repo, d.String()))
+		if m.Subject != "" {
+			dead = append(dead, key(kindReferrer, repo, m.Subject.String(), d.String()))
+		}
+		for _, k := range dead {
+			if err := txn.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Referrers lists the manifests in repo whose subject is d, filtered by
+// artifactType when it is not empty.
+func (s *Store) Referrers(repo string, d digest.Digest, artifactType string) ([]ocispec.Descriptor, error) {
+	out := []ocispec.Descriptor{}
+	err := s.db.View(func(txn *badger.Txn) error {
+		p := prefix(kindReferrer, repo, d.String())
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: p, PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var m ManifestRecord
+			if err := it.Item().Value(func(b []byte) error { return json.Unmarshal(b, &m) }); err != nil {
+				return err
+			}
+			if artifactType != "" && m.ArtifactType != artifactType {
+				continue
+			}
+			out = append(out, ocispec.Descriptor{MediaType: m.MediaType, Digest: m.Digest, Size: m.Size,
+				ArtifactType: m.ArtifactType, Annotations: m.Annotations})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// ReposWithPrefix reports whether any repository name starts with p; used
+// to keep pushes from shadowing mirrored content.
+func (s *Store) ReposWithPrefix(p string) (bool, error) {
+	found := false
+	err := s.db.View(func(txn *badger.Txn) error {
+		kp := key(kindRepo, p)
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: kp})
+		defer it.Close()
+		it.Rewind()
+		found = it.Valid() && strings.HasPrefix(string(it.Item().Key()), string(kp))
+		return nil
+	})
+	return found, err
+}

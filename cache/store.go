@@ -1,0 +1,384 @@
+package cache
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/opencontainers/go-digest"
+	"github.com/rs/zerolog"
+)
+
+// Sentinel errors returned by Store methods; match them with errors.Is.
+var (
+	ErrNotFound       = errors.New("not found")
+	ErrUploadUnknown  = errors.New("upload unknown")
+	ErrDigestMismatch = errors.New("digest mismatch")
+	ErrSizeMismatch   = errors.New("size mismatch")
+	ErrOffset         = errors.New("upload offset mismatch")
+)
+
+// Options tune a Store.
+type Options struct {
+	Logger zerolog.Logger
+	// UploadTTL is how long an idle upload is kept; zero means 24 hours.
+	UploadTTL time.Duration
+	// ManifestCacheEntries bounds the in-memory manifest body cache.
+	ManifestCacheEntries int
+}
+
+// Store is the content-addressed blob store and its Badger index.
+// It is safe for concurrent use.
+type Store struct {
+	root string
+	db   *badger.DB
+	log  zerolog.Logger
+	opts Options
+
+	sizes     *lru.Cache[digest.Digest, int64]  // hot blob sizes
+	manifests *lru.Cache[digest.Digest, []byte] // hot manifest bodies
+
+	uploadMu sync.Map // upload id -> *sync.Mutex; serialises writers of one upload
+
+	fillMu sync.Mutex
+	fills  map[digest.Digest]*Fill
+	ctx    context.Context // parent of every fill: detached from clients, ended by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Open opens (creating if needed) the store under root.
+func Open(root string, opts Options) (*Store, error) {
+	if opts.UploadTTL == 0 {
+		opts.UploadTTL = 24 * time.Hour
+	}
+	if opts.ManifestCacheEntries == 0 {
+		opts.ManifestCacheEntries = 1024
+	}
+	for _, d := range []string{"blobs", "ingest", "meta"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return nil, fmt.Errorf("create data directory: %w", err)
+		}
+	}
+	bopts := badger.DefaultOptions(filepath.Join(root, "meta")).
+		WithLogger(badgerLogger{opts.Logger}).
+		WithNumVersionsToKeep(1).
+		WithValueLogFileSize(64 << 20).
+		WithMemTableSize(16 << 20).
+		WithNumMemtables(2).
+		WithBlockCacheSize(16 << 20).
+		WithIndexCacheSize(8 << 20).
+		WithCompactL0OnClose(true)
+	db, err := badger.Open(bopts)
+	if err != nil {
+		return nil, fmt.Errorf("open index %s: %w", bopts.Dir, err)
+	}
+	sizes, _ := lru.New[digest.Digest, int64](65536)
+	mans, _ := lru.New[digest.Digest, []byte](opts.ManifestCacheEntries)
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Store{root: root, db: db, log: opts.Logger, opts: opts, sizes: sizes, manifests: mans,
+		fills: map[digest.Digest]*Fill{}, ctx: ctx, cancel: cancel}
+	return s, nil
+}
+
+// Close stops in-flight fills and closes the index cleanly.
+func (s *Store) Close() error {
+	s.cancel()
+	s.wg.Wait()
+	return s.db.Close()
+}
+
+// Root is the data directory.
+func (s *Store) Root() string { return s.root }
+
+// --- records -----------------------------------------------------------------
+
+type blobRecord struct {
+	Size int64 `json:"size"`
+}
+
+// ManifestRecord describes a manifest stored in a repository.
+type ManifestRecord struct {
+	Digest       digest.Digest     `json:"digest"`
+	MediaType    string            `json:"mediaType"`
+	Size         int64             `json:"size"`
+	ArtifactType string            `json:"artifactType,omitempty"`
+	Subject      digest.Digest     `json:"subject,omitempty"`
+	Annotations  map[string]string `json:"annotations,omitempty"`
+}
+
+// TagRecord is what a tag points at and when that was last confirmed.
+type TagRecord struct {
+	Digest    digest.Digest `json:"digest"`
+	FetchedAt time.Time     `json:"fetchedAt"`
+}
+
+type uploadRecord struct {
+	Repo    string    `json:"repo"`
+	Offset  int64     `json:"offset"`
+	Started time.Time `json:"started"`
+}
+
+// RepoRecord marks a repository as existing; Origin is "" for a local
+// (pushed) repository or the name of the upstream it mirrors.
+type RepoRecord struct {
+	Origin string `json:"origin,omitempty"`
+}
+
+func getJSON(txn *badger.Txn, k []byte, v any) error {
+	item, err := txn.Get(k)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return ErrNotFound
+	}
+	if err != nil {
+		return err
+	}
+	return item.Value(func(b []byte) error { return json.Unmarshal(b, v) })
+}
+
+func setJSON(txn *badger.Txn, k []byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return txn.Set(k, b)
+}
+
+// update runs fn in a read-write transaction, retrying on conflicts.
+func (s *Store) update(fn func(txn *badger.Txn) error) error {
+	for {
+		err := s.db.Update(fn)
+		if !errors.Is(err, badger.ErrConflict) {
+			return err
+		}
+	}
+}
+
+// --- repositories ------------------------------------------------------------
+
+// Repository reports whether repo exists and where it came from.
+func (s *Store) Repository(repo string) (RepoRecord, error) {
+	var r RepoRecord
+	err := s.db.View(func(txn *badger.Txn) error { return getJSON(txn, key(kindRepo, repo), &r) })
+	return r, err
+}
+
+// EnsureRepository records repo as existing with the given origin, if it
+// is not known yet.
+func (s *Store) EnsureRepository(repo, origin string) error {
+	return s.update(func(txn *badger.Txn) error { return ensureRepo(txn, repo, origin) })
+}
+
+func ensureRepo(txn *badger.Txn, repo, origin string) error {
+	if _, err := txn.Get(key(kindRepo, repo)); err == nil {
+		return nil
+	}
+	return setJSON(txn, key(kindRepo, repo), RepoRecord{Origin: origin})
+}
+
+// Repositories lists repository names in lexical order after last, at most
+// n of them (n <= 0: all). more reports whether there are others after them.
+func (s *Store) Repositories(n int, last string) (names []string, more bool, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
+		names, more = listKeys(txn, []byte(kindRepo), last, n)
+		return nil
+	})
+	return names, more, err
+}
+
+// listKeys lists the suffixes after p of keys greater than p+last, up to n.
+func listKeys(txn *badger.Txn, p []byte, last string, n int) ([]string, bool) {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: p})
+	defer it.Close()
+	start := p
+	if last != "" {
+		start = append(append([]byte{}, p...), last...)
+		start = append(start, 0) // strictly after last
+	}
+	out := []string{}
+	for it.Seek(start); it.ValidForPrefix(p); it.Next() {
+		if n > 0 && len(out) == n {
+			return out, true
+		}
+		out = append(out, string(it.Item().Key()[len(p):]))
+	}
+	return out, false
+}
+
+// --- blobs -------------------------------------------------------------------
+
+// StatBlob returns the size of a stored blob, or ErrNotFound.
+func (s *Store) StatBlob(d digest.Digest) (int64, error) {
+	if n, ok := s.sizes.Get(d); ok {
+		return n, nil
+	}
+	var r blobRecord
+	if err := s.db.View(func(txn *badger.Txn) error { return getJSON(txn, key(kindBlob, d.String()), &r) }); err != nil {
+		return 0, err
+	}
+	s.sizes.Add(d, r.Size)
+	return r.Size, nil
+}
+
+// Linked reports whether repo may read blob d (and d is stored).
+func (s *Store) Linked(repo string, d digest.Digest) (bool, error) {
+	err := s.db.View(func(txn *badger.Txn) error {
+		_, err := txn.Get(key(kindLink, repo, d.String()))
+		return err
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// StatRepoBlob is StatBlob for a blob that repo may read; ErrNotFound otherwise.
+func (s *Store) StatRepoBlob(repo string, d digest.Digest) (int64, error) {
+	ok, err := s.Linked(repo, d)
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		return 0, ErrNotFound
+	}
+	return s.StatBlob(d)
+}
+
+// OpenBlob opens a stored blob for reading.
+func (s *Store) OpenBlob(d digest.Digest) (*os.File, error) {
+	f, err := os.Open(blobPath(s.root, d))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, ErrNotFound
+	}
+	return f, err
+}
+
+// Link lets repo read the stored blob d, creating the repository record with
+// origin if needed. It fails with ErrNotFound if the blob is not stored.
+func (s *Store) Link(repo, origin string, d digest.Digest) error {
+	if _, err := s.StatBlob(d); err != nil {
+		return err
+	}
+	return s.update(func(txn *badger.Txn) error {
+		if err := ensureRepo(txn, repo, origin); err != nil {
+			return err
+		}
+		return txn.Set(key(kindLink, repo, d.String()), nil)
+	})
+}
+
+// Unlink removes repo's access to blob d; ErrNotFound if it had none.
+func (s *Store) Unlink(repo string, d digest.Digest) error {
+	return s.update(func(txn *badger.Txn) error {
+		k := key(kindLink, repo, d.String())
+		if _, err := txn.Get(k); errors.Is(err, badger.ErrKeyNotFound) {
+			return ErrNotFound
+		} else if err != nil {
+			return err
+		}
+		return txn.Delete(k)
+	})
+}
+
+// commitFile moves a verified staging file into the blob store and indexes it.
+// The caller has verified size and digest; commitFile fsyncs and renames.
+func (s *Store) commitFile(f *os.File, d digest.Digest, size int64) error {
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync staging file: %w", err)
+	}
+	dst := blobPath(s.root, d)
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), dst); err != nil {
+		return fmt.Errorf("commit blob: %w", err)
+	}
+	if err := syncDir(filepath.Dir(dst)); err != nil {
+		return err
+	}
+	return s.indexBlob(d, size)
+}
+
+func (s *Store) indexBlob(d digest.Digest, size int64) error {
+	if err := s.update(func(txn *badger.Txn) error {
+		return setJSON(txn, key(kindBlob, d.String()), blobRecord{Size: size})
+	}); err != nil {
+		return err
+	}
+	s.sizes.Add(d, size)
+	return nil
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+// PutBlob stores content read from r, verifying it against d (and size, if
+// size >= 0), and links it to repo. It streams through a staging file.
+func (s *Store) PutBlob(repo, origin string, d digest.Digest, size int64, r io.Reader) error {
+	if _, err := s.StatBlob(d); err == nil {
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			return err
+		}
+		return s.Link(repo, origin, d)
+	}
+	f, err := s.createStaging()
+	if err != nil {
+		return err
+	}
+	defer cleanupStaging(f)
+	v := d.Verifier()
+	n, err := io.Copy(io.MultiWriter(f, v), r)
+	if err != nil {
+		return err
+	}
+	if size >= 0 && n != size {
+		return fmt.Errorf("%w: got %d bytes, want %d", ErrSizeMismatch, n, size)
+	}
+	if !v.Verified() {
+		return ErrDigestMismatch
+	}
+	if err := s.commitFile(f, d, n); err != nil {
+		return err
+	}
+	return s.Link(repo, origin, d)
+}
+
+func (s *Store) createStaging() (*os.File, error) {
+	return os.OpenFile(ingestPath(s.root, newID()), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+}
+
+// cleanupStaging closes f and removes it if it was not committed.
+func cleanupStaging(f *os.File) {
+	f.Close()
+	os.Remove(f.Name()) // after a commit the name no longer exists: harmless
+}
+
+func newID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// badgerLogger routes Badger's logs to zerolog, keeping only warnings and errors.
+type badgerLogger struct{ l zerolog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Error().Str("component", "badger").Msgf(f, a...) }
+func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn().Str("component", "badger").Msgf(f, a...) }
+func (b badgerLogger) Infof(string, ...any)        {}
+func (b badgerLogger) Debugf(string, ...any)       {}

@@ -1,0 +1,156 @@
+// Command berth is a pull-through caching mirror for container registries
+// and a private OCI registry in one endpoint.
+//
+//	berth serve [--config berth.yaml] [--addr :5000] [--data ./data]
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/berth-dev/berth/cache"
+	"github.com/berth-dev/berth/proxy"
+	"github.com/berth-dev/berth/upstream"
+	"github.com/mattn/go-isatty"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "berth:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: berth <command> [flags]
+
+commands:
+  serve     run the registry and mirror (berth serve --help for flags)
+  version   print the version`
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func run(args []string) error {
+	if len(args) == 0 {
+		return errors.New(usage)
+	}
+	switch args[0] {
+	case "serve":
+		cfg, err := loadConfig(args[1:], os.Getenv)
+		if err != nil {
+			return err
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return serve(ctx, cfg, nil)
+	case "version", "--version":
+		fmt.Println("berth", version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Println(usage)
+		return nil
+	}
+	return fmt.Errorf("unknown command %q\n%s", args[0], usage)
+}
+
+func newLogger(cfg Config) zerolog.Logger {
+	level, _ := zerolog.ParseLevel(cfg.LogLevel)
+	format := cfg.LogFormat
+	if format == "" {
+		format = "json"
+		if isatty.IsTerminal(os.Stderr.Fd()) {
+			format = "console"
+		}
+	}
+	var l zerolog.Logger
+	if format == "console" {
+		l = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.TimeOnly})
+	} else {
+		l = zerolog.New(os.Stderr)
+	}
+	return l.Level(level).With().Timestamp().Logger()
+}
+
+// serve runs berth until ctx ends. ready, if set, receives the bound address.
+func serve(ctx context.Context, cfg Config, ready chan<- string) error {
+	log := newLogger(cfg)
+	store, err := cache.Open(cfg.Data, cache.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := store.Close(); err != nil {
+			log.Error().Err(err).Msg("closing the index")
+		}
+	}()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	router := &proxy.Router{Local: cfg.Local, Offline: cfg.Offline, Store: store}
+	for _, u := range cfg.Upstreams {
+		c, err := upstream.New(upstream.Config{Name: u.Name, URL: u.URL, Username: u.Username, Password: u.Password,
+			ResponseHeaderTimeout: u.Timeout}, upstream.WithLogger(log.With().Str("upstream", u.Name).Logger()))
+		if err != nil {
+			return fmt.Errorf("upstream %s: %w", u.Name, err)
+		}
+		router.Mirrors = append(router.Mirrors, &proxy.Mirror{Client: c, Default: u.Default, TagTTL: u.TagTTL.Duration,
+			KeepOnNotFound: u.KeepOnNotFound, Aliases: u.Aliases})
+	}
+	api := proxy.New(proxy.Options{Store: store, Router: router, Logger: log, Registerer: reg,
+		MaxManifestSize: cfg.MaxManifestBytes, PrefetchConcurrency: cfg.Prefetch})
+	mux := http.NewServeMux()
+	mux.Handle("/v2/", api)
+	mux.Handle("/v2", api)
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if ctx.Err() != nil {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("addr: %w", err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: nil}
+	names := make([]string, 0, len(cfg.Upstreams))
+	for _, u := range cfg.Upstreams {
+		names = append(names, u.Name)
+	}
+	log.Info().Str("addr", ln.Addr().String()).Str("data", cfg.Data).Strs("upstreams", names).
+		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Str("version", version).Msg("berth serving")
+	if ready != nil {
+		ready <- ln.Addr().String()
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info().Dur("timeout", cfg.ShutdownTimeout).Msg("shutting down: finishing in-flight requests")
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	err = g.Wait()
+	log.Info().Msg("stopped")
+	return err
+}

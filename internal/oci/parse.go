@@ -1,0 +1,97 @@
+package oci
+
+import (
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Media types berth reads or writes.
+const (
+	MediaTypeOCIManifest    = "application/vnd.oci.image.manifest.v1+json"
+	MediaTypeOCIIndex       = "application/vnd.oci.image.index.v1+json"
+	MediaTypeDockerManifest = "application/vnd.docker.distribution.manifest.v2+json"
+	MediaTypeDockerList     = "application/vnd.docker.distribution.manifest.list.v2+json"
+	MediaTypeDockerSchema1  = "application/vnd.docker.distribution.manifest.v1+json"
+	MediaTypeDockerSchema1S = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+	MediaTypeEmptyJSON      = "application/vnd.oci.empty.v1+json"
+)
+
+// ManifestAccept is the Accept header value that asks a registry for every
+// manifest kind berth understands.
+var ManifestAccept = strings.Join([]string{MediaTypeOCIIndex, MediaTypeOCIManifest, MediaTypeDockerList, MediaTypeDockerManifest}, ", ")
+
+// MaxNameLength bounds a repository name, as distribution does.
+const MaxNameLength = 255
+
+var (
+	nameComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$`)
+	tagPattern    = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
+)
+
+// ValidName reports whether name is a valid repository name: slash-separated
+// lower-case components, at most MaxNameLength bytes. It rejects "..", empty
+// components and anything that could escape a path.
+func ValidName(name string) bool {
+	if name == "" || len(name) > MaxNameLength {
+		return false
+	}
+	for c := range strings.SplitSeq(name, "/") {
+		if !nameComponent.MatchString(c) {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidTag reports whether s is a valid tag.
+func ValidTag(s string) bool { return tagPattern.MatchString(s) }
+
+// ParseDigest parses and validates a digest, accepting the algorithms berth
+// stores (sha256 and sha512). Any failure is a DIGEST_INVALID *Error.
+func ParseDigest(s string) (digest.Digest, error) {
+	d, err := digest.Parse(s)
+	if err != nil {
+		return "", Errorf(CodeDigestInvalid, "invalid digest %q", truncate(s))
+	}
+	if a := d.Algorithm(); a != digest.SHA256 && a != digest.SHA512 {
+		return "", Errorf(CodeDigestInvalid, "unsupported digest algorithm %q", a)
+	}
+	return d, nil
+}
+
+// IsDigest reports whether a manifest reference looks like a digest rather
+// than a tag (tags cannot contain ':').
+func IsDigest(ref string) bool { return strings.Contains(ref, ":") }
+
+// ParseRange parses a single HTTP byte range "bytes=a-b" or a Content-Range
+// "a-b" (with or without the "bytes " prefix) into its inclusive bounds.
+// It does not accept suffix or multi-part ranges; ok is false for anything
+// malformed.
+func ParseRange(s string) (start, end int64, ok bool) {
+	s = strings.TrimSpace(s)
+	s = strings.TrimPrefix(s, "bytes=")
+	s = strings.TrimPrefix(s, "bytes ")
+	if i := strings.IndexByte(s, '/'); i >= 0 {
+		s = s[:i]
+	}
+	a, b, found := strings.Cut(s, "-")
+	if !found || a == "" || b == "" {
+		return 0, 0, false
+	}
+	start, err1 := strconv.ParseInt(a, 10, 64)
+	end, err2 := strconv.ParseInt(b, 10, 64)
+	if err1 != nil || err2 != nil || start < 0 || end < start {
+		return 0, 0, false
+	}
+	return start, end, true
+}
+
+func truncate(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
+}

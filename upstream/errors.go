@@ -1,0 +1,173 @@
+package upstream
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"unicode"
+)
+
+// Sentinel errors returned (wrapped) by Client methods. Match them with
+// errors.Is; the concrete error is usually an *Error carrying details.
+var (
+	// ErrNotFound means the upstream does not have the manifest, blob or
+	// repository (HTTP 404 or a MANIFEST_UNKNOWN / BLOB_UNKNOWN /
+	// NAME_UNKNOWN error code).
+	ErrNotFound = errors.New("not found")
+	// ErrDenied means the upstream refused access even after the
+	// authentication dance was attempted (HTTP 401/403).
+	ErrDenied = errors.New("access denied")
+	// ErrRateLimited means the upstream answered HTTP 429.
+	ErrRateLimited = errors.New("rate limited")
+	// ErrUnavailable means the upstream could not be reached or failed:
+	// connection errors, timeouts, HTTP 5xx.
+	ErrUnavailable = errors.New("upstream unavailable")
+	// ErrDigestMismatch means content received from the upstream does not
+	// match the digest it was requested by or advertised with.
+	ErrDigestMismatch = errors.New("digest mismatch")
+	// ErrTooLarge means a manifest exceeded MaxManifestSize.
+	ErrTooLarge = errors.New("manifest too large")
+	// ErrUnexpectedResponse means the upstream answered something that does
+	// not follow the distribution protocol (unexpected status, malformed
+	// body or headers, inconsistent Content-Range, ...).
+	ErrUnexpectedResponse = errors.New("unexpected upstream response")
+	// ErrInvalidArgument means the caller passed an invalid repository name,
+	// reference or digest; no request was sent.
+	ErrInvalidArgument = errors.New("invalid argument")
+)
+
+// IsUnavailable reports whether err means the upstream is (temporarily)
+// unable to serve: ErrUnavailable or ErrRateLimited. Callers use it to
+// decide to serve stale cached content instead of failing.
+func IsUnavailable(err error) bool {
+	return errors.Is(err, ErrUnavailable) || errors.Is(err, ErrRateLimited)
+}
+
+// Error describes a failed upstream operation. It wraps one of the sentinel
+// errors (Kind) and, when there is one, the underlying cause (Err), so both
+// can be matched with errors.Is / errors.As.
+//
+// Error never contains credentials or tokens: those are only ever carried in
+// request headers, which are not part of any field.
+type Error struct {
+	Upstream string // Config.Name of the upstream
+	Op       string // what was attempted, e.g. "GET manifest library/alpine:latest"
+	Status   int    // HTTP status, 0 when no response was received
+	Code     string // first error code from the upstream's error body, if any
+	Message  string // upstream's error message or local detail, truncated
+	Kind     error  // one of the sentinel errors
+	Err      error  // underlying cause, may be nil
+}
+
+// Error implements the error interface.
+func (e *Error) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "upstream %s: %s: ", e.Upstream, e.Op)
+	if e.Status != 0 {
+		fmt.Fprintf(&b, "status %d", e.Status)
+		if e.Code != "" || e.Message != "" {
+			b.WriteString(" (")
+			b.WriteString(e.Code)
+			if e.Code != "" && e.Message != "" {
+				b.WriteString(": ")
+			}
+			b.WriteString(e.Message)
+			b.WriteString(")")
+		}
+		b.WriteString(": ")
+	} else if e.Message != "" {
+		b.WriteString(e.Message)
+		b.WriteString(": ")
+	}
+	if e.Kind != nil {
+		b.WriteString(e.Kind.Error())
+	}
+	if e.Err != nil {
+		b.WriteString(": ")
+		b.WriteString(e.Err.Error())
+	}
+	return b.String()
+}
+
+// Unwrap exposes both the sentinel kind and the cause to errors.Is/As.
+func (e *Error) Unwrap() []error {
+	errs := make([]error, 0, 2)
+	if e.Kind != nil {
+		errs = append(errs, e.Kind)
+	}
+	if e.Err != nil {
+		errs = append(errs, e.Err)
+	}
+	return errs
+}
+
+// newError builds an *Error for this client.
+func (c *Client) newError(op string, kind error, msg string, cause error) *Error {
+	return &Error{Upstream: c.name, Op: op, Kind: kind, Message: msg, Err: cause}
+}
+
+// maxErrorBody bounds how much of an error response body is read; error
+// bodies are small JSON documents and we must not buffer arbitrary data.
+const maxErrorBody = 64 << 10
+
+// maxMessageLen bounds the upstream message copied into errors so logs stay
+// readable even if an upstream returns a whole HTML page.
+const maxMessageLen = 200
+
+// ociErrors is the distribution-spec error body.
+type ociErrors struct {
+	Errors []struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"errors"`
+}
+
+// statusError converts a non-success response into an *Error, reading (a
+// bounded part of) and closing its body.
+func (c *Client) statusError(op string, resp *http.Response) *Error {
+	defer resp.Body.Close()
+	e := &Error{Upstream: c.name, Op: op, Status: resp.StatusCode}
+	if resp.Request == nil || resp.Request.Method != http.MethodHead {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+		var oe ociErrors
+		if json.Unmarshal(body, &oe) == nil && len(oe.Errors) > 0 {
+			e.Code = sanitize(oe.Errors[0].Code)
+			e.Message = sanitize(oe.Errors[0].Message)
+		}
+	}
+	e.Kind = classify(resp.StatusCode, e.Code)
+	return e
+}
+
+// classify maps an HTTP status and distribution error code to a sentinel.
+func classify(status int, code string) error {
+	switch {
+	case status == http.StatusUnauthorized || status == http.StatusForbidden || code == "DENIED" || code == "UNAUTHORIZED":
+		return ErrDenied
+	case status == http.StatusTooManyRequests || code == "TOOMANYREQUESTS":
+		return ErrRateLimited
+	case status >= 500:
+		return ErrUnavailable
+	case status == http.StatusNotFound || code == "MANIFEST_UNKNOWN" || code == "BLOB_UNKNOWN" || code == "NAME_UNKNOWN":
+		return ErrNotFound
+	default:
+		return ErrUnexpectedResponse
+	}
+}
+
+// sanitize makes upstream-provided text safe and short for error strings.
+func sanitize(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > maxMessageLen {
+		s = strings.ToValidUTF8(s[:maxMessageLen], "") + "..."
+	}
+	return strings.TrimSpace(s)
+}
