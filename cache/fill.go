@@ -77,6 +77,10 @@ func (s *Store) Fill(d digest.Digest, size int64, repo, origin string, fetch Fet
 	return f, false, nil
 }
 
+// Context is the parent of upstream downloads that fill the store: it is
+// detached from every client and ends when the store is closed.
+func (s *Store) Context() context.Context { return s.ctx }
+
 // InFlight returns the fill of d in progress, or nil.
 func (s *Store) InFlight(d digest.Digest) *Fill {
 	s.fillMu.Lock()
@@ -101,9 +105,6 @@ func (s *Store) runFill(f *Fill, fetch FetchFunc) (int64, error) {
 			return err
 		}
 		defer rc.Close()
-		// Closing the store aborts the download, whoever opened it.
-		stop := context.AfterFunc(s.ctx, func() { rc.Close() })
-		defer stop()
 		h := f.Digest.Algorithm().Hash()
 		buf := make([]byte, 256<<10)
 		for {

@@ -67,6 +67,12 @@ func (m *mirror) serve(w http.ResponseWriter, r *http.Request, req Request, t Ta
 // client that happened to start it, keeping its logger.
 func upstreamCtx(r *http.Request) context.Context { return context.WithoutCancel(r.Context()) }
 
+// fillCtx is the context of a blob download: the store's (so closing the
+// store ends it, and no client does) with the request's logger.
+func (m *mirror) fillCtx(r *http.Request) context.Context {
+	return zerolog.Ctx(r.Context()).WithContext(m.h.store.Context())
+}
+
 func (m *mirror) offline(t Target) bool { return m.h.router.Offline }
 
 // --- manifests ---------------------------------------------------------------
@@ -215,7 +221,7 @@ func (m *mirror) prefetchBlobs(r *http.Request, t Target, body []byte) {
 			descs = append(descs, manifestDesc{l.Digest, l.Size})
 		}
 	}
-	ctx := upstreamCtx(r)
+	ctx := m.fillCtx(r)
 	go func() {
 		for _, d := range descs {
 			if d.digest.Validate() != nil {
@@ -286,7 +292,7 @@ func (m *mirror) blob(w http.ResponseWriter, r *http.Request, t Target, d digest
 		return nil
 	}
 	m.h.metrics.cache.WithLabelValues("blob", "miss").Inc()
-	f, err := m.startFill(upstreamCtx(r), t, d)
+	f, err := m.startFill(m.fillCtx(r), t, d)
 	if err != nil {
 		if errors.Is(err, upstream.ErrNotFound) {
 			m.negative.Add(key, struct{}{})

@@ -139,7 +139,7 @@ func (rt *Router) Route(req Request, r *http.Request) (Target, error) {
 	}
 	t := mirrored(def, req.Repo)
 	if write {
-		if t.Repo != req.Repo {
+		if t.Repo != req.Repo || strings.HasPrefix(req.Repo, "library/") {
 			return Target{}, oci.Errorf(oci.CodeDenied, "%s is a %s official image name and cannot be pushed here; push under a namespace such as team/%s", req.Repo, def.Client.Name(), req.Repo)
 		}
 		if _, err := rt.Store.Repository(t.StoreRepo); err == nil {

@@ -253,21 +253,28 @@ func (b *blobReader) Read(p []byte) (int, error) {
 	}
 }
 
-// resume re-requests the rest of the blob from b.pos.
+// resume re-requests the rest of the blob from b.pos. A resumption whose
+// request fails as unavailable (including a stream that breaks while
+// skipping bytes of a 200 answer) uses up another resumption.
 func (b *blobReader) resume() error {
-	if b.resumes >= b.c.retries {
-		return b.c.newError(b.req.op, ErrUnavailable,
-			fmt.Sprintf("stream broken at byte %d of %d after %d resumptions", b.pos, b.size, b.resumes), b.cause)
+	for {
+		if b.resumes >= b.c.retries {
+			return b.c.newError(b.req.op, ErrUnavailable,
+				fmt.Sprintf("stream broken at byte %d of %d after %d resumptions", b.pos, b.size, b.resumes), b.cause)
+		}
+		b.resumes++
+		b.c.log.Debug().Str("upstream", b.c.name).Str("op", b.req.op).Int64("offset", b.pos).
+			Int64("size", b.size).Int("resume", b.resumes).AnErr("cause", b.cause).Msg("resuming blob download")
+		body, _, err := b.c.openBlob(b.ctx, b.req, b.repo, b.dgst, b.pos, b.size)
+		if err == nil {
+			b.body = body
+			return nil
+		}
+		if !errors.Is(err, ErrUnavailable) || b.ctx.Err() != nil {
+			return err
+		}
+		b.cause = err
 	}
-	b.resumes++
-	b.c.log.Debug().Str("upstream", b.c.name).Str("op", b.req.op).Int64("offset", b.pos).
-		Int64("size", b.size).Int("resume", b.resumes).AnErr("cause", b.cause).Msg("resuming blob download")
-	body, _, err := b.c.openBlob(b.ctx, b.req, b.repo, b.dgst, b.pos, b.size)
-	if err != nil {
-		return err
-	}
-	b.body = body
-	return nil
 }
 
 // Close implements io.Closer.
