@@ -8,12 +8,7 @@ BIN := bin/berth
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-CONFORMANCE_VERSION := v0.0.0-20260831232431-97274622c111
-DISTRIBUTION_VERSION := v3.1.2
-CRANE_VERSION := v0.22.1
-ORAS_VERSION := v1.3.6
-REGCTL_VERSION := v0.11.7
-STATICCHECK_VERSION := 2026.1
+# Tool versions are pinned in .ci/install-tools.sh.
 
 .PHONY: run build test unit race fuzz conformance mirror-e2e e2e bench bench-smoke lint tools clean
 
@@ -24,8 +19,9 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/berth
 
 ## test: everything CI runs: vet, unit tests under -race, short fuzzing, the
-## OCI conformance suite against a real `berth serve`, and the mirror e2e.
-test: lint race fuzz conformance mirror-e2e bench-smoke
+## OCI conformance suite against a real `berth serve`, the mirror e2e, every
+## real client (skipped with a reason where one cannot run; required in CI).
+test: lint race fuzz conformance mirror-e2e e2e bench-smoke
 
 unit:
 	$(GO) test ./...
@@ -53,11 +49,15 @@ mirror-e2e: build tools
 e2e: build tools
 	@bash .ci/e2e.sh
 
-bench:
-	$(GO) test -run '^$$' -bench . -benchtime 3x ./proxy/
+## bench: berth against distribution's registry (plain and as a proxy) and
+## nginx, on loopback; prints the table, writes bench/results/latest.* and
+## the latest run into docs/benchmarks.md. ~10 minutes on 2 cores.
+bench: build
+	$(GO) run ./bench -berth $(BIN)
 
-bench-smoke:
+bench-smoke: build
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./proxy/
+	$(GO) run ./bench -smoke -berth $(BIN)
 
 lint:
 	$(GO) vet ./...

@@ -88,7 +88,69 @@ func Open(root string, opts Options) (*Store, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{root: root, db: db, log: opts.Logger, opts: opts, sizes: sizes, manifests: mans,
 		fills: map[digest.Digest]*Fill{}, ctx: ctx, cancel: cancel}
+	if err := s.CleanIngest(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.wg.Add(1)
+	go s.janitor()
 	return s, nil
+}
+
+// CleanIngest removes staging files that no live upload owns: fills cut
+// short by a crash or a stop, and uploads whose record expired. A fill in
+// progress in this process is kept.
+func (s *Store) CleanIngest() error {
+	entries, err := os.ReadDir(filepath.Join(s.root, "ingest"))
+	if err != nil {
+		return fmt.Errorf("read staging directory: %w", err)
+	}
+	live := map[string]bool{}
+	s.fillMu.Lock()
+	for _, f := range s.fills {
+		live[filepath.Base(f.file.Name())] = true
+	}
+	s.fillMu.Unlock()
+	removed := 0
+	for _, e := range entries {
+		id := e.Name()
+		if live[id] {
+			continue
+		}
+		err := s.db.View(func(txn *badger.Txn) error {
+			_, err := txn.Get(key(kindUpload, id))
+			return err
+		})
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			if os.Remove(filepath.Join(s.root, "ingest", id)) == nil {
+				removed++
+			}
+		}
+	}
+	if removed > 0 {
+		s.log.Info().Int("files", removed).Msg("removed abandoned staging files")
+	}
+	return nil
+}
+
+// janitor periodically drops expired staging files and lets Badger
+// reclaim value-log space, until the store closes.
+func (s *Store) janitor() {
+	defer s.wg.Done()
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+			if err := s.CleanIngest(); err != nil {
+				s.log.Warn().Err(err).Msg("cleaning staging files")
+			}
+			for s.db.RunValueLogGC(0.5) == nil {
+			}
+		}
+	}
 }
 
 // Close stops in-flight fills and closes the index cleanly.
