@@ -105,7 +105,7 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 		dec := yaml.NewDecoder(bytes.NewReader(b))
 		dec.KnownFields(true)
 		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) { // an empty file is fine
-			return cfg, fmt.Errorf("config %s: %w", *configPath, err)
+			return cfg, fmt.Errorf("config %s: %s", *configPath, oneLine(err))
 		}
 	}
 	// Environment.
@@ -231,4 +231,11 @@ func (c *Config) validate(getenv func(string) string) error {
 		return errors.New("upstreams: more than one has default: true")
 	}
 	return nil
+}
+
+// oneLine flattens yaml's multi-line errors so start-up fails with one line.
+func oneLine(err error) string {
+	msg := strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n")
+	fields := strings.Fields(strings.ReplaceAll(msg, "\n", "; "))
+	return strings.Join(fields, " ")
 }
