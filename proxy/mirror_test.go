@@ -532,3 +532,94 @@ func dumpRequests(t *testing.T, up *upstreamtest.Registry) {
 		t.Logf("%s %s %s range=%q status=%d", r.Method, r.Kind, r.Path, r.Header.Get("Range"), r.Status)
 	}
 }
+
+// After a manifest miss the layers fill in the background; the client's
+// own blob requests join those fills, so each blob is downloaded once.
+func TestPrefetchDoesNotDownloadTwice(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{Auth: upstreamtest.AuthBearer})
+	client, err := upstream.New(upstream.Config{Name: "docker.io", URL: up.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := cache.Open(t.TempDir(), cache.Options{Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	router := &proxy.Router{Store: st, Mirrors: []*proxy.Mirror{{Client: client, Default: true, TagTTL: time.Hour}}}
+	srv := httptest.NewServer(proxy.New(proxy.Options{Store: st, Router: router, Logger: zerolog.Nop(), PrefetchConcurrency: 2}))
+	t.Cleanup(func() { srv.Close(); st.Close() })
+	e := &env{up: up, store: st, srv: srv}
+
+	img := up.AddImage("library/app", "1.0", 6, 256<<10)
+	if resp, _ := e.get(t, context.Background(), http.MethodGet, manifestPath("app", "1.0"), acceptAll...); resp.StatusCode != 200 {
+		t.Fatalf("manifest: %d", resp.StatusCode)
+	}
+	for _, d := range append([]digest.Digest{img.Config}, img.Layers...) {
+		if resp, _ := e.get(t, context.Background(), http.MethodGet, "/v2/app/blobs/"+d.String()); resp.StatusCode != 200 {
+			t.Fatalf("blob %s: %d", d, resp.StatusCode)
+		}
+	}
+	if got, want := up.CountAuthorized(http.MethodGet, upstreamtest.KindBlob), len(img.Layers)+1; got != want {
+		t.Errorf("upstream blob GETs = %d, want %d (one per blob)", got, want)
+	}
+}
+
+// Tag listing of a mirrored repository comes from the upstream with its
+// pagination; the Link header points back at berth.
+func TestMirroredTagListPagination(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{auth: upstreamtest.AuthBearer, ttl: time.Hour})
+	for _, tag := range []string{"a", "b", "c", "d", "e"} {
+		e.up.AddImage("library/app", tag, 1, 16)
+	}
+	var all []string
+	next := "/v2/app/tags/list?n=2"
+	for pages := 0; next != ""; pages++ {
+		if pages > 5 {
+			t.Fatal("pagination does not end")
+		}
+		resp, b := e.get(t, context.Background(), http.MethodGet, next)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %d %s", next, resp.StatusCode, b)
+		}
+		var tl struct{ Tags []string }
+		if err := json.Unmarshal(b, &tl); err != nil {
+			t.Fatal(err)
+		}
+		if len(tl.Tags) > 2 {
+			t.Fatalf("page of %d tags with n=2", len(tl.Tags))
+		}
+		all = append(all, tl.Tags...)
+		next = ""
+		if link := resp.Header.Get("Link"); link != "" {
+			next = link[1:strings.Index(link, ">")]
+		}
+	}
+	if strings.Join(all, ",") != "a,b,c,d,e" {
+		t.Errorf("tags over all pages = %v", all)
+	}
+}
+
+// A tag the upstream deleted disappears, unless keep_on_not_found; a 429
+// serves the cached tag.
+func TestUpstreamTagGoneAndRateLimited(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{ttl: 0})
+	img := e.up.AddImage("library/app", "1.0", 1, 64)
+	e.get(t, context.Background(), http.MethodGet, manifestPath("app", "1.0"), acceptAll...)
+
+	e.up.FailNext(http.StatusTooManyRequests, 1)
+	resp, b := e.get(t, context.Background(), http.MethodGet, manifestPath("app", "1.0"), acceptAll...)
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(b, img.ManifestBody) {
+		t.Fatalf("429 upstream: %d, want the cached manifest", resp.StatusCode)
+	}
+
+	other := newEnv(t, envOptions{ttl: 0})
+	other.up.AddImage("library/app", "1.0", 1, 64)
+	other.get(t, context.Background(), http.MethodGet, manifestPath("app", "1.0"), acceptAll...)
+	other.up.FailNext(http.StatusNotFound, 1)
+	if resp, _ := other.get(t, context.Background(), http.MethodGet, manifestPath("app", "1.0"), acceptAll...); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("tag deleted upstream: %d, want 404", resp.StatusCode)
+	}
+}
