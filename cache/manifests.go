@@ -25,7 +25,7 @@ func (s *Store) PutManifest(repo, origin string, m ManifestRecord, body []byte, 
 		}
 	}
 	s.manifests.Add(m.Digest, body)
-	return s.update(func(txn *badger.Txn) error {
+	return s.update(func(txn *wtxn) error {
 		if err := ensureRepo(txn, repo, origin); err != nil {
 			return err
 		}
@@ -50,7 +50,7 @@ func (s *Store) PutManifest(repo, origin string, m ManifestRecord, body []byte, 
 // Manifest returns the record of manifest d in repo, or ErrNotFound.
 func (s *Store) Manifest(repo string, d digest.Digest) (ManifestRecord, error) {
 	var m ManifestRecord
-	err := s.db.View(func(txn *badger.Txn) error { return getJSON(txn, key(kindManifest, repo, d.String()), &m) })
+	err := s.cachedGet(key(kindManifest, repo, d.String()), &m)
 	return m, err
 }
 
@@ -73,20 +73,20 @@ func (s *Store) ManifestBody(d digest.Digest) ([]byte, error) {
 // Tag returns what tag points at in repo, or ErrNotFound.
 func (s *Store) Tag(repo, tag string) (TagRecord, error) {
 	var t TagRecord
-	err := s.db.View(func(txn *badger.Txn) error { return getJSON(txn, key(kindTag, repo, tag), &t) })
+	err := s.cachedGet(key(kindTag, repo, tag), &t)
 	return t, err
 }
 
 // SetTag points tag in repo at d, stamped with fetchedAt.
 func (s *Store) SetTag(repo, tag string, d digest.Digest, fetchedAt time.Time) error {
-	return s.update(func(txn *badger.Txn) error {
+	return s.update(func(txn *wtxn) error {
 		return setJSON(txn, key(kindTag, repo, tag), TagRecord{Digest: d, FetchedAt: fetchedAt})
 	})
 }
 
 // DeleteTag removes a tag; ErrNotFound if there was none.
 func (s *Store) DeleteTag(repo, tag string) error {
-	return s.update(func(txn *badger.Txn) error {
+	return s.update(func(txn *wtxn) error {
 		k := key(kindTag, repo, tag)
 		if _, err := txn.Get(k); errors.Is(err, badger.ErrKeyNotFound) {
 			return ErrNotFound
@@ -107,7 +107,7 @@ func (s *Store) Tags(repo string, n int, last string) (tags []string, more bool,
 // DeleteManifest removes manifest d from repo with every tag pointing at it
 // and its referrer entry; ErrNotFound if repo did not hold it.
 func (s *Store) DeleteManifest(repo string, d digest.Digest) error {
-	return s.update(func(txn *badger.Txn) error {
+	return s.update(func(txn *wtxn) error {
 		var m ManifestRecord
 		if err := getJSON(txn, key(kindManifest, repo, d.String()), &m); err != nil {
 			return err

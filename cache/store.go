@@ -48,6 +48,14 @@ type Store struct {
 	sizes     *lru.Cache[digest.Digest, int64]  // hot blob sizes
 	manifests *lru.Cache[digest.Digest, []byte] // hot manifest bodies
 
+	// hot caches index values (repositories, tags, manifests, links) by
+	// key, so a warm request does not reach Badger. hotMu orders cache
+	// fills against writes: a write holds it exclusively while it commits
+	// and evicts the keys it touched, so a reader can never put back a
+	// value older than the last write.
+	hot   *lru.Cache[string, []byte]
+	hotMu sync.RWMutex
+
 	uploadMu sync.Map // upload id -> *sync.Mutex; serialises writers of one upload
 
 	fillMu sync.Mutex
@@ -85,8 +93,9 @@ func Open(root string, opts Options) (*Store, error) {
 	}
 	sizes, _ := lru.New[digest.Digest, int64](65536)
 	mans, _ := lru.New[digest.Digest, []byte](opts.ManifestCacheEntries)
+	hot, _ := lru.New[string, []byte](65536)
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Store{root: root, db: db, log: opts.Logger, opts: opts, sizes: sizes, manifests: mans,
+	s := &Store{root: root, db: db, log: opts.Logger, opts: opts, sizes: sizes, manifests: mans, hot: hot,
 		fills: map[digest.Digest]*Fill{}, ctx: ctx, cancel: cancel}
 	if err := s.CleanIngest(); err != nil {
 		db.Close()
@@ -197,7 +206,12 @@ type RepoRecord struct {
 	Origin string `json:"origin,omitempty"`
 }
 
-func getJSON(txn *badger.Txn, k []byte, v any) error {
+// getter is a read-only or read-write transaction.
+type getter interface {
+	Get(key []byte) (*badger.Item, error)
+}
+
+func getJSON(txn getter, k []byte, v any) error {
 	item, err := txn.Get(k)
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return ErrNotFound
@@ -208,7 +222,7 @@ func getJSON(txn *badger.Txn, k []byte, v any) error {
 	return item.Value(func(b []byte) error { return json.Unmarshal(b, v) })
 }
 
-func setJSON(txn *badger.Txn, k []byte, v any) error {
+func setJSON(txn *wtxn, k []byte, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -216,14 +230,79 @@ func setJSON(txn *badger.Txn, k []byte, v any) error {
 	return txn.Set(k, b)
 }
 
-// update runs fn in a read-write transaction, retrying on conflicts.
-func (s *Store) update(fn func(txn *badger.Txn) error) error {
+// wtxn is a read-write transaction that remembers the keys it writes, so
+// that update can evict them from the hot cache.
+type wtxn struct {
+	*badger.Txn
+	touched []string
+}
+
+func (t *wtxn) Set(k, v []byte) error {
+	t.touched = append(t.touched, string(k))
+	return t.Txn.Set(k, v)
+}
+
+func (t *wtxn) SetEntry(e *badger.Entry) error {
+	t.touched = append(t.touched, string(e.Key))
+	return t.Txn.SetEntry(e)
+}
+
+func (t *wtxn) Delete(k []byte) error {
+	t.touched = append(t.touched, string(k))
+	return t.Txn.Delete(k)
+}
+
+// update runs fn in a read-write transaction, retrying on conflicts, and
+// evicts every key it wrote from the hot cache.
+func (s *Store) update(fn func(txn *wtxn) error) error {
+	s.hotMu.Lock()
+	defer s.hotMu.Unlock()
 	for {
-		err := s.db.Update(fn)
+		var touched []string
+		err := s.db.Update(func(txn *badger.Txn) error {
+			w := &wtxn{Txn: txn}
+			err := fn(w)
+			touched = w.touched
+			return err
+		})
+		for _, k := range touched {
+			s.hot.Remove(k)
+		}
 		if !errors.Is(err, badger.ErrConflict) {
 			return err
 		}
 	}
+}
+
+// cachedGet reads the JSON value of k (nil v: existence only) through the
+// hot cache; ErrNotFound if there is none. Absent keys are not cached.
+func (s *Store) cachedGet(k []byte, v any) error {
+	b, ok := s.hot.Get(string(k))
+	if !ok {
+		s.hotMu.RLock()
+		err := s.db.View(func(txn *badger.Txn) error {
+			item, err := txn.Get(k)
+			if errors.Is(err, badger.ErrKeyNotFound) {
+				return ErrNotFound
+			}
+			if err != nil {
+				return err
+			}
+			b, err = item.ValueCopy(nil)
+			return err
+		})
+		if err == nil {
+			s.hot.Add(string(k), b)
+		}
+		s.hotMu.RUnlock()
+		if err != nil {
+			return err
+		}
+	}
+	if v == nil {
+		return nil
+	}
+	return json.Unmarshal(b, v)
 }
 
 // --- repositories ------------------------------------------------------------
@@ -231,17 +310,17 @@ func (s *Store) update(fn func(txn *badger.Txn) error) error {
 // Repository reports whether repo exists and where it came from.
 func (s *Store) Repository(repo string) (RepoRecord, error) {
 	var r RepoRecord
-	err := s.db.View(func(txn *badger.Txn) error { return getJSON(txn, key(kindRepo, repo), &r) })
+	err := s.cachedGet(key(kindRepo, repo), &r)
 	return r, err
 }
 
 // EnsureRepository records repo as existing with the given origin, if it
 // is not known yet.
 func (s *Store) EnsureRepository(repo, origin string) error {
-	return s.update(func(txn *badger.Txn) error { return ensureRepo(txn, repo, origin) })
+	return s.update(func(txn *wtxn) error { return ensureRepo(txn, repo, origin) })
 }
 
-func ensureRepo(txn *badger.Txn, repo, origin string) error {
+func ensureRepo(txn *wtxn, repo, origin string) error {
 	if _, err := txn.Get(key(kindRepo, repo)); err == nil {
 		return nil
 	}
@@ -294,11 +373,8 @@ func (s *Store) StatBlob(d digest.Digest) (int64, error) {
 
 // Linked reports whether repo may read blob d (and d is stored).
 func (s *Store) Linked(repo string, d digest.Digest) (bool, error) {
-	err := s.db.View(func(txn *badger.Txn) error {
-		_, err := txn.Get(key(kindLink, repo, d.String()))
-		return err
-	})
-	if errors.Is(err, badger.ErrKeyNotFound) {
+	err := s.cachedGet(key(kindLink, repo, d.String()), nil)
+	if errors.Is(err, ErrNotFound) {
 		return false, nil
 	}
 	return err == nil, err
@@ -331,7 +407,7 @@ func (s *Store) Link(repo, origin string, d digest.Digest) error {
 	if _, err := s.StatBlob(d); err != nil {
 		return err
 	}
-	return s.update(func(txn *badger.Txn) error {
+	return s.update(func(txn *wtxn) error {
 		if err := ensureRepo(txn, repo, origin); err != nil {
 			return err
 		}
@@ -341,7 +417,7 @@ func (s *Store) Link(repo, origin string, d digest.Digest) error {
 
 // Unlink removes repo's access to blob d; ErrNotFound if it had none.
 func (s *Store) Unlink(repo string, d digest.Digest) error {
-	return s.update(func(txn *badger.Txn) error {
+	return s.update(func(txn *wtxn) error {
 		k := key(kindLink, repo, d.String())
 		if _, err := txn.Get(k); errors.Is(err, badger.ErrKeyNotFound) {
 			return ErrNotFound
@@ -372,7 +448,7 @@ func (s *Store) commitFile(f *os.File, d digest.Digest, size int64) error {
 }
 
 func (s *Store) indexBlob(d digest.Digest, size int64) error {
-	if err := s.update(func(txn *badger.Txn) error {
+	if err := s.update(func(txn *wtxn) error {
 		return setJSON(txn, key(kindBlob, d.String()), blobRecord{Size: size})
 	}); err != nil {
 		return err

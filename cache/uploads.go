@@ -37,7 +37,7 @@ func (s *Store) NewUpload(repo string) (Upload, error) {
 }
 
 func (s *Store) putUpload(id string, rec uploadRecord) error {
-	return s.update(func(txn *badger.Txn) error {
+	return s.update(func(txn *wtxn) error {
 		b, err := jsonBytes(rec)
 		if err != nil {
 			return err
@@ -193,6 +193,6 @@ func (s *Store) CancelUpload(repo, id string) error {
 }
 
 func (s *Store) dropUpload(id string) {
-	_ = s.update(func(txn *badger.Txn) error { return txn.Delete(key(kindUpload, id)) })
+	_ = s.update(func(txn *wtxn) error { return txn.Delete(key(kindUpload, id)) })
 	s.uploadMu.Delete(id)
 }

@@ -82,8 +82,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else if req.Kind == KindBase {
 		ev = log.Debug() // clients ping /v2/ before everything: keep it out of the info log
 	}
-	ev.Str("kind", req.Kind.String()).Str("repo", req.Repo).Str("ref", req.Reference).
-		Str("route", t.String()).Int("status", rw.status).Int64("bytes", rw.bytes).
+	ev = ev.Str("kind", req.Kind.String()).Str("repo", req.Repo).Str("ref", req.Reference)
+	if ns := r.URL.Query().Get("ns"); ns != "" {
+		ev = ev.Str("ns", ns)
+	}
+	if dg := w.Header().Get("Docker-Content-Digest"); dg != "" {
+		ev = ev.Str("digest", dg)
+	}
+	ev.Str("route", t.String()).Int("status", rw.status).Int64("bytes", rw.bytes).
 		Dur("duration", d).Msg("request")
 }
 

@@ -19,6 +19,8 @@ import (
 // Config is berth's configuration. Precedence: flag > environment > file > default.
 type Config struct {
 	Addr      string           `yaml:"addr"`
+	// DebugAddr, when set, serves net/http/pprof there (keep it on loopback).
+	DebugAddr string `yaml:"debug_addr"`
 	Data      string           `yaml:"data"`
 	LogLevel  string           `yaml:"log_level"`
 	LogFormat string           `yaml:"log_format"`
@@ -112,7 +114,7 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	if v := getenv("REGISTRY_HTTP_ADDR"); v != "" {
 		cfg.Addr = v
 	}
-	envStr := map[string]*string{"BERTH_ADDR": &cfg.Addr, "BERTH_DATA": &cfg.Data,
+	envStr := map[string]*string{"BERTH_ADDR": &cfg.Addr, "BERTH_DEBUG_ADDR": &cfg.DebugAddr, "BERTH_DATA": &cfg.Data,
 		"BERTH_LOG_LEVEL": &cfg.LogLevel, "BERTH_LOG_FORMAT": &cfg.LogFormat}
 	for k, p := range envStr {
 		if v := getenv(k); v != "" {
@@ -155,6 +157,11 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 func (c *Config) validate(getenv func(string) string) error {
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		return fmt.Errorf("addr: invalid listen address %q (want host:port or :port)", c.Addr)
+	}
+	if c.DebugAddr != "" {
+		if _, _, err := net.SplitHostPort(c.DebugAddr); err != nil {
+			return fmt.Errorf("debug_addr: invalid listen address %q", c.DebugAddr)
+		}
 	}
 	if c.Data == "" {
 		return errors.New("data: must not be empty")

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	_ "net/http/pprof" // served only on debug_addr
 	"os"
 	"os/signal"
 	"syscall"
@@ -137,6 +138,17 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 		ready <- ln.Addr().String()
 	}
 	g, gctx := errgroup.WithContext(ctx)
+	if cfg.DebugAddr != "" {
+		dbg := &http.Server{Addr: cfg.DebugAddr, Handler: http.DefaultServeMux, ReadHeaderTimeout: 10 * time.Second}
+		log.Info().Str("addr", cfg.DebugAddr).Msg("pprof on /debug/pprof/")
+		g.Go(func() error {
+			if err := dbg.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("debug_addr: %w", err)
+			}
+			return nil
+		})
+		g.Go(func() error { <-gctx.Done(); return dbg.Close() })
+	}
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return err
