@@ -190,7 +190,7 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, req Reques
 		if isBodyTooLarge(err) {
 			return &oci.Error{Code: oci.CodeManifestInvalid, Message: fmt.Sprintf("manifest exceeds %d bytes", h.maxMan), HTTPStatus: http.StatusRequestEntityTooLarge}
 		}
-		return err
+		return oci.Errorf(oci.CodeManifestInvalid, "reading manifest: %v", err)
 	}
 	d := digest.Canonical.FromBytes(body)
 	tag := ""
@@ -412,7 +412,7 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, req Reques
 		if r.ContentLength >= 0 {
 			size = r.ContentLength
 		}
-		if err := h.store.PutBlob(t.StoreRepo, "", d, size, r.Body); err != nil {
+		if err := h.store.PutBlob(t.StoreRepo, "", d, size, clientBody{r.Body}); err != nil {
 			return err
 		}
 		w.Header().Set("Location", location(req.Repo, "blobs", d.String()))
@@ -448,6 +448,19 @@ func (h *Handler) tryMount(repo, from string, d digest.Digest, r *http.Request) 
 	return h.store.Link(repo, "", d) == nil
 }
 
+// clientBody reads a request body. Its read errors are the client's (a body
+// shorter than its Content-Length, a broken chunked encoding, a client gone
+// mid-push): BLOB_UPLOAD_INVALID, not an internal error.
+type clientBody struct{ r io.Reader }
+
+func (b clientBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = oci.Errorf(oci.CodeBlobUploadInvalid, "reading request body: %v", err)
+	}
+	return n, err
+}
+
 func (h *Handler) patchUpload(w http.ResponseWriter, r *http.Request, req Request, t Target) error {
 	start := int64(-1)
 	if cr := r.Header.Get("Content-Range"); cr != "" {
@@ -460,7 +473,7 @@ func (h *Handler) patchUpload(w http.ResponseWriter, r *http.Request, req Reques
 		}
 		start = s
 	}
-	u, err := h.store.AppendUpload(t.StoreRepo, req.Reference, start, r.Body)
+	u, err := h.store.AppendUpload(t.StoreRepo, req.Reference, start, clientBody{r.Body})
 	if errors.Is(err, cache.ErrOffset) {
 		uploadHeaders(w, req.Repo, u)
 		w.Header().Del("Content-Length")
@@ -490,7 +503,7 @@ func (h *Handler) finishUpload(w http.ResponseWriter, r *http.Request, req Reque
 				return &oci.Error{Code: oci.CodeBlobUploadInvalid, Message: "Content-Range does not continue the upload", HTTPStatus: http.StatusRequestedRangeNotSatisfiable}
 			}
 		}
-		body = r.Body
+		body = clientBody{r.Body}
 	}
 	if _, err := h.store.CommitUpload(t.StoreRepo, req.Reference, d, body); err != nil {
 		return err

@@ -18,9 +18,9 @@ import (
 
 // Config is berth's configuration. Precedence: flag > environment > file > default.
 type Config struct {
-	Addr      string           `yaml:"addr"`
+	Addr string `yaml:"addr"`
 	// DebugAddr, when set, serves net/http/pprof there (keep it on loopback).
-	DebugAddr string `yaml:"debug_addr"`
+	DebugAddr string           `yaml:"debug_addr"`
 	Data      string           `yaml:"data"`
 	LogLevel  string           `yaml:"log_level"`
 	LogFormat string           `yaml:"log_format"`
