@@ -28,14 +28,16 @@ type Fill struct {
 	Digest digest.Digest
 	Size   int64
 
-	file *os.File // staging file, written by the fill goroutine only
+	file  *os.File // staging file, written by the fill goroutine only
+	store *Store
 
-	mu      sync.Mutex
-	written int64
-	done    bool
-	err     error
-	changed chan struct{} // closed and replaced on every change
-	repos   map[string]string
+	mu        sync.Mutex
+	written   int64
+	done      bool
+	err       error
+	changed   chan struct{} // closed and replaced on every change
+	repos     map[string]string
+	committed bool // the blob is stored and repos were taken for linking
 }
 
 // FillResult reports how a fill ended, for metrics and logs.
@@ -64,7 +66,7 @@ func (s *Store) Fill(d digest.Digest, size int64, repo, origin string, fetch Fet
 	if err != nil {
 		return nil, false, err
 	}
-	f = &Fill{Digest: d, Size: size, file: file, changed: make(chan struct{}), repos: map[string]string{repo: origin}}
+	f = &Fill{Digest: d, Size: size, file: file, store: s, changed: make(chan struct{}), repos: map[string]string{repo: origin}}
 	s.fills[d] = f
 	s.wg.Add(1)
 	go func() {
@@ -88,11 +90,20 @@ func (s *Store) InFlight(d digest.Digest) *Fill {
 	return s.fills[d]
 }
 
-// AddRepo asks for repo to be linked to the blob when the fill commits.
+// AddRepo asks for repo to be linked to the blob when the fill commits, or
+// links it now if the fill has committed already.
 func (f *Fill) AddRepo(repo, origin string) {
 	f.mu.Lock()
-	f.repos[repo] = origin
+	committed := f.committed
+	if !committed {
+		f.repos[repo] = origin
+	}
 	f.mu.Unlock()
+	if committed {
+		if err := f.store.Link(repo, origin, f.Digest); err != nil {
+			f.store.log.Warn().Err(err).Str("digest", f.Digest.String()).Str("repo", repo).Msg("link after fill")
+		}
+	}
 }
 
 // runFill copies the upstream stream into the staging file, hashing as it
@@ -152,7 +163,7 @@ func (s *Store) finishFill(f *Fill, h hash.Hash, n int64) error {
 	}
 	f.mu.Lock()
 	repos := f.repos
-	f.repos = map[string]string{}
+	f.repos, f.committed = map[string]string{}, true
 	f.mu.Unlock()
 	for repo, origin := range repos {
 		if err := s.Link(repo, origin, f.Digest); err != nil {

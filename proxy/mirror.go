@@ -367,8 +367,9 @@ func (m *mirror) streamFill(w http.ResponseWriter, r *http.Request, t Target, f 
 	}
 	rd, err := f.NewReader(r.Context(), start)
 	if err != nil {
-		// The fill ended between lookup and open; it is on disk or gone.
-		if _, serr := m.h.store.StatBlob(f.Digest); serr == nil {
+		// The staging file was renamed or removed between lookup and open:
+		// the fill is ending. Once it has, the blob is on disk or gone.
+		if werr := f.Wait(r.Context()); werr == nil {
 			return m.h.serveStoredBlob(w, r, t.StoreRepo, f.Digest)
 		}
 		return oci.Errorf(oci.CodeUnavailable, "upstream fill of %s failed; retry", f.Digest)
@@ -385,8 +386,22 @@ func (m *mirror) streamFill(w http.ResponseWriter, r *http.Request, t Target, f 
 	rc := http.NewResponseController(w)
 	buf := make([]byte, 256<<10)
 	remaining := end - start + 1
-	for remaining > 0 {
-		n, err := rd.Read(buf[:min(int64(len(buf)), remaining)])
+	// A response that ends with the blob's last byte holds that byte back
+	// until the whole blob is verified: a client must never see a clean end
+	// of content that fails its digest. (A range that stops earlier cannot
+	// be verified on its own and is answered as soon as it has arrived.)
+	hold := int64(0)
+	if end == f.Size-1 {
+		hold = 1
+	}
+	cut := func(err error) {
+		if r.Context().Err() == nil {
+			zerolog.Ctx(r.Context()).Warn().Err(err).Str("digest", f.Digest.String()).Msg("cutting client off: fill failed")
+		}
+		panic(http.ErrAbortHandler)
+	}
+	for remaining > hold {
+		n, err := rd.Read(buf[:min(int64(len(buf)), remaining-hold)])
 		if n > 0 {
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return nil // client went away; the fill goes on
@@ -394,12 +409,19 @@ func (m *mirror) streamFill(w http.ResponseWriter, r *http.Request, t Target, f 
 			_ = rc.Flush()
 			remaining -= int64(n)
 		}
-		if err != nil && remaining > 0 {
-			if r.Context().Err() == nil {
-				zerolog.Ctx(r.Context()).Warn().Err(err).Str("digest", f.Digest.String()).Msg("cutting client off: fill failed")
-			}
-			panic(http.ErrAbortHandler)
+		if err != nil && remaining > hold {
+			cut(err)
 		}
+	}
+	if hold > 0 {
+		if err := f.Wait(r.Context()); err != nil {
+			cut(err)
+		}
+		n, err := io.ReadFull(rd, buf[:hold])
+		if err != nil {
+			cut(err)
+		}
+		_, _ = w.Write(buf[:n])
 	}
 	return nil
 }
