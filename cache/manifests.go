@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -157,19 +156,4 @@ func (s *Store) Referrers(repo string, d digest.Digest, artifactType string) ([]
 		return nil
 	})
 	return out, err
-}
-
-// ReposWithPrefix reports whether any repository name starts with p; used
-// to keep pushes from shadowing mirrored content.
-func (s *Store) ReposWithPrefix(p string) (bool, error) {
-	found := false
-	err := s.db.View(func(txn *badger.Txn) error {
-		kp := key(kindRepo, p)
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: kp})
-		defer it.Close()
-		it.Rewind()
-		found = it.Valid() && strings.HasPrefix(string(it.Item().Key()), string(kp))
-		return nil
-	})
-	return found, err
 }

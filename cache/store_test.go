@@ -269,11 +269,6 @@ func TestEnsureRepositoryKeepsOrigin(t *testing.T) {
 	if rec, err := st.Repository("docker.io/library/alpine"); err != nil || rec.Origin != "docker.io" {
 		t.Errorf("Repository = %+v, %v; want origin docker.io", rec, err)
 	}
-	for p, want := range map[string]bool{"docker.io/": true, "docker.io/library/alpine": true, "docker.io/library/alpine/": false, "quay.io/": false, "": true} {
-		if got, err := st.ReposWithPrefix(p); err != nil || got != want {
-			t.Errorf("ReposWithPrefix(%q) = %v, %v; want %v", p, got, err, want)
-		}
-	}
 }
 
 func TestTagsPagination(t *testing.T) {
