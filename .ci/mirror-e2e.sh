@@ -86,4 +86,18 @@ sed -n '/^OCI Conformance Result/,/Total/p' "$RT/conf-pull/output.log"
 # (this suite version panics writing results.yaml in read-only mode, after its summary: judge by the summary)
 grep -q '^OCI Conformance Result: Pass' "$RT/conf-pull/output.log" || {
   grep -E 'FAIL|failed' "$RT/conf-pull/output.log" | head -20; fail "pull-only conformance through berth"; }
+echo "--- client authentication: pushes need credentials, anonymous pulls allowed"
+echo "pushpw" | "$ROOT/bin/berth" htpasswd ci >"$RT/htpasswd"
+printf 'auth:\n  htpasswd: %s\nupstreams: []\n' "$RT/htpasswd" >"$RT/berth-auth.yaml"
+AUTH_PORT=$(free_port); A=127.0.0.1:$AUTH_PORT
+start_berth berth-auth "$AUTH_PORT" "$RT/berth-auth.yaml"
+export DOCKER_CONFIG=$RT/docker-config   # crane's logins stay inside this test
+if crane --insecure copy "$B/team/app:1" "$A/team/app:1" 2>"$RT/anon-push.err"; then fail "anonymous push accepted"; fi
+grep -q UNAUTHORIZED "$RT/anon-push.err" || fail "anonymous push not UNAUTHORIZED: $(cat "$RT/anon-push.err")"
+if crane auth login "$A" -u ci -p wrong --insecure 2>/dev/null && crane --insecure copy "$B/team/app:1" "$A/team/app:1" 2>/dev/null; then
+  fail "push with a wrong password accepted"; fi
+crane auth login "$A" -u ci -p pushpw --insecure || fail "crane auth login"
+crane --insecure copy "$B/team/app:1" "$A/team/app:1" || fail "authenticated push"
+rm -rf "$DOCKER_CONFIG"
+crane --insecure pull "$A/team/app:1" "$RT/anon.tar" || fail "anonymous pull from a berth with auth"
 echo "mirror e2e: PASS"

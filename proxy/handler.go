@@ -26,6 +26,8 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// MaxManifestSize bounds a manifest body; zero means 4 MiB.
 	MaxManifestSize int64
+	// Auth, if set, requires client credentials (for pushes at least).
+	Auth *Auth
 	// PrefetchConcurrency bounds the background fills started after a
 	// manifest miss; zero means 4, negative disables prefetching.
 	PrefetchConcurrency int
@@ -39,6 +41,7 @@ type Handler struct {
 	metrics *metrics
 	maxMan  int64
 	mirror  *mirror
+	auth    *Auth
 }
 
 // New returns the /v2/ handler.
@@ -50,7 +53,7 @@ func New(opts Options) *Handler {
 		opts.Router = &Router{}
 	}
 	h := &Handler{store: opts.Store, router: opts.Router, log: opts.Logger,
-		metrics: newMetrics(opts.Registerer), maxMan: opts.MaxManifestSize}
+		metrics: newMetrics(opts.Registerer), maxMan: opts.MaxManifestSize, auth: opts.Auth}
 	h.mirror = newMirror(h, opts.PrefetchConcurrency)
 	return h
 }
@@ -65,6 +68,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	log := h.log.With().Str("method", r.Method).Str("path", r.URL.Path).Logger()
 	r = r.WithContext(log.WithContext(r.Context()))
 	var t Target
+	if err == nil && h.auth != nil {
+		err = h.auth.authorize(w, r, req)
+	}
 	if err == nil {
 		t, err = h.router.Route(req, r)
 	}

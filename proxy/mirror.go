@@ -232,9 +232,11 @@ func (m *mirror) prefetchBlobs(r *http.Request, t Target, body []byte) {
 			}
 			m.prefetch <- struct{}{}
 			f, err := m.startFill(ctx, t, d.digest)
-			if err != nil {
+			if err != nil || f == nil { // nil: a client's own request stored it meanwhile
 				<-m.prefetch
-				zerolog.Ctx(ctx).Debug().Err(err).Str("digest", d.digest.String()).Msg("prefetch not started")
+				if err != nil {
+					zerolog.Ctx(ctx).Debug().Err(err).Str("digest", d.digest.String()).Msg("prefetch not started")
+				}
 				continue
 			}
 			go func() {

@@ -31,8 +31,18 @@ type Config struct {
 	Prefetch int `yaml:"prefetch"`
 	// ShutdownTimeout bounds how long in-flight requests may finish on SIGTERM.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// Auth enables client authentication.
+	Auth AuthConfig `yaml:"auth"`
 	// MaxManifestBytes bounds a pushed or fetched manifest.
 	MaxManifestBytes int64 `yaml:"max_manifest_bytes"`
+}
+
+// AuthConfig is client authentication: an htpasswd file of bcrypt hashes.
+type AuthConfig struct {
+	Htpasswd string `yaml:"htpasswd"`
+	// AnonymousPull lets clients without credentials pull (default true);
+	// pushes and deletes always need credentials once Htpasswd is set.
+	AnonymousPull *bool `yaml:"anonymous_pull"`
 }
 
 // UpstreamConfig is one upstream registry.
@@ -115,7 +125,7 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 		cfg.Addr = v
 	}
 	envStr := map[string]*string{"BERTH_ADDR": &cfg.Addr, "BERTH_DEBUG_ADDR": &cfg.DebugAddr, "BERTH_DATA": &cfg.Data,
-		"BERTH_LOG_LEVEL": &cfg.LogLevel, "BERTH_LOG_FORMAT": &cfg.LogFormat}
+		"BERTH_LOG_LEVEL": &cfg.LogLevel, "BERTH_AUTH_HTPASSWD": &cfg.Auth.Htpasswd, "BERTH_LOG_FORMAT": &cfg.LogFormat}
 	for k, p := range envStr {
 		if v := getenv(k); v != "" {
 			*p = v
@@ -186,6 +196,13 @@ func (c *Config) validate(getenv func(string) string) error {
 	}
 	if c.MaxManifestBytes <= 0 {
 		return errors.New("max_manifest_bytes: must be positive")
+	}
+	if c.Auth.Htpasswd != "" {
+		if _, err := os.Stat(c.Auth.Htpasswd); err != nil {
+			return fmt.Errorf("auth.htpasswd: %w", err)
+		}
+	} else if c.Auth.AnonymousPull != nil {
+		return errors.New("auth.anonymous_pull: needs auth.htpasswd")
 	}
 	seen := map[string]bool{}
 	defaults := 0

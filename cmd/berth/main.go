@@ -5,14 +5,17 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	_ "net/http/pprof" // served only on debug_addr
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -24,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
+	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -38,6 +42,7 @@ const usage = `usage: berth <command> [flags]
 
 commands:
   serve     run the registry and mirror (berth serve --help for flags)
+  htpasswd  print an htpasswd line for USER with a bcrypt hash of the password read from stdin
   version   print the version`
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -56,6 +61,16 @@ func run(args []string) error {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		return serve(ctx, cfg, nil)
+	case "htpasswd":
+		if len(args) != 2 || args[1] == "" || strings.ContainsAny(args[1], ":\n") {
+			return errors.New("usage: berth htpasswd USER < password")
+		}
+		line, err := htpasswdLine(args[1], os.Stdin)
+		if err != nil {
+			return err
+		}
+		fmt.Println(line)
+		return nil
 	case "version", "--version":
 		fmt.Println("berth", version)
 		return nil
@@ -84,9 +99,47 @@ func newLogger(cfg Config) zerolog.Logger {
 	return l.Level(level).With().Timestamp().Logger()
 }
 
+// htpasswdLine hashes the first line of r as USER's password.
+func htpasswdLine(user string, r io.Reader) (string, error) {
+	pw, err := bufio.NewReader(r).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", err
+	}
+	pw = strings.TrimRight(pw, "\r\n")
+	if pw == "" {
+		return "", errors.New("htpasswd: empty password on stdin")
+	}
+	hash, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.DefaultCost)
+	if err != nil {
+		return "", err
+	}
+	return user + ":" + string(hash), nil
+}
+
+func loadAuth(c AuthConfig) (*proxy.Auth, error) {
+	if c.Htpasswd == "" {
+		return nil, nil
+	}
+	f, err := os.Open(c.Htpasswd)
+	if err != nil {
+		return nil, fmt.Errorf("auth.htpasswd: %w", err)
+	}
+	defer f.Close()
+	anon := c.AnonymousPull == nil || *c.AnonymousPull
+	a, err := proxy.ParseHtpasswd(f, anon)
+	if err != nil {
+		return nil, fmt.Errorf("auth.htpasswd %s: %w", c.Htpasswd, err)
+	}
+	return a, nil
+}
+
 // serve runs berth until ctx ends. ready, if set, receives the bound address.
 func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 	log := newLogger(cfg)
+	auth, err := loadAuth(cfg.Auth)
+	if err != nil {
+		return err
+	}
 	store, err := cache.Open(cfg.Data, cache.Options{Logger: log})
 	if err != nil {
 		return err
@@ -109,7 +162,7 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 			KeepOnNotFound: u.KeepOnNotFound, Aliases: u.Aliases})
 	}
 	api := proxy.New(proxy.Options{Store: store, Router: router, Logger: log, Registerer: reg,
-		MaxManifestSize: cfg.MaxManifestBytes, PrefetchConcurrency: cfg.Prefetch})
+		MaxManifestSize: cfg.MaxManifestBytes, PrefetchConcurrency: cfg.Prefetch, Auth: auth})
 	mux := http.NewServeMux()
 	mux.Handle("/v2/", api)
 	mux.Handle("/v2", api)
@@ -133,7 +186,7 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 		names = append(names, u.Name)
 	}
 	log.Info().Str("addr", ln.Addr().String()).Str("data", cfg.Data).Strs("upstreams", names).
-		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Str("version", version).Msg("berth serving")
+		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Bool("auth", auth != nil).Str("version", version).Msg("berth serving")
 	if ready != nil {
 		ready <- ln.Addr().String()
 	}

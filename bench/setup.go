@@ -1,0 +1,268 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// The servers measured. direct is not a server of its own: it is the
+// upstream reached through the same throttle the proxies use.
+const (
+	srvBerth     = "berth"
+	srvDistProxy = "distproxy"
+	srvDist      = "distribution"
+	srvNginx     = "nginx"
+	srvDirect    = "direct"
+)
+
+var serverLabels = map[string]string{
+	srvBerth:     "berth",
+	srvDistProxy: "distribution proxy",
+	srvDist:      "distribution",
+	srvNginx:     "nginx",
+	srvDirect:    "direct",
+}
+
+var serverOrder = []string{srvBerth, srvDistProxy, srvDist, srvNginx, srvDirect}
+
+type server struct {
+	name string
+	base string // http://127.0.0.1:port
+	proc *proc
+}
+
+func (s *server) blobURL(repo string, d digest.Digest) string {
+	if s.name == srvNginx {
+		// The upstream registry's own blob files: .../blobs/sha256/ab/abcd.../data
+		return s.base + "/sha256/" + d.Encoded()[:2] + "/" + d.Encoded() + "/data"
+	}
+	return s.base + "/v2/" + repo + "/blobs/" + d.String()
+}
+
+func (s *server) manifestURL(repo, ref string) string {
+	return s.base + "/v2/" + repo + "/manifests/" + ref
+}
+
+// setup starts the upstream, fills it, starts the servers in front of it
+// and primes their caches.
+func (b *bench) setup(ctx context.Context) error {
+	b.servers = map[string]*server{}
+	b.content = b.plan()
+	need := b.content.totalBytes()*3 + b.o.bigSize*2
+	var st syscall.Statfs_t
+	if syscall.Statfs(b.tmp, &st) == nil {
+		if free := int64(st.Bavail) * st.Bsize; free < need {
+			return fmt.Errorf("%s has %.1f GiB free; the run needs about %.1f GiB", b.tmp, float64(free)/gib, float64(need)/gib)
+		}
+	}
+
+	// The upstream: distribution's registry, plain.
+	upAddr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	upDir := filepath.Join(b.tmp, "upstream")
+	up, err := b.startRegistry(srvDist, upAddr, upDir, "")
+	if err != nil {
+		return err
+	}
+	b.servers[srvDist] = &server{name: srvDist, base: "http://" + upAddr, proc: up}
+
+	sh, err := newShaper(upAddr, b.o.rateMBps*1e6)
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	b.shaper = sh
+	b.mu.Unlock()
+	b.servers[srvDirect] = &server{name: srvDirect, base: "http://" + sh.addr()}
+
+	b.logf("generating %.2f GiB of content", float64(b.content.totalBytes())/gib)
+	if err := b.content.digestAll(ctx); err != nil {
+		return err
+	}
+	b.logf("pushing it to the upstream (%s)", b.versions["distribution"])
+	if err := b.content.push(ctx, "http://"+upAddr); err != nil {
+		return fmt.Errorf("filling the upstream: %w", err)
+	}
+
+	// berth, in front of the throttled upstream.
+	berthAddr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	cfgPath := filepath.Join(b.tmp, "berth.yaml")
+	cfg := fmt.Sprintf("upstreams:\n  - {name: docker.io, url: \"http://%s\", default: true, tag_ttl: 10m}\n", sh.addr())
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		return err
+	}
+	bp, err := b.startProc(srvBerth, nil, b.o.berth, "serve", "--config", cfgPath, "--addr", berthAddr,
+		"--data", filepath.Join(b.tmp, "berth-data"), "--log-format", "json", "--log-level", "warn")
+	if err != nil {
+		return err
+	}
+	if err := waitReady(ctx, bp, "http://"+berthAddr+"/readyz"); err != nil {
+		return err
+	}
+	b.servers[srvBerth] = &server{name: srvBerth, base: "http://" + berthAddr, proc: bp}
+
+	// distribution's registry as a pull-through cache of the same upstream.
+	dpAddr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	dp, err := b.startRegistry(srvDistProxy, dpAddr, filepath.Join(b.tmp, "distproxy"), "http://"+sh.addr())
+	if err != nil {
+		return err
+	}
+	b.servers[srvDistProxy] = &server{name: srvDistProxy, base: "http://" + dpAddr, proc: dp}
+
+	// nginx, sending the upstream's blob files.
+	if b.o.nginx != "" {
+		if err := b.startNginx(ctx, filepath.Join(upDir, "docker", "registry", "v2", "blobs")); err != nil {
+			b.note("nginx skipped: %v", err)
+		}
+	}
+	return b.prime(ctx)
+}
+
+func (b *bench) startRegistry(name, addr, dir, remote string) (*proc, error) {
+	cfg := fmt.Sprintf(`version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: %s
+  cache:
+    blobdescriptor: inmemory
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: %s
+`, dir, addr)
+	if remote != "" {
+		cfg += fmt.Sprintf("proxy:\n  remoteurl: %s\n", remote)
+	}
+	path := filepath.Join(b.tmp, name+".yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := b.startProc(name, []string{"OTEL_SDK_DISABLED=true", "OTEL_TRACES_EXPORTER=none"}, b.o.registry, "serve", path)
+	if err != nil {
+		return nil, err
+	}
+	return p, waitReady(context.Background(), p, "http://"+addr+"/v2/")
+}
+
+func (b *bench) startNginx(ctx context.Context, root string) error {
+	dir := filepath.Join(b.tmp, "nginx")
+	for _, d := range []string{"", "body", "proxy", "fastcgi", "uwsgi", "scgi"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return err
+		}
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	user := ""
+	if os.Geteuid() == 0 {
+		user = "user root;\n" // the workers must read files under a 0700 temp dir
+	}
+	conf := fmt.Sprintf(`daemon off;
+master_process on;
+worker_processes 2;
+%spid %[2]s/nginx.pid;
+error_log %[2]s/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 1000000;
+  keepalive_timeout 120s;
+  default_type application/octet-stream;
+  client_body_temp_path %[2]s/body;
+  proxy_temp_path %[2]s/proxy;
+  fastcgi_temp_path %[2]s/fastcgi;
+  uwsgi_temp_path %[2]s/uwsgi;
+  scgi_temp_path %[2]s/scgi;
+  server {
+    listen %[3]s;
+    location / { root %[4]s; }
+  }
+}
+`, user, dir, addr, root)
+	path := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return err
+	}
+	p, err := b.startProc(srvNginx, nil, b.o.nginx, "-p", dir+"/", "-c", path, "-e", filepath.Join(dir, "error.log"))
+	if err != nil {
+		return err
+	}
+	if err := waitReady(ctx, p, "http://"+addr+"/"); err != nil {
+		return err
+	}
+	b.servers[srvNginx] = &server{name: srvNginx, base: "http://" + addr, proc: p}
+	return nil
+}
+
+// prime makes the warm measurements warm: one full pull of everything they
+// read, verified, from every server (the page cache too), then waits for
+// background fills to settle.
+func (b *bench) prime(ctx context.Context) error {
+	c := b.content
+	for _, name := range []string{srvBerth, srvDistProxy, srvDist, srvNginx} {
+		s := b.servers[name]
+		if s == nil {
+			continue
+		}
+		b.logf("priming %s", serverLabels[name])
+		client := newClient(8)
+		if name != srvNginx {
+			if _, err := getManifest(ctx, client, s.manifestURL(c.ten.Repo, c.ten.Tag)); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+		}
+		for pass := 0; pass < 2; pass++ {
+			if _, err := fetch(ctx, client, s.blobURL(c.big.Repo, c.big.Layers[0].Digest), c.big.Layers[0], pass == 0); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			for _, l := range c.small.Layers {
+				if _, err := fetch(ctx, client, s.blobURL(c.small.Repo, l.Digest), l, pass == 0); err != nil {
+					return fmt.Errorf("%s: %w", name, err)
+				}
+			}
+		}
+		client.CloseIdleConnections()
+		b.shaper.quiet(ctx, 500*time.Millisecond, 60*time.Second)
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b string) int {
+		ia, ib := slices.Index(serverOrder, a), slices.Index(serverOrder, b)
+		if ia >= 0 && ib >= 0 {
+			return cmp.Compare(ia, ib)
+		}
+		return cmp.Compare(a, b)
+	})
+	return keys
+}
