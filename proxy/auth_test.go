@@ -41,8 +41,8 @@ func TestAuth(t *testing.T) {
 		srv := authServer(t, anon)
 		for _, tc := range []struct {
 			name, method, path, user, pass string
-			body                            []byte
-			want                            int
+			body                           []byte
+			want                           int
 		}{
 			{"ping anonymous", "GET", "/v2/", "", "", nil, 401},
 			{"ping with credentials", "GET", "/v2/", "ci", "pushpw", nil, 200},
