@@ -90,6 +90,14 @@ func (s *Store) InFlight(d digest.Digest) *Fill {
 	return s.fills[d]
 }
 
+// HasRepo reports whether repo will be linked when the fill commits.
+func (f *Fill) HasRepo(repo string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.repos[repo]
+	return ok
+}
+
 // AddRepo asks for repo to be linked to the blob when the fill commits, or
 // links it now if the fill has committed already.
 func (f *Fill) AddRepo(repo, origin string) {

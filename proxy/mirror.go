@@ -301,25 +301,29 @@ func (m *mirror) blob(w http.ResponseWriter, r *http.Request, t Target, d digest
 		}
 		return upstreamErr(err, oci.CodeBlobUnknown)
 	}
-	if f == nil { // committed while we asked: serve it from disk
-		return m.h.serveStoredBlob(w, r, t.StoreRepo, d)
+	if f == nil { // stored meanwhile: link it (after the checks above) and serve it
+		return m.blob(w, r, t, d)
+	}
+	if err := m.joinFill(r, t, f); err != nil {
+		return err
 	}
 	return m.streamFill(w, r, t, f)
 }
 
-// startFill returns the in-flight fill of d, starting one if there is none.
-// The singleflight makes concurrent misses share the one upstream GET that
-// opens the stream; later joiners find the fill in the store. It returns a
-// nil fill if the blob was committed meanwhile.
+// startFill returns the in-flight fill of d, starting one for t's
+// repository if there is none. The singleflight makes concurrent misses
+// share the one upstream GET that opens the stream; later arrivals find the
+// fill in the store. It returns a nil fill if the blob is stored already.
+// A fill started for another repository is returned as it is: the caller
+// decides whether t's repository may join it.
 func (m *mirror) startFill(ctx context.Context, t Target, d digest.Digest) (*cache.Fill, error) {
 	v, err, _ := m.sf.Do("blob\x00"+d.String(), func() (any, error) {
 		if f := m.h.store.InFlight(d); f != nil {
-			f.AddRepo(t.StoreRepo, t.Upstream.Client.Name())
 			m.h.metrics.joins.Inc()
 			return f, nil
 		}
 		if _, err := m.h.store.StatBlob(d); err == nil {
-			return (*cache.Fill)(nil), m.h.store.Link(t.StoreRepo, t.Upstream.Client.Name(), d)
+			return (*cache.Fill)(nil), nil
 		}
 		rc, size, err := t.Upstream.Client.GetBlob(ctx, t.Repo, d, 0)
 		if err != nil {
@@ -343,11 +347,21 @@ func (m *mirror) startFill(ctx context.Context, t Target, d digest.Digest) (*cac
 	if err != nil {
 		return nil, err
 	}
-	f := v.(*cache.Fill)
-	if f != nil {
-		f.AddRepo(t.StoreRepo, t.Upstream.Client.Name())
+	return v.(*cache.Fill), nil
+}
+
+// joinFill lets t's repository read fill f. A fill started for another
+// repository is joined only once the upstream confirms, with a HEAD, that
+// t's repository has the blob: knowing a digest is not access to it.
+func (m *mirror) joinFill(r *http.Request, t Target, f *cache.Fill) error {
+	if f.HasRepo(t.StoreRepo) {
+		return nil
 	}
-	return f, nil
+	if _, err := t.Upstream.Client.HeadBlob(upstreamCtx(r), t.Repo, f.Digest); err != nil {
+		return upstreamErr(err, oci.CodeBlobUnknown)
+	}
+	f.AddRepo(t.StoreRepo, t.Upstream.Client.Name())
+	return nil
 }
 
 // streamFill answers a blob GET from a fill in progress: every client reads

@@ -623,3 +623,49 @@ func TestUpstreamTagGoneAndRateLimited(t *testing.T) {
 		t.Errorf("tag deleted upstream: %d, want 404", resp.StatusCode)
 	}
 }
+
+// Knowing a digest is not access: a repository joins a fill (or a stored
+// blob) started for another repository only if the upstream confirms it has
+// the blob.
+func TestCrossRepositoryJoinNeedsUpstreamConfirmation(t *testing.T) {
+	t.Parallel()
+	const size = 4 << 20
+	e := newEnv(t, envOptions{auth: upstreamtest.AuthBearer, gateAt: size / 2})
+	content := randomBytes(size)
+	d := e.up.AddBlob("library/a", content)
+	e.up.AddBlob("library/c", content) // c really has it too
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	first := make(chan []byte, 1)
+	go func() {
+		_, b := e.get(t, ctx, http.MethodGet, "/v2/a/blobs/"+d.String())
+		first <- b
+	}()
+	<-e.tr.reached // the fill for a is in flight, held mid-blob
+	if resp, b := e.get(t, ctx, http.MethodGet, "/v2/b/blobs/"+d.String()); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("repository b read a's in-flight blob: %d (%d bytes)", resp.StatusCode, len(b))
+	}
+	third := make(chan int, 1)
+	go func() {
+		resp, b := e.get(t, ctx, http.MethodGet, "/v2/c/blobs/"+d.String())
+		if !bytes.Equal(b, content) {
+			third <- -1
+			return
+		}
+		third <- resp.StatusCode
+	}()
+	close(e.tr.gate)
+	if b := <-first; !bytes.Equal(b, content) {
+		t.Fatal("first client got wrong bytes")
+	}
+	if got := <-third; got != http.StatusOK {
+		t.Errorf("repository c (which has the blob upstream): %d", got)
+	}
+	if resp, _ := e.get(t, ctx, http.MethodGet, "/v2/b/blobs/"+d.String()); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("repository b read a's stored blob: %d", resp.StatusCode)
+	}
+	if got := e.tr.blobGETs.Load(); got != 1 {
+		t.Errorf("upstream blob downloads = %d, want 1", got)
+	}
+}
