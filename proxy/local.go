@@ -552,12 +552,25 @@ func (h *Handler) localTags(w http.ResponseWriter, r *http.Request, req Request,
 	} else {
 		tags = []string{}
 	}
-	return writeTagList(w, r, req, tags, more, n)
+	return writeTagList(w, r, req, tags, nextAfter(tags, more), n)
 }
 
-func writeTagList(w http.ResponseWriter, r *http.Request, req Request, tags []string, more bool, n int) error {
-	if more && len(tags) > 0 {
-		q := url.Values{"n": {strconv.Itoa(n)}, "last": {tags[len(tags)-1]}}
+// nextAfter is the `last` of the page after tags, or "" if there is none.
+func nextAfter(tags []string, more bool) string {
+	if !more || len(tags) == 0 {
+		return ""
+	}
+	return tags[len(tags)-1]
+}
+
+// writeTagList answers a tag list; next, if set, is the `last` of the
+// following page, announced in a Link header with the client's n.
+func writeTagList(w http.ResponseWriter, r *http.Request, req Request, tags []string, next string, n int) error {
+	if next != "" {
+		q := url.Values{"last": {next}}
+		if n > 0 {
+			q.Set("n", strconv.Itoa(n))
+		}
 		if ns := r.URL.Query().Get("ns"); ns != "" {
 			q.Set("ns", ns)
 		}

@@ -491,7 +491,7 @@ func (m *mirror) tags(w http.ResponseWriter, r *http.Request, req Request, t Tar
 			if tags == nil {
 				tags = []string{}
 			}
-			return writeTagList(w, r, req, tags, next != "", n)
+			return writeTagList(w, r, req, tags, next, n)
 		}
 		if errors.Is(err, upstream.ErrNotFound) {
 			return oci.Errorf(oci.CodeNameUnknown, "repository %s unknown upstream", t.Repo)
@@ -511,7 +511,7 @@ func (m *mirror) tags(w http.ResponseWriter, r *http.Request, req Request, t Tar
 	} else {
 		tags = []string{}
 	}
-	return writeTagList(w, r, req, tags, more, n)
+	return writeTagList(w, r, req, tags, nextAfter(tags, more), n)
 }
 
 // upstreamErr maps an upstream failure to the OCI error a client sees.
