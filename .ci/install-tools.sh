@@ -11,7 +11,5 @@ inst conformance github.com/opencontainers/distribution-spec/conformance v0.0.0-
 inst registry github.com/distribution/distribution/v3/cmd/registry v3.1.2
 inst crane github.com/google/go-containerregistry/cmd/crane v0.22.1
 inst staticcheck honnef.co/go/tools/cmd/staticcheck v0.8.2
-if [ "${BERTH_ALL_TOOLS:-0}" = 1 ]; then
-  inst oras oras.land/oras/cmd/oras v1.3.6
-  inst regctl github.com/regclient/regclient/cmd/regctl v0.11.7
-fi
+inst oras oras.land/oras/cmd/oras v1.3.6
+inst regctl github.com/regclient/regclient/cmd/regctl v0.11.7
