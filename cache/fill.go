@@ -155,7 +155,7 @@ func (s *Store) runFill(f *Fill, fetch FetchFunc) (int64, error) {
 		s.log.Warn().Err(err).Str("digest", f.Digest.String()).Int64("bytes", n).Msg("fill discarded")
 	}
 	f.finish(err)
-	cleanupStaging(f.file)
+	s.cleanupStaging(f.file)
 	return n, err
 }
 

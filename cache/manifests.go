@@ -23,7 +23,7 @@ func (s *Store) PutManifest(repo, origin string, m ManifestRecord, body []byte, 
 			return err
 		}
 	}
-	s.manifests.Add(m.Digest, body)
+	s.cacheManifestBody(m.Digest, body)
 	return s.update(func(txn *wtxn) error {
 		if err := ensureRepo(txn, repo, origin); err != nil {
 			return err
@@ -65,8 +65,18 @@ func (s *Store) ManifestBody(d digest.Digest) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.manifests.Add(d, b)
+	s.cacheManifestBody(d, b)
 	return b, nil
+}
+
+// maxCachedManifest keeps the in-memory manifest cache small whatever is
+// pushed: a larger manifest is read from disk each time (still fast, and rare).
+const maxCachedManifest = 64 << 10
+
+func (s *Store) cacheManifestBody(d digest.Digest, b []byte) {
+	if len(b) <= maxCachedManifest {
+		s.manifests.Add(d, b)
+	}
 }
 
 // Tag returns what tag points at in repo, or ErrNotFound.

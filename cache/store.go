@@ -56,7 +56,8 @@ type Store struct {
 	hot   *lru.Cache[string, []byte]
 	hotMu sync.RWMutex
 
-	uploadMu sync.Map // upload id -> *sync.Mutex; serialises writers of one upload
+	uploadLocks [64]sync.Mutex // striped by upload id; see lockUpload
+	staging     sync.Map       // names of staging files being written outside uploads
 
 	fillMu sync.Mutex
 	fills  map[digest.Digest]*Fill
@@ -123,7 +124,7 @@ func (s *Store) CleanIngest() error {
 	removed := 0
 	for _, e := range entries {
 		id := e.Name()
-		if live[id] {
+		if _, writing := s.staging.Load(id); live[id] || writing {
 			continue
 		}
 		err := s.db.View(func(txn *badger.Txn) error {
@@ -164,7 +165,9 @@ func (s *Store) janitor() {
 
 // Close stops in-flight fills and closes the index cleanly.
 func (s *Store) Close() error {
+	s.fillMu.Lock() // no Fill may Add to the WaitGroup once Wait has begun
 	s.cancel()
+	s.fillMu.Unlock()
 	s.wg.Wait()
 	return s.db.Close()
 }
@@ -274,6 +277,10 @@ func (s *Store) update(fn func(txn *wtxn) error) error {
 	}
 }
 
+// maxCachedValue bounds what the hot cache keeps of one index value (a
+// manifest record with huge annotations is read from Badger each time).
+const maxCachedValue = 4 << 10
+
 // cachedGet reads the JSON value of k (nil v: existence only) through the
 // hot cache; ErrNotFound if there is none. Absent keys are not cached.
 func (s *Store) cachedGet(k []byte, v any) error {
@@ -291,7 +298,7 @@ func (s *Store) cachedGet(k []byte, v any) error {
 			b, err = item.ValueCopy(nil)
 			return err
 		})
-		if err == nil {
+		if err == nil && len(b) <= maxCachedValue {
 			s.hot.Add(string(k), b)
 		}
 		s.hotMu.RUnlock()
@@ -479,7 +486,7 @@ func (s *Store) PutBlob(repo, origin string, d digest.Digest, size int64, r io.R
 	if err != nil {
 		return err
 	}
-	defer cleanupStaging(f)
+	defer s.cleanupStaging(f)
 	v := d.Verifier()
 	n, err := io.Copy(io.MultiWriter(f, v), r)
 	if err != nil {
@@ -497,14 +504,23 @@ func (s *Store) PutBlob(repo, origin string, d digest.Digest, size int64, r io.R
 	return s.Link(repo, origin, d)
 }
 
+// createStaging creates a staging file, registered as live until
+// cleanupStaging so that CleanIngest leaves it alone.
 func (s *Store) createStaging() (*os.File, error) {
-	return os.OpenFile(ingestPath(s.root, newID()), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	id := newID()
+	s.staging.Store(id, struct{}{})
+	f, err := os.OpenFile(ingestPath(s.root, id), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		s.staging.Delete(id)
+	}
+	return f, err
 }
 
 // cleanupStaging closes f and removes it if it was not committed.
-func cleanupStaging(f *os.File) {
+func (s *Store) cleanupStaging(f *os.File) {
 	f.Close()
 	os.Remove(f.Name()) // after a commit the name no longer exists: harmless
+	s.staging.Delete(filepath.Base(f.Name()))
 }
 
 func newID() string {

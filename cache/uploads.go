@@ -3,9 +3,10 @@ package cache
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"os"
-	"sync"
+	"path/filepath"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -22,15 +23,16 @@ type Upload struct {
 // NewUpload starts an upload into repo: a staging file and an index record
 // that survives restarts and expires after Options.UploadTTL.
 func (s *Store) NewUpload(repo string) (Upload, error) {
-	id := newID()
-	f, err := os.OpenFile(ingestPath(s.root, id), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := s.createStaging()
 	if err != nil {
 		return Upload{}, err
 	}
+	id := filepath.Base(f.Name())
+	defer s.staging.Delete(id) // from here on the upload record keeps it
 	f.Close()
 	rec := uploadRecord{Repo: repo, Started: time.Now()}
 	if err := s.putUpload(id, rec); err != nil {
-		os.Remove(ingestPath(s.root, id))
+		os.Remove(f.Name())
 		return Upload{}, err
 	}
 	return Upload{ID: id, Repo: repo}, nil
@@ -91,9 +93,12 @@ func validID(id string) bool {
 	return true
 }
 
+// lockUpload serialises the writers of one upload. The locks are striped
+// by a hash of the id: bounded memory whatever ids clients send.
 func (s *Store) lockUpload(id string) func() {
-	m, _ := s.uploadMu.LoadOrStore(id, &sync.Mutex{})
-	mu := m.(*sync.Mutex)
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	mu := &s.uploadLocks[h.Sum32()%uint32(len(s.uploadLocks))]
 	mu.Lock()
 	return mu.Unlock
 }
@@ -194,5 +199,4 @@ func (s *Store) CancelUpload(repo, id string) error {
 
 func (s *Store) dropUpload(id string) {
 	_ = s.update(func(txn *wtxn) error { return txn.Delete(key(kindUpload, id)) })
-	s.uploadMu.Delete(id)
 }

@@ -111,14 +111,14 @@ func (h *Handler) serveStoredBlob(w http.ResponseWriter, r *http.Request, repo s
 	}
 	defer f.Close()
 	hdr := w.Header()
-	hdr.Set("Docker-Content-Digest", d.String())
-	hdr.Set("Content-Type", "application/octet-stream")
-	hdr.Set("Etag", `"`+d.String()+`"`)
-	hdr.Set("Cache-Control", "max-age=31536000")
 	if rng := r.Header.Get("Range"); rng != "" && !validRangeHeader(rng) {
 		hdr.Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
 		return &oci.Error{Code: oci.CodeRangeInvalid, Message: "invalid range", HTTPStatus: http.StatusRequestedRangeNotSatisfiable}
 	}
+	hdr.Set("Docker-Content-Digest", d.String())
+	hdr.Set("Content-Type", "application/octet-stream")
+	hdr.Set("Etag", `"`+d.String()+`"`)
+	hdr.Set("Cache-Control", "max-age=31536000")
 	// The *os.File itself, not a wrapper: only then does net/http hand the
 	// copy to sendfile(2). The file is immutable and verified, so its size
 	// is the indexed size.

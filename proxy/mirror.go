@@ -201,7 +201,9 @@ func (m *mirror) fetch(r *http.Request, t Target, ref, tag string) (digest.Diges
 	if err := m.h.store.PutManifest(t.StoreRepo, t.Upstream.Client.Name(), rec, body, tag, time.Now()); err != nil {
 		return "", err
 	}
-	m.prefetchBlobs(r, t, body)
+	if r.Method == http.MethodGet { // a HEAD is a check, not a pull
+		m.prefetchBlobs(r, t, body)
+	}
 	return desc.Digest, nil
 }
 
@@ -230,7 +232,11 @@ func (m *mirror) prefetchBlobs(r *http.Request, t Target, body []byte) {
 			if _, err := m.h.store.StatBlob(d.digest); err == nil {
 				continue
 			}
-			m.prefetch <- struct{}{}
+			select {
+			case m.prefetch <- struct{}{}:
+			default:
+				return // all prefetch slots busy: the client's own requests fetch the rest
+			}
 			f, err := m.startFill(ctx, t, d.digest)
 			if err != nil || f == nil { // nil: a client's own request stored it meanwhile
 				<-m.prefetch
@@ -317,7 +323,10 @@ func (m *mirror) blob(w http.ResponseWriter, r *http.Request, t Target, d digest
 // A fill started for another repository is returned as it is: the caller
 // decides whether t's repository may join it.
 func (m *mirror) startFill(ctx context.Context, t Target, d digest.Digest) (*cache.Fill, error) {
-	v, err, _ := m.sf.Do("blob\x00"+d.String(), func() (any, error) {
+	// Keyed by repository too: one repository's failure (a 404 for a digest
+	// it does not have) must not become another's. Repositories still share
+	// one download through InFlight.
+	v, err, _ := m.sf.Do("blob\x00"+t.StoreRepo+"\x00"+d.String(), func() (any, error) {
 		if f := m.h.store.InFlight(d); f != nil {
 			m.h.metrics.joins.Inc()
 			return f, nil
@@ -407,7 +416,7 @@ func (m *mirror) streamFill(w http.ResponseWriter, r *http.Request, t Target, f 
 	// of content that fails its digest. (A range that stops earlier cannot
 	// be verified on its own and is answered as soon as it has arrived.)
 	hold := int64(0)
-	if end == f.Size-1 {
+	if end == f.Size-1 && remaining > 0 {
 		hold = 1
 	}
 	cut := func(err error) {
@@ -429,7 +438,7 @@ func (m *mirror) streamFill(w http.ResponseWriter, r *http.Request, t Target, f 
 			cut(err)
 		}
 	}
-	if hold > 0 {
+	if hold > 0 || f.Size == 0 {
 		if err := f.Wait(r.Context()); err != nil {
 			cut(err)
 		}
@@ -485,6 +494,9 @@ func (m *mirror) tags(w http.ResponseWriter, r *http.Request, req Request, t Tar
 	if err != nil {
 		return err
 	}
+	if hasN && n == 0 {
+		return writeTagList(w, r, req, []string{}, "", 0)
+	}
 	if !m.offline(t) {
 		tags, next, err := t.Upstream.Client.Tags(r.Context(), t.Repo, n, last)
 		if err == nil {
@@ -524,16 +536,19 @@ func upstreamErr(err error, notFound oci.Code) *oci.Error {
 	}
 	switch {
 	case errors.Is(err, upstream.ErrNotFound):
-		return oci.Errorf(notFound, "not found upstream")
+		e = oci.Errorf(notFound, "not found upstream")
 	case errors.Is(err, upstream.ErrRateLimited):
-		return &oci.Error{Code: oci.CodeTooManyRequests, Message: "upstream rate limit reached and the content is not cached", Detail: err.Error()}
+		e = &oci.Error{Code: oci.CodeTooManyRequests, Message: "upstream rate limit reached and the content is not cached", Detail: err.Error()}
 	case errors.Is(err, upstream.ErrDenied):
-		return &oci.Error{Code: oci.CodeDenied, Message: "upstream denied access", Detail: err.Error()}
+		e = &oci.Error{Code: oci.CodeDenied, Message: "upstream denied access", Detail: err.Error()}
 	case errors.Is(err, upstream.ErrDigestMismatch), errors.Is(err, cache.ErrDigestMismatch):
-		return &oci.Error{Code: oci.CodeUnavailable, Message: "upstream sent content that does not match its digest", Detail: err.Error(), HTTPStatus: http.StatusBadGateway}
+		e = &oci.Error{Code: oci.CodeUnavailable, Message: "upstream sent content that does not match its digest", Detail: err.Error(), HTTPStatus: http.StatusBadGateway}
+	default:
+		// Unreachable and not cached: from here the content does not exist.
+		// 404 (not 503) keeps push flows working offline: clients HEAD a blob
+		// in a new repository before they upload it.
+		e = &oci.Error{Code: notFound, Message: "not cached, and the upstream is unavailable", Detail: err.Error()}
 	}
-	// Unreachable and not cached: from here the content does not exist.
-	// 404 (not 503) keeps push flows working offline: clients HEAD a blob
-	// in a new repository before they upload it.
-	return &oci.Error{Code: notFound, Message: "not cached, and the upstream is unavailable", Detail: err.Error()}
+	e.Cause = err // resolveTag tells stale-if-error cases apart through it
+	return e
 }

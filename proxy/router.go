@@ -2,16 +2,20 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"path"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/berth-dev/berth/cache"
 	"github.com/berth-dev/berth/internal/oci"
 	"github.com/berth-dev/berth/upstream"
+	"github.com/hashicorp/golang-lru/v2/expirable"
 	"github.com/opencontainers/go-digest"
+	"github.com/rs/zerolog"
 )
 
 // Upstream is what the proxy needs of a remote registry client
@@ -51,6 +55,9 @@ type Router struct {
 	Offline bool
 	// Store resolves the implicit rule for unqualified names.
 	Store *cache.Store
+
+	claimOnce sync.Once
+	claims    *expirable.LRU[string, bool] // does the default upstream have this name?
 }
 
 // Target is where a request goes.
@@ -145,12 +152,46 @@ func (rt *Router) Route(req Request, r *http.Request) (Target, error) {
 		if _, err := rt.Store.Repository(t.StoreRepo); err == nil {
 			return Target{}, oci.Errorf(oci.CodeDenied, "%s is mirrored from %s; a push would shadow it", req.Repo, def.Client.Name())
 		}
+		if err := rt.claimable(r, def, req.Repo); err != nil {
+			return Target{}, err
+		}
 		return Target{Repo: req.Repo, StoreRepo: req.Repo}, nil
 	}
 	if strings.Contains(first, ".") && qualified {
 		return Target{}, oci.Errorf(oci.CodeDenied, "upstream %q is not configured on this mirror", clip(first))
 	}
 	return t, nil
+}
+
+// claimable refuses a push that would create a local repository under a
+// name the default upstream serves: every mirror client asking for that
+// image would get the pushed one instead. The upstream is asked once (a tag
+// list of one), and the answer remembered for a while. An unreachable
+// upstream (air gap, offline) cannot be shadowed now, so the push goes on.
+func (rt *Router) claimable(r *http.Request, def *Mirror, repo string) error {
+	if rt.Offline {
+		return nil
+	}
+	rt.claimOnce.Do(func() { rt.claims = expirable.NewLRU[string, bool](4096, nil, 10*time.Minute) })
+	exists, known := rt.claims.Get(repo)
+	if !known {
+		_, _, err := def.Client.Tags(r.Context(), repo, 1, "")
+		switch {
+		case err == nil:
+			exists = true
+		case errors.Is(err, upstream.ErrNotFound), errors.Is(err, upstream.ErrDenied):
+			exists = false
+		default:
+			zerolog.Ctx(r.Context()).Warn().Err(err).Str("repo", repo).
+				Msg("cannot ask the default upstream whether a pushed name exists there; allowing the push")
+			exists = false // and remembered, so one push is not slowed down request after request
+		}
+		rt.claims.Add(repo, exists)
+	}
+	if exists {
+		return oci.Errorf(oci.CodeDenied, "%s exists on %s; a push here would shadow it for every mirror client. Push under a local namespace (see the local setting)", repo, def.Client.Name())
+	}
+	return nil
 }
 
 // LocalStoreName resolves a client-visible repository name (a mount's from=)

@@ -298,7 +298,10 @@ func (c *Client) do(ctx context.Context, r *request) (*http.Response, error) {
 		if err != nil {
 			return nil, err
 		}
-		if resp.StatusCode == http.StatusUnauthorized && !challenged {
+		// Only the registry's own challenges are answered: a 401 from a
+		// host a redirect led to (a storage CDN) must never make berth
+		// send this upstream's credentials to a realm that host names.
+		if resp.StatusCode == http.StatusUnauthorized && !challenged && c.sameOrigin(resp.Request) {
 			challenged = true
 			hdr := resp.Header
 			drain(resp)
@@ -312,6 +315,12 @@ func (c *Client) do(ctx context.Context, r *request) (*http.Response, error) {
 		}
 		return resp, nil
 	}
+}
+
+// sameOrigin reports whether req went to the registry itself (scheme, host
+// and port), not to a host a redirect led to.
+func (c *Client) sameOrigin(req *http.Request) bool {
+	return req != nil && req.URL.Scheme == c.base.Scheme && req.URL.Host == c.base.Host
 }
 
 // roundTrip sends the request produced by build, retrying connection errors

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"unicode"
 )
@@ -87,9 +88,24 @@ func (e *Error) Error() string {
 	}
 	if e.Err != nil {
 		b.WriteString(": ")
-		b.WriteString(e.Err.Error())
+		b.WriteString(redactURLs(e.Err))
 	}
 	return b.String()
+}
+
+// redactURLs renders err with the query strings and user info of the URLs
+// it names removed: a redirect to a storage CDN carries a pre-signed query
+// (credentials, signatures) that must reach neither logs nor clients.
+func redactURLs(err error) string {
+	msg := err.Error()
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		if u, perr := url.Parse(ue.URL); perr == nil && (u.RawQuery != "" || u.User != nil) {
+			u.RawQuery, u.User, u.Fragment = "", nil, ""
+			msg = strings.ReplaceAll(msg, ue.URL, u.String()+"?[redacted]")
+		}
+	}
+	return msg
 }
 
 // Unwrap exposes both the sentinel kind and the cause to errors.Is/As.

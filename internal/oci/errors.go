@@ -74,7 +74,13 @@ type Error struct {
 	// HTTPStatus overrides Code.Status() where the spec asks for another
 	// status with the same code (416 for an upload range, for example).
 	HTTPStatus int `json:"-"`
+	// Cause is what led to this error (an upstream failure, say), for
+	// errors.Is/As and logs; it is never sent to the client.
+	Cause error `json:"-"`
 }
+
+// Unwrap exposes the cause to errors.Is and errors.As.
+func (e *Error) Unwrap() error { return e.Cause }
 
 // Errorf builds an *Error with a formatted message.
 func Errorf(code Code, format string, args ...any) *Error {

@@ -1,0 +1,239 @@
+package proxy_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/berth-dev/berth/cache"
+	"github.com/berth-dev/berth/proxy"
+	"github.com/berth-dev/berth/upstream"
+	"github.com/berth-dev/berth/upstream/upstreamtest"
+	"github.com/opencontainers/go-digest"
+	"github.com/rs/zerolog"
+)
+
+// hookRegistry is a minimal anonymous upstream whose answers a test can
+// take over request by request (for faults upstreamtest does not model).
+type hookRegistry struct {
+	mu        sync.Mutex
+	manifests map[string][]byte // "repo:ref" -> body
+	blobs     map[string][]byte // "repo@digest" -> body
+	hook      func(w http.ResponseWriter, r *http.Request) bool
+}
+
+func (f *hookRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	hook := f.hook
+	f.mu.Unlock()
+	if hook != nil && hook(w, r) {
+		return
+	}
+	p := strings.TrimPrefix(r.URL.Path, "/v2/")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case p == "":
+		w.WriteHeader(http.StatusOK)
+	case strings.Contains(p, "/manifests/"):
+		i := strings.Index(p, "/manifests/")
+		b, ok := f.manifests[p[:i]+":"+p[i+len("/manifests/"):]]
+		if !ok {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+		w.Header().Set("Docker-Content-Digest", digest.FromBytes(b).String())
+		w.Header().Set("Content-Length", fmt.Sprint(len(b)))
+		if r.Method == http.MethodGet {
+			_, _ = w.Write(b)
+		}
+	case strings.Contains(p, "/blobs/"):
+		i := strings.Index(p, "/blobs/")
+		b, ok := f.blobs[p[:i]+"@"+p[i+len("/blobs/"):]]
+		if !ok {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Length", fmt.Sprint(len(b)))
+		if r.Method == http.MethodGet {
+			_, _ = w.Write(b)
+		}
+	default:
+		w.WriteHeader(http.StatusNotFound)
+	}
+}
+
+func (f *hookRegistry) setHook(h func(w http.ResponseWriter, r *http.Request) bool) {
+	f.mu.Lock()
+	f.hook = h
+	f.mu.Unlock()
+}
+
+func hookEnv(t *testing.T, f *hookRegistry, ttl time.Duration) *httptest.Server {
+	t.Helper()
+	up := httptest.NewServer(f)
+	t.Cleanup(up.Close)
+	c, err := upstream.New(upstream.Config{Name: "docker.io", URL: up.URL, Retries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := cache.Open(t.TempDir(), cache.Options{Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	router := &proxy.Router{Store: st, Mirrors: []*proxy.Mirror{{Client: c, Default: true, TagTTL: ttl}}}
+	srv := httptest.NewServer(proxy.New(proxy.Options{Store: st, Router: router, Logger: zerolog.Nop(), PrefetchConcurrency: -1}))
+	t.Cleanup(func() { srv.Close(); st.Close() })
+	return srv
+}
+
+func call(t *testing.T, method, url string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: body: %v", method, url, err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+func configManifest(n int) []byte {
+	cfg := []byte(`{}`)
+	return fmt.Appendf(nil, `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%d},"layers":[],"annotations":{"n":"%d"}}`, digest.FromBytes(cfg), len(cfg), n)
+}
+
+// The tag moved upstream (the HEAD says so) but the GET of the new manifest
+// is rate-limited: the cached manifest is served (stale-if-error).
+func TestStaleWhenNewManifestRateLimited(t *testing.T) {
+	t.Parallel()
+	a, b := configManifest(1), configManifest(2)
+	f := &hookRegistry{manifests: map[string][]byte{"library/app:1": a}, blobs: map[string][]byte{}}
+	srv := hookEnv(t, f, 0)
+	if s, body := call(t, http.MethodGet, srv.URL+"/v2/app/manifests/1"); s != 200 {
+		t.Fatal(s, body)
+	}
+	f.mu.Lock()
+	f.manifests["library/app:1"] = b
+	f.mu.Unlock()
+	f.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/manifests/") {
+			w.WriteHeader(http.StatusTooManyRequests)
+			return true
+		}
+		return false
+	})
+	if s, body := call(t, http.MethodGet, srv.URL+"/v2/app/manifests/1"); s != 200 || body != string(a) {
+		t.Errorf("tag moved + 429 on GET: %d %.100s, want the cached manifest", s, body)
+	}
+}
+
+// One repository's failure for a digest is not another's: a slow 404 for a
+// repository that lacks the blob does not fail a repository that has it.
+func TestBlobErrorNotSharedAcrossRepositories(t *testing.T) {
+	t.Parallel()
+	content := bytes.Repeat([]byte("x"), 1000)
+	d := digest.FromBytes(content)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	f := &hookRegistry{manifests: map[string][]byte{}, blobs: map[string][]byte{"good/app@" + d.String(): content}}
+	f.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.HasPrefix(r.URL.Path, "/v2/evil/none/blobs/") {
+			once.Do(func() { close(entered) })
+			<-release
+			w.WriteHeader(http.StatusNotFound)
+			return true
+		}
+		return false
+	})
+	srv := hookEnv(t, f, time.Minute)
+	evil := make(chan int, 1)
+	go func() {
+		s, _ := call(t, http.MethodGet, srv.URL+"/v2/evil/none/blobs/"+d.String())
+		evil <- s
+	}()
+	<-entered
+	s, body := call(t, http.MethodGet, srv.URL+"/v2/good/app/blobs/"+d.String())
+	close(release)
+	if s != 200 || body != string(content) {
+		t.Errorf("good/app while evil/none waits: %d", s)
+	}
+	if s := <-evil; s != http.StatusNotFound {
+		t.Errorf("evil/none: %d, want 404", s)
+	}
+	if s, _ := call(t, http.MethodGet, srv.URL+"/v2/good/app/blobs/"+d.String()); s != 200 {
+		t.Errorf("good/app afterwards: %d", s)
+	}
+}
+
+// An empty blob is served whole through a fill.
+func TestEmptyBlobThroughMirror(t *testing.T) {
+	t.Parallel()
+	d := digest.FromBytes(nil)
+	f := &hookRegistry{manifests: map[string][]byte{}, blobs: map[string][]byte{"x/y@" + d.String(): {}}}
+	srv := hookEnv(t, f, time.Minute)
+	for i := 0; i < 2; i++ { // cold, then warm
+		if s, body := call(t, http.MethodGet, srv.URL+"/v2/x/y/blobs/"+d.String()); s != 200 || body != "" {
+			t.Errorf("empty blob: %d %q", s, body)
+		}
+	}
+}
+
+// A pre-signed CDN URL (credentials in its query) reaches no client.
+func TestSignedURLNotInErrors(t *testing.T) {
+	t.Parallel()
+	d := digest.FromBytes([]byte("secret layer"))
+	f := &hookRegistry{manifests: map[string][]byte{}, blobs: map[string][]byte{}}
+	f.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			http.Redirect(w, r, "http://127.0.0.1:1/blob?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=SECRETSIG", http.StatusTemporaryRedirect)
+			return true
+		}
+		return false
+	})
+	srv := hookEnv(t, f, time.Minute)
+	s, body := call(t, http.MethodGet, srv.URL+"/v2/x/y/blobs/"+d.String())
+	if s < 400 || strings.Contains(body, "SECRETSIG") || strings.Contains(body, "AKIAEXAMPLE") {
+		t.Errorf("%d %s: a failed CDN download must not show its signed URL", s, body)
+	}
+}
+
+// A push may not create a local repository under a name the default
+// upstream serves: it would shadow that image for every mirror client.
+func TestPushCannotShadowUpstreamName(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{auth: upstreamtest.AuthBearer, ttl: time.Hour})
+	e.up.AddImage("bitnami/redis", "latest", 1, 64)
+	blob := []byte("{}")
+	d := digest.FromBytes(blob)
+	for _, tc := range []struct {
+		repo string
+		want int
+	}{{"bitnami/redis", http.StatusForbidden}, {"myteam/new", http.StatusCreated}} {
+		resp, err := http.Post(e.srv.URL+"/v2/"+tc.repo+"/blobs/uploads/?digest="+d.String(), "application/octet-stream", bytes.NewReader(blob))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("push to %s: %d %s, want %d", tc.repo, resp.StatusCode, b, tc.want)
+		}
+	}
+	// and the mirror still serves the upstream's image under that name
+	if resp, _ := e.get(t, context.Background(), http.MethodGet, manifestPath("bitnami/redis", "latest"), acceptAll...); resp.StatusCode != 200 {
+		t.Errorf("mirror pull of bitnami/redis: %d", resp.StatusCode)
+	}
+}
