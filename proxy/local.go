@@ -606,6 +606,11 @@ func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, repo, ref st
 	if at != "" {
 		w.Header().Set("OCI-Filters-Applied", "artifactType")
 	}
+	return writeIndex(w, r, descs)
+}
+
+// writeIndex answers with an OCI image index of descs (the referrers API).
+func writeIndex(w http.ResponseWriter, r *http.Request, descs []ocispec.Descriptor) error {
 	idx := ocispec.Index{MediaType: oci.MediaTypeOCIIndex, Manifests: descs}
 	idx.SchemaVersion = 2
 	return writeJSON(w, r, oci.MediaTypeOCIIndex, idx)

@@ -58,9 +58,42 @@ func (m *mirror) serve(w http.ResponseWriter, r *http.Request, req Request, t Ta
 	case KindTags:
 		return m.tags(w, r, req, t)
 	case KindReferrers:
-		return m.h.referrers(w, r, t.StoreRepo, req.Reference)
+		return m.referrers(w, r, req, t)
 	}
 	return errMethod
+}
+
+// referrers answers the referrers API for a mirrored repository from the
+// upstream (signatures and SBOMs attached there), falling back to what is
+// cached when the upstream is unreachable or lacks the API.
+func (m *mirror) referrers(w http.ResponseWriter, r *http.Request, req Request, t Target) error {
+	d, err := oci.ParseDigest(req.Reference)
+	if err != nil {
+		return err
+	}
+	if !m.offline(t) {
+		at := r.URL.Query().Get("artifactType")
+		descs, filtered, err := t.Upstream.Client.Referrers(r.Context(), t.Repo, d, at)
+		if err == nil {
+			if at != "" {
+				if !filtered {
+					kept := descs[:0]
+					for _, desc := range descs {
+						if desc.ArtifactType == at {
+							kept = append(kept, desc)
+						}
+					}
+					descs = kept
+				}
+				w.Header().Set("OCI-Filters-Applied", "artifactType")
+			}
+			return writeIndex(w, r, descs)
+		}
+		if !errors.Is(err, upstream.ErrNotFound) {
+			zerolog.Ctx(r.Context()).Warn().Err(err).Str("repo", t.StoreRepo).Msg("upstream referrers failed; serving cached referrers")
+		}
+	}
+	return m.h.referrers(w, r, t.StoreRepo, req.Reference)
 }
 
 // upstreamCtx detaches work that is shared by many clients from the one

@@ -237,3 +237,39 @@ func TestPushCannotShadowUpstreamName(t *testing.T) {
 		t.Errorf("mirror pull of bitnami/redis: %d", resp.StatusCode)
 	}
 }
+
+// The referrers API of a mirrored repository asks the upstream (where
+// signatures live), filters if the upstream did not, and falls back to
+// the cache when the upstream lacks the API.
+func TestMirroredReferrers(t *testing.T) {
+	t.Parallel()
+	subject := digest.FromString("image")
+	sig := digest.FromString("signature")
+	sbom := digest.FromString("sbom")
+	index := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+		{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"%s","size":10,"artifactType":"application/vnd.dev.cosign.simplesigning.v1+json"},
+		{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"%s","size":20,"artifactType":"application/spdx+json"}]}`, sig, sbom)
+	f := &hookRegistry{manifests: map[string][]byte{}, blobs: map[string][]byte{}}
+	f.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == "/v2/library/app/referrers/"+subject.String() {
+			w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
+			_, _ = w.Write([]byte(index))
+			return true
+		}
+		return false
+	})
+	srv := hookEnv(t, f, time.Minute)
+	s, body := call(t, http.MethodGet, srv.URL+"/v2/app/referrers/"+subject.String())
+	if s != 200 || !strings.Contains(body, sig.String()) || !strings.Contains(body, sbom.String()) {
+		t.Errorf("referrers: %d %s", s, body)
+	}
+	s, body = call(t, http.MethodGet, srv.URL+"/v2/app/referrers/"+subject.String()+"?artifactType=application/spdx%2Bjson")
+	if s != 200 || strings.Contains(body, sig.String()) || !strings.Contains(body, sbom.String()) {
+		t.Errorf("filtered referrers: %d %s", s, body)
+	}
+	// an upstream without the API (404): the cached (empty) list
+	s, body = call(t, http.MethodGet, srv.URL+"/v2/other/referrers/"+subject.String())
+	if s != 200 || !strings.Contains(body, `"manifests":[]`) {
+		t.Errorf("referrers without upstream support: %d %s", s, body)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/berth-dev/berth/upstream"
 	"github.com/hashicorp/golang-lru/v2/expirable"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/rs/zerolog"
 )
 
@@ -27,6 +28,7 @@ type Upstream interface {
 	HeadBlob(ctx context.Context, repo string, d digest.Digest) (upstream.Descriptor, error)
 	GetBlob(ctx context.Context, repo string, d digest.Digest, offset int64) (io.ReadCloser, int64, error)
 	Tags(ctx context.Context, repo string, n int, last string) ([]string, string, error)
+	Referrers(ctx context.Context, repo string, d digest.Digest, artifactType string) ([]ocispec.Descriptor, bool, error)
 }
 
 // Mirror is one configured upstream and how berth caches it.

@@ -1,0 +1,60 @@
+package upstream
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// maxReferrersBody bounds a referrers index read into memory.
+const maxReferrersBody = 4 << 20
+
+// Referrers asks the OCI 1.1 referrers API for the manifests whose subject
+// is d, filtered by artifactType when it is set. filtered reports whether
+// the upstream applied that filter (OCI-Filters-Applied); if it did not,
+// the caller filters. An upstream without the API answers 404: ErrNotFound.
+func (c *Client) Referrers(ctx context.Context, repo string, d digest.Digest, artifactType string) (descs []ocispec.Descriptor, filtered bool, err error) {
+	op := "GET referrers " + repo + "@" + d.String()
+	if err := c.checkRepo(op, repo); err != nil {
+		return nil, false, err
+	}
+	if err := d.Validate(); err != nil {
+		return nil, false, c.newError(op, ErrInvalidArgument, "invalid digest", err)
+	}
+	q := url.Values{}
+	if artifactType != "" {
+		q.Set("artifactType", artifactType)
+	}
+	resp, err := c.do(ctx, &request{
+		op:     op,
+		method: http.MethodGet,
+		path:   "/v2/" + repo + "/referrers/" + d.String(),
+		query:  q,
+		header: http.Header{"Accept": {ocispec.MediaTypeImageIndex}},
+		scope:  pullScope(repo),
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, false, &Error{Upstream: c.name, Op: op, Status: resp.StatusCode, Kind: ErrUnexpectedResponse}
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxReferrersBody))
+	if err != nil {
+		return nil, false, c.bodyError(ctx, op, err)
+	}
+	var idx ocispec.Index
+	if err := json.Unmarshal(body, &idx); err != nil {
+		return nil, false, c.newError(op, ErrUnexpectedResponse, "malformed referrers index", err)
+	}
+	if idx.Manifests == nil {
+		idx.Manifests = []ocispec.Descriptor{}
+	}
+	return idx.Manifests, artifactType != "" && resp.Header.Get("OCI-Filters-Applied") != "", nil
+}
