@@ -17,6 +17,7 @@ type metrics struct {
 	fills        *prometheus.CounterVec // result (ok|failed)
 	upstreamByte prometheus.Counter
 	joins        prometheus.Counter
+	inFlight     prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -35,9 +36,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Bytes downloaded from upstreams into the cache."}),
 		joins: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_upstream_fill_joins_total",
 			Help: "Blob misses that joined a download already in flight instead of starting one."}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_upstream_fills_in_flight",
+			Help: "Blob downloads from upstreams running now."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.bytesOut, m.cache, m.fills, m.upstreamByte, m.joins)
+		reg.MustRegister(m.requests, m.duration, m.bytesOut, m.cache, m.fills, m.upstreamByte, m.joins, m.inFlight)
 	}
 	return m
 }

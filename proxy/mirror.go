@@ -371,9 +371,11 @@ func (m *mirror) startFill(ctx context.Context, t Target, d digest.Digest) (*cac
 		if err != nil {
 			return nil, err
 		}
+		m.h.metrics.inFlight.Inc() // before the fill can end and call onDone
 		f, joined, err := m.h.store.Fill(d, size, t.StoreRepo, t.Upstream.Client.Name(),
 			func(context.Context) (io.ReadCloser, error) { return rc, nil },
 			func(res cache.FillResult) {
+				m.h.metrics.inFlight.Dec()
 				m.h.metrics.upstreamByte.Add(float64(res.Bytes))
 				if res.Err != nil {
 					m.h.metrics.fills.WithLabelValues("failed").Inc()
@@ -382,6 +384,7 @@ func (m *mirror) startFill(ctx context.Context, t Target, d digest.Digest) (*cac
 				}
 			})
 		if err != nil || joined {
+			m.h.metrics.inFlight.Dec() // no fill of ours runs
 			rc.Close()
 		}
 		return f, err

@@ -99,6 +99,8 @@ upexpect() { local desc=$1 log=$2 from=$3 re=$4 min=${5:-1} n
 # upcount LOG FROM REGEX
 upcount() { uplog "$1" "$2" | grep -cE "$3"; }
 
+# wait_no_fills : wait (up to 30 s) until berth runs no upstream download.
+wait_no_fills() { local i; for i in $(seq 300); do [ "$(metric berth_upstream_fills_in_flight)" = 0 ] && return 0; sleep 0.1; done; return 1; }
 # metric NAME{labels} : value of one series on berth's /metrics (0 if absent).
 metric() { curl -s "http://$B/metrics" | awk -v k="$1" '$1==k {print $2; f=1} END {if (!f) print 0}'; }
 

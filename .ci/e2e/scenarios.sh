@@ -60,7 +60,9 @@ sc_docker() {
     '.method=="PUT" and .kind=="manifest" and .repo=="team/app" and .route=="local" and .status==201'
   step "docker rmi (all images)" "${DK[@]}" rmi busybox busybox:multi "$B/team/app:1" || return
   check "no images left in dockerd" '[ -z "$("${DK[@]}" images -q)" ]' "$("${DK[@]}" images 2>&1)"
-  sleep 1   # let any background fill of the first pulls finish before counting
+  # Background fills of the first pulls (prefetched layers) must end before
+  # counting: wait on berth's own gauge, not on the clock.
+  check "no upstream download still running" wait_no_fills "in flight: $(metric berth_upstream_fills_in_flight)"
   local u; u=$(mark "$UP1_LOG"); m=$(mark "$BLOG")
   step "docker pull busybox again" "${DK[@]}" pull busybox || return
   step "docker pull busybox:multi again" "${DK[@]}" pull busybox:multi || return
