@@ -73,6 +73,14 @@ sc_docker() {
   bexpect "team/app:1 came from berth's local storage" "$m" '.kind=="manifest" and .repo=="team/app" and .route=="local" and .status==200'
   step "docker run the pulled-back team/app:1" "${DK[@]}" run --rm --network=none "$B/team/app:1" cat /etc/berth-e2e-origin &&
     equal "container output" "$(cat "$OUT")" "docker.io"
+  # deploy/Dockerfile: the image builds offline and serves.
+  step "docker build -f deploy/Dockerfile" env DOCKER_BUILDKIT=0 "${DK[@]}" build -q -f "$ROOT/deploy/Dockerfile" -t berth:e2e "$ROOT" || return
+  local cport; cport=$(free_port)
+  step "docker run berth:e2e (host network, 127.0.0.1:$cport)" "${DK[@]}" run -d --name berth-e2e --network=host berth:e2e \
+    --addr "127.0.0.1:$cport" --data /data || return
+  check "the berth container answers /v2/" "wait_http http://127.0.0.1:$cport/v2/ 20" "$("${DK[@]}" logs berth-e2e 2>&1 | tail -5)"
+  step "crane copy into the berth container" crane --insecure copy "$B/team/app:1" "127.0.0.1:$cport/team/app:1"
+  step "docker rm -f berth-e2e" "${DK[@]}" rm -f berth-e2e
   DOCKER_UP=1
 }
 
