@@ -29,6 +29,10 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/sync/errgroup"
+
+	// CA roots for https upstreams where the system has none (a FROM
+	// scratch container); the system's roots win wherever they exist.
+	_ "golang.org/x/crypto/x509roots/fallback"
 )
 
 func main() {
