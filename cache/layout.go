@@ -20,7 +20,8 @@
 // Badger keys, one prefix a kind ("\x00" separates a repository name from
 // what follows, since names never contain it):
 //
-//	b/<digest>                  blobRecord: size; the blob file exists
+//	b/<digest>                  blobRecord: size, when indexed; the blob file exists
+//	a/<digest>                  accessRecord: last read, saved in batches (eviction's LRU order)
 //	l/<repo>\x00<digest>        link: <repo> may read blob <digest>
 //	m/<repo>\x00<digest>        manifestRecord: media type, size, subject, artifact type
 //	t/<repo>\x00<tag>           tagRecord: digest and when it was fetched or pushed
@@ -46,6 +47,7 @@ const (
 	kindReferrer = "r/"
 	kindUpload   = "u/"
 	kindRepo     = "n/"
+	kindAccess   = "a/"
 )
 
 const sep = "\x00"

@@ -28,6 +28,7 @@ func TestKeyLayout(t *testing.T) {
 		{"referrer", key(kindReferrer, "a/b", "sha256:s", "sha256:r"), "r/a/b\x00sha256:s\x00sha256:r"},
 		{"upload", key(kindUpload, "0011"), "u/0011"},
 		{"repo", key(kindRepo, "a/b"), "n/a/b"},
+		{"access", key(kindAccess, dg.String()), "a/sha256:" + hex64},
 		{"kind only", key(kindRepo), "n/"},
 		{"tag prefix", prefix(kindTag, "a/b"), "t/a/b\x00"},
 		{"referrer prefix", prefix(kindReferrer, "a", "sha256:s"), "r/a\x00sha256:s\x00"},
@@ -43,7 +44,7 @@ func TestKeyLayout(t *testing.T) {
 	}
 	// The prefixes are distinct one-byte kinds followed by '/'.
 	seen := map[string]bool{}
-	for _, k := range []string{kindBlob, kindLink, kindManifest, kindTag, kindReferrer, kindUpload, kindRepo} {
+	for _, k := range []string{kindBlob, kindLink, kindManifest, kindTag, kindReferrer, kindUpload, kindRepo, kindAccess} {
 		if len(k) != 2 || k[1] != '/' || seen[k] {
 			t.Errorf("kind prefix %q is not a unique <letter>/", k)
 		}

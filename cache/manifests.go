@@ -18,6 +18,17 @@ func jsonBytes(v any) ([]byte, error) { return json.Marshal(v) }
 // repo, records its referrer entry when it has a subject, and points tag at
 // it when tag is not empty. fetchedAt stamps the tag's freshness.
 func (s *Store) PutManifest(repo, origin string, m ManifestRecord, body []byte, tag string, fetchedAt time.Time) error {
+	for attempt := 0; ; attempt++ {
+		err := s.putManifest(repo, origin, m, body, tag, fetchedAt)
+		// ErrNotFound: the body was evicted between storing and indexing
+		// it (a race with an eviction pass); store it again.
+		if !errors.Is(err, ErrNotFound) || attempt == 2 {
+			return err
+		}
+	}
+}
+
+func (s *Store) putManifest(repo, origin string, m ManifestRecord, body []byte, tag string, fetchedAt time.Time) error {
 	if _, err := s.StatBlob(m.Digest); err != nil {
 		if err := s.PutBlob(repo, origin, m.Digest, int64(len(body)), bytes.NewReader(body)); err != nil {
 			return err
@@ -25,6 +36,9 @@ func (s *Store) PutManifest(repo, origin string, m ManifestRecord, body []byte, 
 	}
 	s.cacheManifestBody(m.Digest, body)
 	return s.update(func(txn *wtxn) error {
+		if err := s.stillStored(txn, m.Digest); err != nil {
+			return err
+		}
 		if err := ensureRepo(txn, repo, origin); err != nil {
 			return err
 		}
@@ -53,9 +67,11 @@ func (s *Store) Manifest(repo string, d digest.Digest) (ManifestRecord, error) {
 	return m, err
 }
 
-// ManifestBody returns the bytes of a stored manifest.
+// ManifestBody returns the bytes of a stored manifest. It counts as an
+// access for eviction.
 func (s *Store) ManifestBody(d digest.Digest) ([]byte, error) {
 	if b, ok := s.manifests.Get(d); ok {
+		s.Touch(d)
 		return b, nil
 	}
 	b, err := os.ReadFile(blobPath(s.root, d))
@@ -65,6 +81,7 @@ func (s *Store) ManifestBody(d digest.Digest) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.Touch(d)
 	s.cacheManifestBody(d, b)
 	return b, nil
 }
@@ -116,32 +133,36 @@ func (s *Store) Tags(repo string, n int, last string) (tags []string, more bool,
 // DeleteManifest removes manifest d from repo with every tag pointing at it
 // and its referrer entry; ErrNotFound if repo did not hold it.
 func (s *Store) DeleteManifest(repo string, d digest.Digest) error {
-	return s.update(func(txn *wtxn) error {
-		var m ManifestRecord
-		if err := getJSON(txn, key(kindManifest, repo, d.String()), &m); err != nil {
+	return s.update(func(txn *wtxn) error { return deleteManifest(txn, repo, d) })
+}
+
+// deleteManifest is DeleteManifest inside a transaction; eviction uses it
+// too, so an evicted mirrored manifest leaves no tag or referrer behind.
+func deleteManifest(txn *wtxn, repo string, d digest.Digest) error {
+	var m ManifestRecord
+	if err := getJSON(txn, key(kindManifest, repo, d.String()), &m); err != nil {
+		return err
+	}
+	var dead [][]byte
+	p := prefix(kindTag, repo)
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: p, PrefetchValues: true})
+	for it.Rewind(); it.Valid(); it.Next() {
+		var t TagRecord
+		if err := it.Item().Value(func(b []byte) error { return json.Unmarshal(b, &t) }); err == nil && t.Digest == d {
+			dead = append(dead, it.Item().KeyCopy(nil))
+		}
+	}
+	it.Close()
+	dead = append(dead, key(kindManifest, repo, d.String()), key(kindLink, repo, d.String()))
+	if m.Subject != "" {
+		dead = append(dead, key(kindReferrer, repo, m.Subject.String(), d.String()))
+	}
+	for _, k := range dead {
+		if err := txn.Delete(k); err != nil {
 			return err
 		}
-		var dead [][]byte
-		p := prefix(kindTag, repo)
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: p, PrefetchValues: true})
-		for it.Rewind(); it.Valid(); it.Next() {
-			var t TagRecord
-			if err := it.Item().Value(func(b []byte) error { return json.Unmarshal(b, &t) }); err == nil && t.Digest == d {
-				dead = append(dead, it.Item().KeyCopy(nil))
-			}
-		}
-		it.Close()
-		dead = append(dead, key(kindManifest, repo, d.String()), key(kindLink, repo, d.String()))
-		if m.Subject != "" {
-			dead = append(dead, key(kindReferrer, repo, m.Subject.String(), d.String()))
-		}
-		for _, k := range dead {
-			if err := txn.Delete(k); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // Referrers lists the manifests in repo whose subject is d, filtered by

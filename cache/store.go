@@ -7,10 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -35,6 +37,15 @@ type Options struct {
 	UploadTTL time.Duration
 	// ManifestCacheEntries bounds the in-memory manifest body cache.
 	ManifestCacheEntries int
+	// MaxBytes bounds the bytes of mirrored content on disk; least recently
+	// used mirrored blobs are evicted past it (see evict.go). Zero: unbounded.
+	MaxBytes int64
+	// Clock returns the time used for access times and index stamps; nil is
+	// time.Now. Tests set it to order accesses without sleeping.
+	Clock func() time.Time
+
+	afterEvict  func([]Evicted, error) // tests: called after each background pass
+	manualEvict bool                   // tests: no background passes, only Evict
 }
 
 // Store is the content-addressed blob store and its Badger index.
@@ -57,6 +68,7 @@ type Store struct {
 	hotMu sync.RWMutex
 
 	uploadLocks [64]sync.Mutex // striped by upload id; see lockUpload
+	commitLocks [64]sync.Mutex // striped by digest; see lockCommit
 	staging     sync.Map       // names of staging files being written outside uploads
 
 	fillMu sync.Mutex
@@ -64,6 +76,17 @@ type Store struct {
 	ctx    context.Context // parent of every fill: detached from clients, ended by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// Eviction state (evict.go).
+	access      sync.Map      // digest.Digest -> *accessEntry, not yet evicted
+	accessSeq   atomic.Uint64 // counts accesses; see Touch
+	usedBytes   atomic.Int64  // bytes of every indexed blob
+	usedBlobs   atomic.Int64
+	pinnedBytes atomic.Int64 // of usedBytes, pinned at the last eviction pass
+	evicted     atomic.Int64 // blobs evicted since Open
+	evictedB    atomic.Int64 // bytes evicted since Open
+	evictMu     sync.Mutex   // one eviction pass at a time
+	evictCh     chan struct{}
 }
 
 // Open opens (creating if needed) the store under root.
@@ -97,13 +120,22 @@ func Open(root string, opts Options) (*Store, error) {
 	hot, _ := lru.New[string, []byte](65536)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{root: root, db: db, log: opts.Logger, opts: opts, sizes: sizes, manifests: mans, hot: hot,
-		fills: map[digest.Digest]*Fill{}, ctx: ctx, cancel: cancel}
+		fills: map[digest.Digest]*Fill{}, ctx: ctx, cancel: cancel, evictCh: make(chan struct{}, 1)}
 	if err := s.CleanIngest(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := s.countUsage(); err != nil {
 		db.Close()
 		return nil, err
 	}
 	s.wg.Add(1)
 	go s.janitor()
+	if opts.MaxBytes > 0 && !opts.manualEvict {
+		s.wg.Add(1)
+		go s.evictor()
+		s.maybeEvict() // a limit lowered since the last run applies at once
+	}
 	return s, nil
 }
 
@@ -169,6 +201,10 @@ func (s *Store) Close() error {
 	s.cancel()
 	s.fillMu.Unlock()
 	s.wg.Wait()
+	// Last, so that LRU order survives the restart.
+	if err := s.flushAccess(); err != nil {
+		s.log.Warn().Err(err).Msg("saving blob access times")
+	}
 	return s.db.Close()
 }
 
@@ -179,6 +215,9 @@ func (s *Store) Root() string { return s.root }
 
 type blobRecord struct {
 	Size int64 `json:"size"`
+	// Created is when the blob was indexed: its age for eviction until it is
+	// read. Zero in records written before eviction existed.
+	Created time.Time `json:"created,omitzero"`
 }
 
 // ManifestRecord describes a manifest stored in a repository.
@@ -365,16 +404,27 @@ func listKeys(txn *badger.Txn, p []byte, last string, n int) ([]string, bool) {
 
 // --- blobs -------------------------------------------------------------------
 
-// StatBlob returns the size of a stored blob, or ErrNotFound.
+// StatBlob returns the size of a stored blob, or ErrNotFound. It counts as
+// an access for eviction.
 func (s *Store) StatBlob(d digest.Digest) (int64, error) {
 	if n, ok := s.sizes.Get(d); ok {
+		s.Touch(d)
 		return n, nil
 	}
 	var r blobRecord
-	if err := s.db.View(func(txn *badger.Txn) error { return getJSON(txn, key(kindBlob, d.String()), &r) }); err != nil {
+	// Filled under hotMu shared, as cachedGet does: eviction drops the size
+	// while holding it exclusively, so a size read before an eviction can
+	// never be put back after it.
+	s.hotMu.RLock()
+	err := s.db.View(func(txn *badger.Txn) error { return getJSON(txn, key(kindBlob, d.String()), &r) })
+	if err == nil {
+		s.sizes.Add(d, r.Size)
+	}
+	s.hotMu.RUnlock()
+	if err != nil {
 		return 0, err
 	}
-	s.sizes.Add(d, r.Size)
+	s.Touch(d)
 	return r.Size, nil
 }
 
@@ -399,11 +449,15 @@ func (s *Store) StatRepoBlob(repo string, d digest.Digest) (int64, error) {
 	return s.StatBlob(d)
 }
 
-// OpenBlob opens a stored blob for reading.
+// OpenBlob opens a stored blob for reading. It counts as an access for
+// eviction; an open file stays readable to its end if the blob is evicted.
 func (s *Store) OpenBlob(d digest.Digest) (*os.File, error) {
 	f, err := os.Open(blobPath(s.root, d))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, ErrNotFound
+	}
+	if err == nil {
+		s.Touch(d)
 	}
 	return f, err
 }
@@ -415,6 +469,11 @@ func (s *Store) Link(repo, origin string, d digest.Digest) error {
 		return err
 	}
 	return s.update(func(txn *wtxn) error {
+		// An eviction may have removed the blob since StatBlob: never link
+		// what is not stored.
+		if err := s.stillStored(txn, d); err != nil {
+			return err
+		}
 		if err := ensureRepo(txn, repo, origin); err != nil {
 			return err
 		}
@@ -445,6 +504,10 @@ func (s *Store) commitFile(f *os.File, d digest.Digest, size int64) error {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
 	}
+	// From the rename to the index record, an eviction of the same digest
+	// must not run in between: its unlink would remove the new file.
+	unlock := s.lockCommit(d)
+	defer unlock()
 	if err := os.Rename(f.Name(), dst); err != nil {
 		return fmt.Errorf("commit blob: %w", err)
 	}
@@ -455,13 +518,36 @@ func (s *Store) commitFile(f *os.File, d digest.Digest, size int64) error {
 }
 
 func (s *Store) indexBlob(d digest.Digest, size int64) error {
+	var added bool
 	if err := s.update(func(txn *wtxn) error {
-		return setJSON(txn, key(kindBlob, d.String()), blobRecord{Size: size})
+		_, err := txn.Get(key(kindBlob, d.String()))
+		if added = errors.Is(err, badger.ErrKeyNotFound); err != nil && !added {
+			return err
+		}
+		s.Touch(d)
+		return setJSON(txn, key(kindBlob, d.String()), blobRecord{Size: size, Created: s.now()})
 	}); err != nil {
 		return err
 	}
 	s.sizes.Add(d, size)
+	// Only a new record adds bytes: a second commit of the same digest
+	// (two pushes at once, a fill of a pushed blob) replaced the file.
+	if added {
+		s.usedBytes.Add(size)
+		s.usedBlobs.Add(1)
+		s.maybeEvict()
+	}
 	return nil
+}
+
+// lockCommit serialises committing and evicting one digest, striped by
+// digest like lockUpload.
+func (s *Store) lockCommit(d digest.Digest) func() {
+	h := fnv.New32a()
+	h.Write([]byte(d))
+	mu := &s.commitLocks[h.Sum32()%uint32(len(s.commitLocks))]
+	mu.Lock()
+	return mu.Unlock
 }
 
 func syncDir(dir string) error {

@@ -55,6 +55,7 @@ func New(opts Options) *Handler {
 	h := &Handler{store: opts.Store, router: opts.Router, log: opts.Logger,
 		metrics: newMetrics(opts.Registerer), maxMan: opts.MaxManifestSize, auth: opts.Auth}
 	h.mirror = newMirror(h, opts.PrefetchConcurrency)
+	registerStore(opts.Registerer, opts.Store)
 	return h
 }
 

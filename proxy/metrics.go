@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"strconv"
+
+	"github.com/berth-dev/berth/cache"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,6 +45,28 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		reg.MustRegister(m.requests, m.duration, m.bytesOut, m.cache, m.fills, m.upstreamByte, m.joins, m.inFlight)
 	}
 	return m
+}
+
+// registerStore exports the store's disk usage and eviction counters.
+func registerStore(reg prometheus.Registerer, st *cache.Store) {
+	if reg == nil || st == nil {
+		return
+	}
+	u := func(f func(cache.Usage) float64) func() float64 { return func() float64 { return f(st.Usage()) } }
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_cache_bytes", Help: "Bytes of blobs on disk."},
+			u(func(x cache.Usage) float64 { return float64(x.Bytes) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_cache_blobs", Help: "Blobs on disk."},
+			u(func(x cache.Usage) float64 { return float64(x.Blobs) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_cache_pinned_bytes", Help: "Bytes of pushed (never evicted) blobs, as of the last eviction pass."},
+			u(func(x cache.Usage) float64 { return float64(x.PinnedBytes) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_cache_limit_bytes", Help: "max_cache_bytes (0: unbounded)."},
+			u(func(x cache.Usage) float64 { return float64(x.Limit) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_cache_evicted_blobs_total", Help: "Mirrored blobs evicted."},
+			u(func(x cache.Usage) float64 { return float64(x.EvictedBlobs) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_cache_evicted_bytes_total", Help: "Bytes of mirrored blobs evicted."},
+			u(func(x cache.Usage) float64 { return float64(x.EvictedBytes) })),
+	)
 }
 
 func (m *metrics) observe(k Kind, method string, status int, bytes int64, d time.Duration) {

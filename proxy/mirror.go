@@ -324,6 +324,10 @@ func (m *mirror) blob(w http.ResponseWriter, r *http.Request, t Target, d digest
 		if err := m.h.store.Link(t.StoreRepo, t.Upstream.Client.Name(), d); err == nil {
 			return m.h.serveStoredBlob(w, r, t.StoreRepo, d)
 		}
+		if r.Method == http.MethodGet {
+			// Stored a moment ago, evicted since: fetch it like any miss.
+			return m.fillAndStream(w, r, t, d, key)
+		}
 		hdr := w.Header()
 		hdr.Set("Docker-Content-Digest", d.String())
 		hdr.Set("Content-Type", "application/octet-stream")
@@ -332,6 +336,12 @@ func (m *mirror) blob(w http.ResponseWriter, r *http.Request, t Target, d digest
 		w.WriteHeader(http.StatusOK)
 		return nil
 	}
+	return m.fillAndStream(w, r, t, d, key)
+}
+
+// fillAndStream answers a blob GET miss: it starts or joins the one
+// upstream download of d and streams from it.
+func (m *mirror) fillAndStream(w http.ResponseWriter, r *http.Request, t Target, d digest.Digest, key string) error {
 	m.h.metrics.cache.WithLabelValues("blob", "miss").Inc()
 	f, err := m.startFill(m.fillCtx(r), t, d)
 	if err != nil {

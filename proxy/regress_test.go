@@ -273,3 +273,58 @@ func TestMirroredReferrers(t *testing.T) {
 		t.Errorf("referrers without upstream support: %d %s", s, body)
 	}
 }
+
+// With max_cache_bytes, an evicted mirrored blob is fetched again from the
+// upstream on its next pull, and pushed content is never evicted.
+func TestEvictedBlobIsFetchedAgain(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	client, err := upstream.New(upstream.Config{Name: "docker.io", URL: up.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	st, err := cache.Open(t.TempDir(), cache.Options{Logger: zerolog.Nop(), MaxBytes: 1 << 20, Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	router := &proxy.Router{Store: st, Local: []string{"team/**"}, Mirrors: []*proxy.Mirror{{Client: client, Default: true, TagTTL: time.Hour}}}
+	srv := httptest.NewServer(proxy.New(proxy.Options{Store: st, Router: router, Logger: zerolog.Nop(), PrefetchConcurrency: -1}))
+	t.Cleanup(func() { srv.Close(); st.Close() })
+
+	pushed := randomBytes(900 << 10)
+	pd := digest.FromBytes(pushed)
+	if resp, err := http.Post(srv.URL+"/v2/team/app/blobs/uploads/?digest="+pd.String(), "application/octet-stream", bytes.NewReader(pushed)); err != nil || resp.StatusCode != 201 {
+		t.Fatalf("push: %v %v", err, resp)
+	}
+	for i := 0; i < 3; i++ { // 3 x 600 KiB mirrored: over the 1 MiB limit
+		d := up.AddBlob("library/app", randomBytes(600<<10))
+		if s, _ := call(t, http.MethodGet, srv.URL+"/v2/app/blobs/"+d.String()); s != 200 {
+			t.Fatalf("cold pull: %d", s)
+		}
+	}
+	mu.Lock()
+	now = now.Add(time.Hour) // every access is past the grace period
+	mu.Unlock()
+	ev, err := st.Evict()
+	if err != nil || len(ev) == 0 {
+		t.Fatalf("Evict = %v, %v; want evictions", ev, err)
+	}
+	for _, e := range ev {
+		if e.Digest == pd {
+			t.Fatal("a pushed blob was evicted")
+		}
+	}
+	if s, b := call(t, http.MethodGet, srv.URL+"/v2/team/app/blobs/"+pd.String()); s != 200 || b != string(pushed) {
+		t.Errorf("pushed blob after eviction: %d", s)
+	}
+	up.Reset()
+	if s, _ := call(t, http.MethodGet, srv.URL+"/v2/app/blobs/"+ev[0].Digest.String()); s != 200 {
+		t.Errorf("evicted blob: %d", s)
+	}
+	if got := up.CountAuthorized(http.MethodGet, upstreamtest.KindBlob); got != 1 {
+		t.Errorf("evicted blob fetched from upstream %d times, want 1", got)
+	}
+}

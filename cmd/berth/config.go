@@ -35,6 +35,11 @@ type Config struct {
 	Auth AuthConfig `yaml:"auth"`
 	// MaxManifestBytes bounds a pushed or fetched manifest.
 	MaxManifestBytes int64 `yaml:"max_manifest_bytes"`
+	// MaxCacheBytes bounds the mirrored content kept on disk, as a byte
+	// count or a size such as "50GiB"; "" or 0 is unbounded. Pushed content
+	// is never evicted and does not count.
+	MaxCacheBytes string `yaml:"max_cache_bytes"`
+	maxCacheBytes int64  // MaxCacheBytes, parsed by validate
 }
 
 // AuthConfig is client authentication: an htpasswd file of bcrypt hashes.
@@ -125,7 +130,8 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 		cfg.Addr = v
 	}
 	envStr := map[string]*string{"BERTH_ADDR": &cfg.Addr, "BERTH_DEBUG_ADDR": &cfg.DebugAddr, "BERTH_DATA": &cfg.Data,
-		"BERTH_LOG_LEVEL": &cfg.LogLevel, "BERTH_AUTH_HTPASSWD": &cfg.Auth.Htpasswd, "BERTH_LOG_FORMAT": &cfg.LogFormat}
+		"BERTH_LOG_LEVEL": &cfg.LogLevel, "BERTH_AUTH_HTPASSWD": &cfg.Auth.Htpasswd, "BERTH_LOG_FORMAT": &cfg.LogFormat,
+		"BERTH_MAX_CACHE_BYTES": &cfg.MaxCacheBytes}
 	for k, p := range envStr {
 		if v := getenv(k); v != "" {
 			*p = v
@@ -197,6 +203,11 @@ func (c *Config) validate(getenv func(string) string) error {
 	if c.MaxManifestBytes <= 0 {
 		return errors.New("max_manifest_bytes: must be positive")
 	}
+	n, err := parseSize(c.MaxCacheBytes)
+	if err != nil {
+		return fmt.Errorf("max_cache_bytes: %w", err)
+	}
+	c.maxCacheBytes = n
 	if c.Auth.Htpasswd != "" {
 		if _, err := os.Stat(c.Auth.Htpasswd); err != nil {
 			return fmt.Errorf("auth.htpasswd: %w", err)
@@ -255,6 +266,35 @@ func (c *Config) validate(getenv func(string) string) error {
 		return errors.New("upstreams: more than one has default: true")
 	}
 	return nil
+}
+
+// sizeUnits are the suffixes parseSize accepts, lower-cased: decimal
+// (KB = 1000) and binary (KiB = 1024), as in Kubernetes quantities.
+var sizeUnits = map[string]float64{"": 1, "b": 1,
+	"k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+	"ki": 1 << 10, "kib": 1 << 10, "mi": 1 << 20, "mib": 1 << 20, "gi": 1 << 30, "gib": 1 << 30, "ti": 1 << 40, "tib": 1 << 40}
+
+// parseSize reads a byte count ("1073741824") or a size ("50GiB", "1.5 TB");
+// "" is 0.
+func parseSize(v string) (int64, error) {
+	t := strings.TrimSpace(v)
+	if t == "" {
+		return 0, nil
+	}
+	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	if i < 0 {
+		i = len(t)
+	}
+	num, unit := t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
+	mult, ok := sizeUnits[unit]
+	f, err := strconv.ParseFloat(num, 64)
+	if !ok || err != nil || num == "" {
+		return 0, fmt.Errorf("invalid size %q (want bytes, or a number with B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)", v)
+	}
+	if n := f * mult; n < 1<<63 {
+		return int64(n), nil
+	}
+	return 0, fmt.Errorf("size %q is too large", v)
 }
 
 // oneLine flattens yaml's multi-line errors so start-up fails with one line.

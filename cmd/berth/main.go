@@ -144,7 +144,7 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 	if err != nil {
 		return err
 	}
-	store, err := cache.Open(cfg.Data, cache.Options{Logger: log})
+	store, err := cache.Open(cfg.Data, cache.Options{Logger: log, MaxBytes: cfg.maxCacheBytes})
 	if err != nil {
 		return err
 	}
@@ -190,7 +190,8 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 		names = append(names, u.Name)
 	}
 	log.Info().Str("addr", ln.Addr().String()).Str("data", cfg.Data).Strs("upstreams", names).
-		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Bool("auth", auth != nil).Str("version", version).Msg("berth serving")
+		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Bool("auth", auth != nil).Int64("max_cache_bytes", cfg.maxCacheBytes).
+		Str("version", version).Msg("berth serving")
 	if ready != nil {
 		ready <- ln.Addr().String()
 	}

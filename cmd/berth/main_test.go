@@ -105,6 +105,8 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"ttl", nil, nil, "upstreams:\n  - {name: a.io, url: 'https://a.io', tag_ttl: soon}\n", "duration"},
 		{"password env", nil, nil, "upstreams:\n  - {name: a.io, url: 'https://a.io', username: u, password_env: NOPE_UNSET}\n", "upstreams[0].password_env"},
 		{"local pattern", nil, map[string]string{"BERTH_LOCAL": "../x"}, "", "local"},
+		{"max cache bytes", nil, nil, "max_cache_bytes: 50 gigs\n", "max_cache_bytes"},
+		{"max cache bytes env", nil, map[string]string{"BERTH_MAX_CACHE_BYTES": "-1GiB"}, "", "max_cache_bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := tc.args
@@ -117,6 +119,37 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 			}
 			if msg := err.Error(); !strings.Contains(msg, tc.want) || strings.Count(msg, "\n") > 0 {
 				t.Errorf("error %q does not name %q on one line", msg, tc.want)
+			}
+		})
+	}
+}
+
+func TestConfigMaxCacheBytes(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		file string
+		env  string
+		want int64
+	}{
+		{"", "", 0},
+		{"max_cache_bytes: 0\n", "", 0},
+		{"max_cache_bytes: 1073741824\n", "", 1 << 30},
+		{"max_cache_bytes: 50GiB\n", "", 50 << 30},
+		{"max_cache_bytes: 1.5 TB\n", "", 1.5e12},
+		{"max_cache_bytes: 500mb\n", "", 500e6},
+		{"max_cache_bytes: 50GiB\n", "2Ti", 2 << 40}, // env over file
+	} {
+		t.Run(tc.file+tc.env, func(t *testing.T) {
+			var args []string
+			if tc.file != "" {
+				args = []string{"--config", writeFile(t, tc.file)}
+			}
+			cfg, err := loadConfig(args, env(map[string]string{"BERTH_MAX_CACHE_BYTES": tc.env}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.maxCacheBytes != tc.want {
+				t.Errorf("max_cache_bytes = %d, want %d", cfg.maxCacheBytes, tc.want)
 			}
 		})
 	}
