@@ -80,7 +80,7 @@ sc_docker() {
     --addr "127.0.0.1:$cport" --data /data || return
   check "the berth container answers /v2/" "wait_http http://127.0.0.1:$cport/v2/ 20" "$("${DK[@]}" logs berth-e2e 2>&1 | tail -5)"
   step "crane copy into the berth container" crane --insecure copy "$B/team/app:1" "127.0.0.1:$cport/team/app:1"
-  step "docker rm -f berth-e2e" "${DK[@]}" rm -f berth-e2e
+  step "docker rm -f berth-e2e && docker rmi berth:e2e" bash -c '"$@" rm -f berth-e2e && "$@" rmi berth:e2e' _ "${DK[@]}"
   DOCKER_UP=1
 }
 
