@@ -39,8 +39,12 @@ type options struct {
 	herdSize    int64 // the herd blob
 	herdClients int
 	warmClients int
-	conns       int
-	dur         time.Duration
+	// warmReps is how many single-client warm transfers each server makes
+	// per round, interleaved: one 1 GiB transfer takes half a second, so a
+	// single sample is mostly noise on a small machine.
+	warmReps int
+	conns    int
+	dur      time.Duration
 }
 
 const (
@@ -73,7 +77,7 @@ func main() {
 		o.bigSize, o.smallSize, o.nSmall = 8*mib, 10*kib, 20
 		o.layerSize, o.nLayers = 256*kib, 10
 		o.herdSize, o.herdClients = 4*mib, 32
-		o.warmClients, o.conns, o.dur = 4, 16, 300*time.Millisecond
+		o.warmClients, o.conns, o.dur, o.warmReps = 4, 16, 300*time.Millisecond, 1
 		if !flagSet("rounds") {
 			o.rounds = 1
 		}
@@ -81,7 +85,7 @@ func main() {
 		o.bigSize, o.smallSize, o.nSmall = 1*gib, 10*kib, 200
 		o.layerSize, o.nLayers = 10*mib, 10
 		o.herdSize, o.herdClients = 256*mib, 32
-		o.warmClients, o.conns, o.dur = 16, 64, 5*time.Second
+		o.warmClients, o.conns, o.dur, o.warmReps = 16, 64, 5*time.Second, 5
 	}
 	if *dur > 0 {
 		o.dur = *dur

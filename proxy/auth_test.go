@@ -10,7 +10,6 @@ import (
 
 	"github.com/berth-dev/berth/cache"
 	"github.com/berth-dev/berth/proxy"
-	"github.com/rs/zerolog"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -24,12 +23,9 @@ func authServer(t *testing.T, anonymousPull bool) *httptest.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := cache.Open(t.TempDir(), cache.Options{Logger: zerolog.Nop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(proxy.New(proxy.Options{Store: st, Router: &proxy.Router{Store: st}, Logger: zerolog.Nop(), Auth: auth}))
-	t.Cleanup(func() { srv.Close(); st.Close() })
+	_, srv := startServer(t, cache.Options{}, func(st *cache.Store) proxy.Options {
+		return proxy.Options{Router: &proxy.Router{Store: st}, Auth: auth}
+	})
 	return srv
 }
 

@@ -15,11 +15,9 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/cache"
-	"github.com/berth-dev/berth/proxy"
 	"github.com/berth-dev/berth/upstream"
 	"github.com/berth-dev/berth/upstream/upstreamtest"
 	"github.com/opencontainers/go-digest"
-	"github.com/rs/zerolog"
 )
 
 // writeRandomFile writes size random bytes to path and returns their digest.
@@ -40,13 +38,7 @@ func writeRandomFile(b *testing.B, path string, size int64) digest.Digest {
 // localRegistry is a berth with everything local, on a real loopback socket.
 func localRegistry(b *testing.B) (*cache.Store, *httptest.Server) {
 	b.Helper()
-	st, err := cache.Open(b.TempDir(), cache.Options{Logger: zerolog.Nop()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv := httptest.NewServer(proxy.New(proxy.Options{Store: st, Router: &proxy.Router{Store: st}, Logger: zerolog.Nop()}))
-	b.Cleanup(func() { srv.Close(); st.Close() })
-	return st, srv
+	return startServer(b, cache.Options{}, localOnly)
 }
 
 func fetch(b *testing.B, client *http.Client, url string) int64 {
@@ -140,13 +132,7 @@ func mirrorEnv(b *testing.B, throttle int64) (*upstreamtest.Registry, *httptest.
 	if err != nil {
 		b.Fatal(err)
 	}
-	st, err := cache.Open(b.TempDir(), cache.Options{Logger: zerolog.Nop()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	router := &proxy.Router{Store: st, Mirrors: []*proxy.Mirror{{Client: client, Default: true, TagTTL: time.Hour}}}
-	srv := httptest.NewServer(proxy.New(proxy.Options{Store: st, Router: router, Logger: zerolog.Nop(), PrefetchConcurrency: -1}))
-	b.Cleanup(func() { srv.Close(); st.Close() })
+	_, srv := startServer(b, cache.Options{}, mirrorOf(client, time.Hour))
 	return up, srv
 }
 

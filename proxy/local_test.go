@@ -16,10 +16,8 @@ import (
 
 	"github.com/berth-dev/berth/cache"
 	"github.com/berth-dev/berth/internal/oci"
-	"github.com/berth-dev/berth/proxy"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"github.com/rs/zerolog"
 )
 
 // regSrv is a berth serving only local repositories, over a real socket.
@@ -30,15 +28,7 @@ type regSrv struct {
 
 func newRegSrv(t *testing.T) *regSrv {
 	t.Helper()
-	st, err := cache.Open(t.TempDir(), cache.Options{Logger: zerolog.Nop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(proxy.New(proxy.Options{Store: st, Router: &proxy.Router{Store: st}, Logger: zerolog.Nop()}))
-	t.Cleanup(func() {
-		srv.Close()
-		_ = st.Close()
-	})
+	st, srv := startServer(t, cache.Options{}, localOnly)
 	return &regSrv{st: st, srv: srv}
 }
 

@@ -20,7 +20,6 @@ import (
 	"github.com/berth-dev/berth/upstream"
 	"github.com/berth-dev/berth/upstream/upstreamtest"
 	"github.com/opencontainers/go-digest"
-	"github.com/rs/zerolog"
 )
 
 // countingTransport counts every request berth sends upstream (a request
@@ -97,15 +96,14 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := cache.Open(t.TempDir(), cache.Options{Logger: zerolog.Nop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	router := &proxy.Router{Store: st, Offline: o.offline,
-		Mirrors: []*proxy.Mirror{{Client: client, Default: true, TagTTL: o.ttl}}}
-	srv := httptest.NewServer(proxy.New(proxy.Options{Store: st, Router: router, Logger: zerolog.Nop(), PrefetchConcurrency: -1}))
+	st, srv := startServer(t, cache.Options{}, func(st *cache.Store) proxy.Options {
+		po := mirrorOf(client, o.ttl)(st)
+		po.Router.Offline = o.offline
+		return po
+	})
+	// Registered after startServer, so it runs first: a request held at
+	// the gate must be let go before the server waits for it.
 	t.Cleanup(func() {
-		srv.Close()
 		if tr.gate != nil {
 			select {
 			case <-tr.gate:
@@ -113,7 +111,6 @@ func newEnv(t *testing.T, o envOptions) *env {
 				close(tr.gate)
 			}
 		}
-		st.Close()
 	})
 	return &env{up: up, tr: tr, store: st, srv: srv}
 }
@@ -542,13 +539,11 @@ func TestPrefetchDoesNotDownloadTwice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := cache.Open(t.TempDir(), cache.Options{Logger: zerolog.Nop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	router := &proxy.Router{Store: st, Mirrors: []*proxy.Mirror{{Client: client, Default: true, TagTTL: time.Hour}}}
-	srv := httptest.NewServer(proxy.New(proxy.Options{Store: st, Router: router, Logger: zerolog.Nop(), PrefetchConcurrency: 2}))
-	t.Cleanup(func() { srv.Close(); st.Close() })
+	st, srv := startServer(t, cache.Options{}, func(st *cache.Store) proxy.Options {
+		po := mirrorOf(client, time.Hour)(st)
+		po.PrefetchConcurrency = 2
+		return po
+	})
 	e := &env{up: up, store: st, srv: srv}
 
 	img := up.AddImage("library/app", "1.0", 6, 256<<10)

@@ -17,7 +17,6 @@ import (
 	"github.com/berth-dev/berth/upstream"
 	"github.com/berth-dev/berth/upstream/upstreamtest"
 	"github.com/opencontainers/go-digest"
-	"github.com/rs/zerolog"
 )
 
 // hookRegistry is a minimal anonymous upstream whose answers a test can
@@ -85,13 +84,7 @@ func hookEnv(t *testing.T, f *hookRegistry, ttl time.Duration) *httptest.Server 
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := cache.Open(t.TempDir(), cache.Options{Logger: zerolog.Nop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	router := &proxy.Router{Store: st, Mirrors: []*proxy.Mirror{{Client: c, Default: true, TagTTL: ttl}}}
-	srv := httptest.NewServer(proxy.New(proxy.Options{Store: st, Router: router, Logger: zerolog.Nop(), PrefetchConcurrency: -1}))
-	t.Cleanup(func() { srv.Close(); st.Close() })
+	_, srv := startServer(t, cache.Options{}, mirrorOf(c, ttl))
 	return srv
 }
 
@@ -286,13 +279,11 @@ func TestEvictedBlobIsFetchedAgain(t *testing.T) {
 	var mu sync.Mutex
 	now := time.Now()
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	st, err := cache.Open(t.TempDir(), cache.Options{Logger: zerolog.Nop(), MaxBytes: 1 << 20, Clock: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	router := &proxy.Router{Store: st, Local: []string{"team/**"}, Mirrors: []*proxy.Mirror{{Client: client, Default: true, TagTTL: time.Hour}}}
-	srv := httptest.NewServer(proxy.New(proxy.Options{Store: st, Router: router, Logger: zerolog.Nop(), PrefetchConcurrency: -1}))
-	t.Cleanup(func() { srv.Close(); st.Close() })
+	st, srv := startServer(t, cache.Options{MaxBytes: 1 << 20, Clock: clock}, func(st *cache.Store) proxy.Options {
+		po := mirrorOf(client, time.Hour)(st)
+		po.Router.Local = []string{"team/**"}
+		return po
+	})
 
 	pushed := randomBytes(900 << 10)
 	pd := digest.FromBytes(pushed)
