@@ -408,6 +408,7 @@ func (s *Store) evictBlob(c *evictCandidate, startSeq uint64) (bool, error) {
 	// One that read it just before may still add it: harmless, the body is
 	// content-addressed and no record leads to it.
 	s.manifests.Remove(c.d)
+	s.small.Remove(c.d)
 	s.usedBytes.Add(-c.size)
 	s.usedBlobs.Add(-1)
 	s.evicted.Add(1)

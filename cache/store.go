@@ -58,6 +58,7 @@ type Store struct {
 
 	sizes     *lru.Cache[digest.Digest, int64]  // hot blob sizes
 	manifests *lru.Cache[digest.Digest, []byte] // hot manifest bodies
+	small     *lru.Cache[digest.Digest, []byte] // hot small blobs; see SmallBlob
 
 	// hot caches index values (repositories, tags, manifests, links) by
 	// key, so a warm request does not reach Badger. hotMu orders cache
@@ -118,8 +119,9 @@ func Open(root string, opts Options) (*Store, error) {
 	sizes, _ := lru.New[digest.Digest, int64](65536)
 	mans, _ := lru.New[digest.Digest, []byte](opts.ManifestCacheEntries)
 	hot, _ := lru.New[string, []byte](65536)
+	small, _ := lru.New[digest.Digest, []byte](smallBlobEntries)
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Store{root: root, db: db, log: opts.Logger, opts: opts, sizes: sizes, manifests: mans, hot: hot,
+	s := &Store{root: root, db: db, log: opts.Logger, opts: opts, sizes: sizes, manifests: mans, hot: hot, small: small,
 		fills: map[digest.Digest]*Fill{}, ctx: ctx, cancel: cancel, evictCh: make(chan struct{}, 1)}
 	if err := s.CleanIngest(); err != nil {
 		db.Close()
@@ -447,6 +449,34 @@ func (s *Store) StatRepoBlob(repo string, d digest.Digest) (int64, error) {
 		return 0, ErrNotFound
 	}
 	return s.StatBlob(d)
+}
+
+// Small blobs (configs, tiny layers, signatures) are kept in memory: for
+// them open, stat and close cost more than the bytes. At most
+// smallBlobEntries x MaxSmallBlob = 16 MiB.
+const (
+	MaxSmallBlob     = 64 << 10
+	smallBlobEntries = 256
+)
+
+// SmallBlob returns the content of a stored blob of at most MaxSmallBlob
+// bytes from memory, reading it from disk the first time; ok is false for
+// larger or missing blobs. The caller has checked the repository's link.
+func (s *Store) SmallBlob(d digest.Digest, size int64) (b []byte, ok bool) {
+	if size > MaxSmallBlob {
+		return nil, false
+	}
+	if b, ok := s.small.Get(d); ok {
+		s.Touch(d)
+		return b, true
+	}
+	b, err := os.ReadFile(blobPath(s.root, d))
+	if err != nil || int64(len(b)) != size {
+		return nil, false
+	}
+	s.small.Add(d, b)
+	s.Touch(d)
+	return b, true
 }
 
 // OpenBlob opens a stored blob for reading. It counts as an access for

@@ -494,3 +494,28 @@ func TestBlobPathLayoutOnDisk(t *testing.T) {
 		t.Errorf("meta/: %v", err)
 	}
 }
+
+// Small blobs are served from memory, exactly; larger ones are not kept.
+func TestSmallBlob(t *testing.T) {
+	t.Parallel()
+	st := openStore(t)
+	small := bytes.Repeat([]byte("s"), MaxSmallBlob)
+	large := bytes.Repeat([]byte("l"), MaxSmallBlob+1)
+	for _, b := range [][]byte{small, large} {
+		if err := st.PutBlob("r", "", digest.FromBytes(b), int64(len(b)), bytes.NewReader(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 2; i++ { // from disk, then from memory
+		got, ok := st.SmallBlob(digest.FromBytes(small), int64(len(small)))
+		if !ok || !bytes.Equal(got, small) {
+			t.Fatalf("SmallBlob(small) = %d bytes, %v", len(got), ok)
+		}
+	}
+	if _, ok := st.SmallBlob(digest.FromBytes(large), int64(len(large))); ok {
+		t.Error("a blob over MaxSmallBlob was served from memory")
+	}
+	if _, ok := st.SmallBlob(digest.FromString("absent"), 6); ok {
+		t.Error("an absent blob was served")
+	}
+}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -105,24 +106,30 @@ func (h *Handler) serveStoredBlob(w http.ResponseWriter, r *http.Request, repo s
 	if err != nil {
 		return blobErr(err, d)
 	}
-	f, err := h.store.OpenBlob(d)
-	if err != nil {
-		return blobErr(err, d)
-	}
-	defer f.Close()
 	hdr := w.Header()
 	if rng := r.Header.Get("Range"); rng != "" && !validRangeHeader(rng) {
 		hdr.Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
 		return &oci.Error{Code: oci.CodeRangeInvalid, Message: "invalid range", HTTPStatus: http.StatusRequestedRangeNotSatisfiable}
 	}
+	var content io.ReadSeeker
+	if body, ok := h.store.SmallBlob(d, size); ok {
+		content = bytes.NewReader(body)
+	} else {
+		f, err := h.store.OpenBlob(d)
+		if err != nil {
+			return blobErr(err, d)
+		}
+		defer f.Close()
+		// The *os.File itself, not a wrapper: only then does net/http hand
+		// the copy to sendfile(2). The file is immutable and verified, so
+		// its size is the indexed size.
+		content = f
+	}
 	hdr.Set("Docker-Content-Digest", d.String())
 	hdr.Set("Content-Type", "application/octet-stream")
 	hdr.Set("Etag", `"`+d.String()+`"`)
 	hdr.Set("Cache-Control", "max-age=31536000")
-	// The *os.File itself, not a wrapper: only then does net/http hand the
-	// copy to sendfile(2). The file is immutable and verified, so its size
-	// is the indexed size.
-	http.ServeContent(w, r, "", time.Time{}, f)
+	http.ServeContent(w, r, "", time.Time{}, content)
 	return nil
 }
 
