@@ -120,9 +120,8 @@ func (h *Handler) serveStoredBlob(w http.ResponseWriter, r *http.Request, repo s
 			return blobErr(err, d)
 		}
 		defer f.Close()
-		// The *os.File itself, not a wrapper: only then does net/http hand
-		// the copy to sendfile(2). The file is immutable and verified, so
-		// its size is the indexed size.
+		// The file is immutable and verified, so its size is the indexed
+		// size; recorder.ReadFrom streams it through one pooled buffer.
 		content = f
 	}
 	hdr.Set("Docker-Content-Digest", d.String())
