@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/berth-dev/berth/cache"
@@ -220,12 +221,12 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, req Reques
 		}
 		tag = req.Reference
 	}
-	m, err := parseManifest(r.Header.Get("Content-Type"), body)
+	m, mf, err := parseManifest(r.Header.Get("Content-Type"), body)
 	if err != nil {
 		return err
 	}
 	m.Digest, m.Size = d, int64(len(body))
-	if err := h.checkReferences(t.StoreRepo, body, m.MediaType); err != nil {
+	if err := h.checkReferences(t.StoreRepo, mf); err != nil {
 		return err
 	}
 	if err := h.store.PutManifest(t.StoreRepo, "", m, body, tag, time.Now()); err != nil {
@@ -254,24 +255,37 @@ type manifestFields struct {
 	FSLayers      json.RawMessage      `json:"fsLayers"`
 }
 
-// parseManifest validates a manifest body and extracts its record.
-func parseManifest(contentType string, body []byte) (cache.ManifestRecord, error) {
+// blobs are the blobs a manifest needs in its repository: its config and
+// its layers, except non-distributable ones (their bytes live elsewhere).
+func (mf *manifestFields) blobs() []ocispec.Descriptor {
+	var out []ocispec.Descriptor
+	if mf.Config != nil {
+		out = append(out, *mf.Config)
+	}
+	for _, l := range mf.Layers {
+		if len(l.URLs) == 0 && !isNonDistributable(l.MediaType) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// parseManifest validates a manifest body and extracts its record, and the
+// fields it was read from.
+func parseManifest(contentType string, body []byte) (cache.ManifestRecord, manifestFields, error) {
 	var mf manifestFields
 	if err := json.Unmarshal(body, &mf); err != nil {
-		return cache.ManifestRecord{}, oci.Errorf(oci.CodeManifestInvalid, "manifest is not valid JSON: %v", err)
+		return cache.ManifestRecord{}, mf, oci.Errorf(oci.CodeManifestInvalid, "manifest is not valid JSON: %v", err)
 	}
-	mt := contentType
-	if i := indexByte(mt, ';'); i >= 0 {
-		mt = mt[:i]
-	}
+	mt, _, _ := strings.Cut(contentType, ";")
 	if mt == "" || mt == "application/json" || mt == "application/octet-stream" {
 		mt = mf.MediaType
 	}
 	switch {
 	case mf.SchemaVersion == 1 || mt == oci.MediaTypeDockerSchema1 || mt == oci.MediaTypeDockerSchema1S || mf.FSLayers != nil:
-		return cache.ManifestRecord{}, oci.Errorf(oci.CodeManifestInvalid, "Docker schema1 manifests are deprecated and not accepted; push with a current client (schema2 or OCI)")
+		return cache.ManifestRecord{}, mf, oci.Errorf(oci.CodeManifestInvalid, "Docker schema1 manifests are deprecated and not accepted; push with a current client (schema2 or OCI)")
 	case mf.SchemaVersion != 2:
-		return cache.ManifestRecord{}, oci.Errorf(oci.CodeManifestInvalid, "unsupported schemaVersion %d", mf.SchemaVersion)
+		return cache.ManifestRecord{}, mf, oci.Errorf(oci.CodeManifestInvalid, "unsupported schemaVersion %d", mf.SchemaVersion)
 	}
 	if mt == "" {
 		if mf.Manifests != nil {
@@ -281,13 +295,13 @@ func parseManifest(contentType string, body []byte) (cache.ManifestRecord, error
 		}
 	}
 	if mf.MediaType != "" && mf.MediaType != mt {
-		return cache.ManifestRecord{}, oci.Errorf(oci.CodeManifestInvalid, "mediaType %q does not match Content-Type %q", mf.MediaType, mt)
+		return cache.ManifestRecord{}, mf, oci.Errorf(oci.CodeManifestInvalid, "mediaType %q does not match Content-Type %q", mf.MediaType, mt)
 	}
 	m := cache.ManifestRecord{MediaType: mt, ArtifactType: mf.ArtifactType, Annotations: mf.Annotations}
 	switch mt {
 	case oci.MediaTypeOCIManifest, oci.MediaTypeDockerManifest:
 		if mf.Config == nil {
-			return m, oci.Errorf(oci.CodeManifestInvalid, "image manifest has no config")
+			return m, mf, oci.Errorf(oci.CodeManifestInvalid, "image manifest has no config")
 		}
 		if m.ArtifactType == "" {
 			m.ArtifactType = mf.Config.MediaType
@@ -296,38 +310,18 @@ func parseManifest(contentType string, body []byte) (cache.ManifestRecord, error
 	}
 	if mf.Subject != nil {
 		if err := mf.Subject.Digest.Validate(); err != nil {
-			return m, oci.Errorf(oci.CodeManifestInvalid, "invalid subject digest")
+			return m, mf, oci.Errorf(oci.CodeManifestInvalid, "invalid subject digest")
 		}
 		m.Subject = mf.Subject.Digest
 	}
-	return m, nil
-}
-
-func indexByte(s string, c byte) int {
-	for i := 0; i < len(s); i++ {
-		if s[i] == c {
-			return i
-		}
-	}
-	return -1
+	return m, mf, nil
 }
 
 // checkReferences refuses a manifest whose blobs or child manifests are not
 // in the repository. Non-distributable layers (with URLs) are exempt: by
 // design their bytes live elsewhere.
-func (h *Handler) checkReferences(repo string, body []byte, mediaType string) error {
-	var mf manifestFields
-	_ = json.Unmarshal(body, &mf) // already parsed once
-	var refs []ocispec.Descriptor
-	if mf.Config != nil {
-		refs = append(refs, *mf.Config)
-	}
-	for _, l := range mf.Layers {
-		if len(l.URLs) > 0 || isNonDistributable(l.MediaType) {
-			continue
-		}
-		refs = append(refs, l)
-	}
+func (h *Handler) checkReferences(repo string, mf manifestFields) error {
+	refs := mf.blobs()
 	for _, ref := range refs {
 		if err := ref.Digest.Validate(); err != nil {
 			return oci.Errorf(oci.CodeManifestInvalid, "invalid digest %q in manifest", clip(string(ref.Digest)))
@@ -417,11 +411,8 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, req Reques
 		if err != nil {
 			return err
 		}
-		size := int64(-1)
-		if r.ContentLength >= 0 {
-			size = r.ContentLength
-		}
-		if err := h.store.PutBlob(t.StoreRepo, "", d, size, clientBody{r.Body}); err != nil {
+		// ContentLength is -1 when unknown: PutBlob then checks the digest only.
+		if err := h.store.PutBlob(t.StoreRepo, "", d, r.ContentLength, clientBody{r.Body}); err != nil {
 			return err
 		}
 		w.Header().Set("Location", location(req.Repo, "blobs", d.String()))
@@ -543,20 +534,24 @@ func (h *Handler) localTags(w http.ResponseWriter, r *http.Request, req Request,
 	if err != nil {
 		return err
 	}
-	if _, err := h.store.Repository(t.StoreRepo); err != nil {
+	return h.storedTags(w, r, req, t.StoreRepo, n, hasN, last, "repository "+req.Repo+" unknown")
+}
+
+// storedTags answers a tag list page from the index; unknown is the message
+// for a repository it does not hold.
+func (h *Handler) storedTags(w http.ResponseWriter, r *http.Request, req Request, repo string, n int, hasN bool, last, unknown string) error {
+	if _, err := h.store.Repository(repo); err != nil {
 		if errors.Is(err, cache.ErrNotFound) {
-			return oci.Errorf(oci.CodeNameUnknown, "repository %s unknown", req.Repo)
+			return &oci.Error{Code: oci.CodeNameUnknown, Message: unknown}
 		}
 		return err
 	}
-	var tags []string
-	more := false
+	tags, more := []string{}, false
 	if !hasN || n > 0 {
-		if tags, more, err = h.store.Tags(t.StoreRepo, n, last); err != nil {
+		var err error
+		if tags, more, err = h.store.Tags(repo, n, last); err != nil {
 			return err
 		}
-	} else {
-		tags = []string{}
 	}
 	return writeTagList(w, r, req, tags, nextAfter(tags, more), n)
 }

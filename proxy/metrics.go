@@ -3,8 +3,9 @@ package proxy
 import (
 	"strconv"
 
-	"github.com/berth-dev/berth/cache"
 	"time"
+
+	"github.com/berth-dev/berth/cache"
 
 	"github.com/prometheus/client_golang/prometheus"
 )

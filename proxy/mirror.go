@@ -2,12 +2,12 @@ package proxy
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/berth-dev/berth/cache"
@@ -15,6 +15,7 @@ import (
 	"github.com/berth-dev/berth/upstream"
 	"github.com/hashicorp/golang-lru/v2/expirable"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/singleflight"
 )
@@ -71,7 +72,7 @@ func (m *mirror) referrers(w http.ResponseWriter, r *http.Request, req Request, 
 	if err != nil {
 		return err
 	}
-	if !m.offline(t) {
+	if !m.offline() {
 		at := r.URL.Query().Get("artifactType")
 		descs, filtered, err := t.Upstream.Client.Referrers(r.Context(), t.Repo, d, at)
 		if err == nil {
@@ -106,7 +107,7 @@ func (m *mirror) fillCtx(r *http.Request) context.Context {
 	return zerolog.Ctx(r.Context()).WithContext(m.h.store.Context())
 }
 
-func (m *mirror) offline(t Target) bool { return m.h.router.Offline }
+func (m *mirror) offline() bool { return m.h.router.Offline }
 
 // --- manifests ---------------------------------------------------------------
 
@@ -147,11 +148,11 @@ func (m *mirror) resolveTag(r *http.Request, t Target, tag string) (digest.Diges
 	if err != nil && !errors.Is(err, cache.ErrNotFound) {
 		return "", err
 	}
-	if cached && (m.offline(t) || time.Since(rec.FetchedAt) < t.Upstream.TagTTL) {
+	if cached && (m.offline() || time.Since(rec.FetchedAt) < t.Upstream.TagTTL) {
 		m.h.metrics.cache.WithLabelValues("tag", "hit").Inc()
 		return rec.Digest, nil
 	}
-	if m.offline(t) {
+	if m.offline() {
 		return "", oci.Errorf(oci.CodeManifestUnknown, "%s:%s is not cached and berth is offline", t.Repo, tag)
 	}
 	if !cached {
@@ -201,7 +202,7 @@ func (m *mirror) fetchManifestTo(r *http.Request, t Target, tag string, d *diges
 
 // fetchManifest fetches a manifest by digest into the store.
 func (m *mirror) fetchManifest(r *http.Request, t Target, ref, tag string) error {
-	if m.offline(t) {
+	if m.offline() {
 		return oci.Errorf(oci.CodeManifestUnknown, "manifest %s is not cached and berth is offline", clip(ref))
 	}
 	_, err, _ := m.sf.Do("get\x00"+t.StoreRepo+"\x00"+ref, func() (any, error) {
@@ -226,7 +227,7 @@ func (m *mirror) fetch(r *http.Request, t Target, ref, tag string) (digest.Diges
 		}
 		return "", upstreamErr(err, oci.CodeManifestUnknown)
 	}
-	rec, err := parseManifest(desc.MediaType, body)
+	rec, mf, err := parseManifest(desc.MediaType, body)
 	if err != nil {
 		return "", err
 	}
@@ -235,34 +236,24 @@ func (m *mirror) fetch(r *http.Request, t Target, ref, tag string) (digest.Diges
 		return "", err
 	}
 	if r.Method == http.MethodGet { // a HEAD is a check, not a pull
-		m.prefetchBlobs(r, t, body)
+		m.prefetchBlobs(r, t, mf.blobs())
 	}
 	return desc.Digest, nil
 }
 
 // prefetchBlobs starts filling an image's config and layers so that the
 // client's next requests find them in flight or done.
-func (m *mirror) prefetchBlobs(r *http.Request, t Target, body []byte) {
-	if m.prefetch == nil {
+func (m *mirror) prefetchBlobs(r *http.Request, t Target, descs []ocispec.Descriptor) {
+	if m.prefetch == nil || len(descs) == 0 {
 		return
-	}
-	var mf manifestFields
-	if json.Unmarshal(body, &mf) != nil || mf.Config == nil {
-		return
-	}
-	descs := []manifestDesc{{mf.Config.Digest, mf.Config.Size}}
-	for _, l := range mf.Layers {
-		if len(l.URLs) == 0 && !isNonDistributable(l.MediaType) {
-			descs = append(descs, manifestDesc{l.Digest, l.Size})
-		}
 	}
 	ctx := m.fillCtx(r)
 	go func() {
 		for _, d := range descs {
-			if d.digest.Validate() != nil {
+			if d.Digest.Validate() != nil {
 				continue
 			}
-			if _, err := m.h.store.StatBlob(d.digest); err == nil {
+			if _, err := m.h.store.StatBlob(d.Digest); err == nil {
 				continue
 			}
 			select {
@@ -270,11 +261,11 @@ func (m *mirror) prefetchBlobs(r *http.Request, t Target, body []byte) {
 			default:
 				return // all prefetch slots busy: the client's own requests fetch the rest
 			}
-			f, err := m.startFill(ctx, t, d.digest)
+			f, err := m.startFill(ctx, t, d.Digest)
 			if err != nil || f == nil { // nil: a client's own request stored it meanwhile
 				<-m.prefetch
 				if err != nil {
-					zerolog.Ctx(ctx).Debug().Err(err).Str("digest", d.digest.String()).Msg("prefetch not started")
+					zerolog.Ctx(ctx).Debug().Err(err).Str("digest", d.Digest.String()).Msg("prefetch not started")
 				}
 				continue
 			}
@@ -286,11 +277,6 @@ func (m *mirror) prefetchBlobs(r *http.Request, t Target, body []byte) {
 	}()
 }
 
-type manifestDesc struct {
-	digest digest.Digest
-	size   int64
-}
-
 // --- blobs -------------------------------------------------------------------
 
 func (m *mirror) blob(w http.ResponseWriter, r *http.Request, t Target, d digest.Digest) error {
@@ -300,7 +286,7 @@ func (m *mirror) blob(w http.ResponseWriter, r *http.Request, t Target, d digest
 		m.h.metrics.cache.WithLabelValues("blob", "hit").Inc()
 		return m.h.serveStoredBlob(w, r, t.StoreRepo, d)
 	}
-	if m.offline(t) {
+	if m.offline() {
 		return oci.Errorf(oci.CodeBlobUnknown, "blob %s is not cached and berth is offline", d)
 	}
 	key := t.StoreRepo + "@" + d.String()
@@ -505,7 +491,7 @@ func parseRangeOpen(s string, size int64) (int64, int64, bool) {
 		}
 		return s, min(e, size-1), true
 	}
-	spec, ok := cutPrefix(s, "bytes=")
+	spec, ok := strings.CutPrefix(s, "bytes=")
 	if !ok || len(spec) < 2 {
 		return 0, 0, false
 	}
@@ -526,13 +512,6 @@ func parseRangeOpen(s string, size int64) (int64, int64, bool) {
 	return 0, 0, false
 }
 
-func cutPrefix(s, p string) (string, bool) {
-	if len(s) >= len(p) && s[:len(p)] == p {
-		return s[len(p):], true
-	}
-	return s, false
-}
-
 // --- tags --------------------------------------------------------------------
 
 func (m *mirror) tags(w http.ResponseWriter, r *http.Request, req Request, t Target) error {
@@ -543,7 +522,7 @@ func (m *mirror) tags(w http.ResponseWriter, r *http.Request, req Request, t Tar
 	if hasN && n == 0 {
 		return writeTagList(w, r, req, []string{}, "", 0)
 	}
-	if !m.offline(t) {
+	if !m.offline() {
 		tags, next, err := t.Upstream.Client.Tags(r.Context(), t.Repo, n, last)
 		if err == nil {
 			if tags == nil {
@@ -557,19 +536,7 @@ func (m *mirror) tags(w http.ResponseWriter, r *http.Request, req Request, t Tar
 		zerolog.Ctx(r.Context()).Warn().Err(err).Str("repo", t.StoreRepo).Msg("upstream tag list failed; serving cached tags")
 		m.h.metrics.cache.WithLabelValues("tags", "stale").Inc()
 	}
-	if _, err := m.h.store.Repository(t.StoreRepo); err != nil {
-		return oci.Errorf(oci.CodeNameUnknown, "repository %s is not cached", t.Repo)
-	}
-	var tags []string
-	more := false
-	if !hasN || n > 0 {
-		if tags, more, err = m.h.store.Tags(t.StoreRepo, n, last); err != nil {
-			return err
-		}
-	} else {
-		tags = []string{}
-	}
-	return writeTagList(w, r, req, tags, nextAfter(tags, more), n)
+	return m.h.storedTags(w, r, req, t.StoreRepo, n, hasN, last, "repository "+t.Repo+" is not cached")
 }
 
 // upstreamErr maps an upstream failure to the OCI error a client sees.

@@ -59,7 +59,7 @@ func ParseRequest(path string) (Request, error) {
 	case strings.HasSuffix(rest, "/blobs/uploads/") || strings.HasSuffix(rest, "/blobs/uploads"):
 		req = Request{Kind: KindUploadStart, Repo: rest[:strings.LastIndex(rest, "/blobs/uploads")]}
 	default:
-		i := lastElem(rest)
+		i := strings.LastIndexByte(rest, '/')
 		if i < 0 {
 			return Request{}, errNotAPI
 		}
@@ -93,8 +93,6 @@ func ParseRequest(path string) (Request, error) {
 	}
 	return req, nil
 }
-
-func lastElem(s string) int { return strings.LastIndexByte(s, '/') }
 
 var errNotAPI = &oci.Error{Code: oci.CodeNameUnknown, Message: "no such API endpoint", HTTPStatus: http.StatusNotFound}
 
