@@ -215,10 +215,13 @@ func (f *Fill) Wait(ctx context.Context) error {
 }
 
 // NewReader returns a reader of the blob from offset on, which blocks until
-// the bytes it needs have arrived. It returns io.EOF only once the whole blob
-// has been verified, and ErrFillFailed if the fill fails. ctx ends the wait
-// of a reader whose client went away.
-func (f *Fill) NewReader(ctx context.Context, offset int64) (io.ReadCloser, error) {
+// the bytes it needs have arrived. It holds back the blob's last byte until
+// the whole blob is verified, so it returns io.EOF only for verified
+// content, and ErrFillFailed if the fill fails: a client must never see a
+// clean end of content that fails its digest. (A read that stops earlier,
+// a Range, cannot be verified on its own and gets its bytes as they come.)
+// It seeks, for Range. ctx ends the wait of a reader whose client went away.
+func (f *Fill) NewReader(ctx context.Context, offset int64) (io.ReadSeekCloser, error) {
 	file, err := os.Open(f.file.Name())
 	if err != nil {
 		// The fill already ended and the staging file is gone (committed
@@ -243,9 +246,13 @@ func (r *fillReader) Read(p []byte) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		if r.off < written {
-			if int64(len(p)) > written-r.off {
-				p = p[:written-r.off]
+		avail := written
+		if !done && avail == r.f.Size {
+			avail-- // the last byte waits for verification
+		}
+		if r.off < avail {
+			if int64(len(p)) > avail-r.off {
+				p = p[:avail-r.off]
 			}
 			n, err := r.file.ReadAt(p, r.off)
 			r.off += int64(n)
@@ -263,6 +270,22 @@ func (r *fillReader) Read(p []byte) (int, error) {
 			return 0, r.ctx.Err()
 		}
 	}
+}
+
+// Seek moves the read offset (io.SeekStart and io.SeekCurrent; io.SeekEnd
+// against the blob's size).
+func (r *fillReader) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekCurrent:
+		offset += r.off
+	case io.SeekEnd:
+		offset += r.f.Size
+	}
+	if offset < 0 {
+		return r.off, errors.New("fill reader: negative offset")
+	}
+	r.off = offset
+	return offset, nil
 }
 
 func (r *fillReader) Close() error { return r.file.Close() }

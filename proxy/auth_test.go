@@ -23,9 +23,7 @@ func authServer(t *testing.T, anonymousPull bool) *httptest.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, srv := startServer(t, cache.Options{}, func(st *cache.Store) proxy.Options {
-		return proxy.Options{Router: &proxy.Router{Store: st}, Auth: auth}
-	})
+	_, srv := startServer(t, cache.Options{}, berth{Auth: auth})
 	return srv
 }
 

@@ -1,77 +1,77 @@
 package proxy
 
 import (
+	"net/http"
 	"strconv"
-
+	"sync/atomic"
 	"time"
-
-	"github.com/berth-dev/berth/cache"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// metrics are berth's Prometheus series. With a nil Registerer they are
-// still counted (tests read them) but not exported.
+// metrics are the HTTP series. With a nil Registerer they are still counted
+// (tests read them) but not exported. The series of a request are looked up
+// in arrays, not through the vectors' label hashing: a warm request pays a
+// few atomic adds.
 type metrics struct {
-	requests     *prometheus.CounterVec
-	duration     *prometheus.HistogramVec
-	bytesOut     prometheus.Counter
-	cache        *prometheus.CounterVec // kind, result (hit|miss|stale)
-	fills        *prometheus.CounterVec // result (ok|failed)
-	upstreamByte prometheus.Counter
-	joins        prometheus.Counter
-	inFlight     prometheus.Gauge
+	requests *prometheus.CounterVec
+	duration [len(kindNames)]prometheus.Observer
+	bytesOut prometheus.Counter
+	cells    [len(kindNames)][len(methods) + 1][len(statuses)]atomic.Pointer[prometheus.Counter]
 }
 
+var (
+	methods  = [...]string{http.MethodGet, http.MethodHead, http.MethodPut, http.MethodPost, http.MethodPatch, http.MethodDelete}
+	statuses = [...]int{200, 201, 202, 204, 206, 304, 400, 401, 403, 404, 405, 413, 416, 429, 500, 502, 503}
+)
+
 func newMetrics(reg prometheus.Registerer) *metrics {
+	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "berth_http_request_duration_seconds",
+		Help: "API request latency by kind.", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10)}, []string{"kind"})
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_http_requests_total",
 			Help: "API requests by kind, method and status."}, []string{"kind", "method", "status"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "berth_http_request_duration_seconds",
-			Help: "API request latency by kind.", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10)}, []string{"kind"}),
 		bytesOut: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_http_response_bytes_total",
 			Help: "Bytes sent to clients."}),
-		cache: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_cache_requests_total",
-			Help: "Mirrored lookups by kind and result: hit, miss, revalidated, stale (served while the upstream failed), negative."}, []string{"kind", "result"}),
-		fills: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_upstream_fills_total",
-			Help: "Blob downloads from upstreams by result."}, []string{"result"}),
-		upstreamByte: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_upstream_fill_bytes_total",
-			Help: "Bytes downloaded from upstreams into the cache."}),
-		joins: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_upstream_fill_joins_total",
-			Help: "Blob misses that joined a download already in flight instead of starting one."}),
-		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_upstream_fills_in_flight",
-			Help: "Blob downloads from upstreams running now."}),
+	}
+	for k := range kindNames {
+		m.duration[k] = duration.WithLabelValues(kindNames[k])
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.duration, m.bytesOut, m.cache, m.fills, m.upstreamByte, m.joins, m.inFlight)
+		reg.MustRegister(m.requests, duration, m.bytesOut)
 	}
 	return m
 }
 
-// registerStore exports the store's disk usage and eviction counters.
-func registerStore(reg prometheus.Registerer, st *cache.Store) {
-	if reg == nil || st == nil {
-		return
+func index[T comparable](list []T, v T) int {
+	for i, x := range list {
+		if x == v {
+			return i
+		}
 	}
-	u := func(f func(cache.Usage) float64) func() float64 { return func() float64 { return f(st.Usage()) } }
-	reg.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_cache_bytes", Help: "Bytes of blobs on disk."},
-			u(func(x cache.Usage) float64 { return float64(x.Bytes) })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_cache_blobs", Help: "Blobs on disk."},
-			u(func(x cache.Usage) float64 { return float64(x.Blobs) })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_cache_pinned_bytes", Help: "Bytes of pushed (never evicted) blobs, as of the last eviction pass."},
-			u(func(x cache.Usage) float64 { return float64(x.PinnedBytes) })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_cache_limit_bytes", Help: "max_cache_bytes (0: unbounded)."},
-			u(func(x cache.Usage) float64 { return float64(x.Limit) })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_cache_evicted_blobs_total", Help: "Mirrored blobs evicted."},
-			u(func(x cache.Usage) float64 { return float64(x.EvictedBlobs) })),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_cache_evicted_bytes_total", Help: "Bytes of mirrored blobs evicted."},
-			u(func(x cache.Usage) float64 { return float64(x.EvictedBytes) })),
-	)
+	return len(list)
 }
 
 func (m *metrics) observe(k Kind, method string, status int, bytes int64, d time.Duration) {
-	m.requests.WithLabelValues(k.String(), method, strconv.Itoa(status)).Inc()
-	m.duration.WithLabelValues(k.String()).Observe(d.Seconds())
-	m.bytesOut.Add(float64(bytes))
+	mi, si := index(methods[:], method), index(statuses[:], status)
+	if mi == len(methods) {
+		method = "OTHER" // a client's made-up method must not grow the series
+	}
+	if si == len(statuses) { // rare: no cell of its own
+		m.requests.WithLabelValues(k.String(), method, strconv.Itoa(status)).Inc()
+	} else {
+		cell := &m.cells[k][mi][si]
+		c := cell.Load()
+		if c == nil {
+			counter := m.requests.WithLabelValues(k.String(), method, strconv.Itoa(status))
+			c = &counter
+			cell.Store(c)
+		}
+		(*c).Inc()
+	}
+	m.duration[k].Observe(d.Seconds())
+	if bytes > 0 {
+		m.bytesOut.Add(float64(bytes))
+	}
 }
+

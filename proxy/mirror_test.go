@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/cache"
-	"github.com/berth-dev/berth/proxy"
 	"github.com/berth-dev/berth/upstream"
 	"github.com/berth-dev/berth/upstream/upstreamtest"
 	"github.com/opencontainers/go-digest"
@@ -96,11 +95,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, srv := startServer(t, cache.Options{}, func(st *cache.Store) proxy.Options {
-		po := mirrorOf(client, o.ttl)(st)
-		po.Router.Offline = o.offline
-		return po
-	})
+	st, srv := startServer(t, cache.Options{}, berth{Upstream: client, TTL: o.ttl, Prefetch: -1, Offline: o.offline})
 	// Registered after startServer, so it runs first: a request held at
 	// the gate must be let go before the server waits for it.
 	t.Cleanup(func() {
@@ -539,11 +534,7 @@ func TestPrefetchDoesNotDownloadTwice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, srv := startServer(t, cache.Options{}, func(st *cache.Store) proxy.Options {
-		po := mirrorOf(client, time.Hour)(st)
-		po.PrefetchConcurrency = 2
-		return po
-	})
+	st, srv := startServer(t, cache.Options{}, berth{Upstream: client, TTL: time.Hour, Prefetch: 2})
 	e := &env{up: up, store: st, srv: srv}
 
 	img := up.AddImage("library/app", "1.0", 6, 256<<10)

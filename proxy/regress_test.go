@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/cache"
-	"github.com/berth-dev/berth/proxy"
 	"github.com/berth-dev/berth/upstream"
 	"github.com/berth-dev/berth/upstream/upstreamtest"
 	"github.com/opencontainers/go-digest"
@@ -279,11 +278,7 @@ func TestEvictedBlobIsFetchedAgain(t *testing.T) {
 	var mu sync.Mutex
 	now := time.Now()
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	st, srv := startServer(t, cache.Options{MaxBytes: 1 << 20, Clock: clock}, func(st *cache.Store) proxy.Options {
-		po := mirrorOf(client, time.Hour)(st)
-		po.Router.Local = []string{"team/**"}
-		return po
-	})
+	st, srv := startServer(t, cache.Options{MaxBytes: 1 << 20, Clock: clock}, berth{Upstream: client, TTL: time.Hour, Prefetch: -1, Local: []string{"team/**"}})
 
 	pushed := randomBytes(900 << 10)
 	pd := digest.FromBytes(pushed)

@@ -6,35 +6,54 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/cache"
+	"github.com/berth-dev/berth/internal/mirror"
+	"github.com/berth-dev/berth/internal/route"
 	"github.com/berth-dev/berth/proxy"
 	"github.com/rs/zerolog"
 )
 
+// berth is how a test's server is put together, as cmd/berth does it.
+type berth struct {
+	Upstream mirror.Upstream // the default upstream (docker.io); nil: local only
+	TTL      time.Duration
+	Prefetch int // background fills after a manifest miss (-1: off)
+	Offline  bool
+	Local    []string // local patterns
+	Auth     *proxy.Auth
+}
+
+// localOnly is a berth serving only local repositories.
+var localOnly = berth{}
+
+// mirrorOf is a berth with client as its default upstream (docker.io),
+// tags fresh for ttl, and no background prefetch unless a test asks.
+func mirrorOf(client mirror.Upstream, ttl time.Duration) berth {
+	return berth{Upstream: client, TTL: ttl, Prefetch: -1}
+}
+
 // startServer runs berth over a store in tb's temp dir, on a real loopback
-// socket. opts receives the store (a Router needs it) and returns the
-// handler's options. Both are closed when the test ends, the server first.
-func startServer(tb testing.TB, so cache.Options, opts func(*cache.Store) proxy.Options) (*cache.Store, *httptest.Server) {
+// socket. Everything is closed when the test ends, the server first.
+func startServer(tb testing.TB, so cache.Options, b berth) (*cache.Store, *httptest.Server) {
 	tb.Helper()
 	so.Logger = zerolog.Nop()
 	st, err := cache.Open(tb.TempDir(), so)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	o := opts(st)
-	o.Store, o.Logger = st, zerolog.Nop()
-	srv := httptest.NewServer(proxy.New(o))
-	tb.Cleanup(func() { srv.Close(); st.Close() })
-	return st, srv
-}
-
-// localOnly is a berth serving only local repositories.
-func localOnly(st *cache.Store) proxy.Options { return proxy.Options{Router: &proxy.Router{Store: st}} }
-
-// mirrorOf is a berth with client as its default upstream (docker.io),
-// tags fresh for ttl, and no background prefetch unless a test asks.
-func mirrorOf(client proxy.Upstream, ttl time.Duration) func(*cache.Store) proxy.Options {
-	return func(st *cache.Store) proxy.Options {
-		return proxy.Options{PrefetchConcurrency: -1, Router: &proxy.Router{Store: st,
-			Mirrors: []*proxy.Mirror{{Client: client, Default: true, TagTTL: ttl}}}}
+	var ups []route.Upstream
+	var m *mirror.Mirror
+	if b.Upstream != nil {
+		m = mirror.New(mirror.Options{Store: st, Client: b.Upstream, TagTTL: b.TTL, Offline: b.Offline, Prefetch: b.Prefetch})
+		ups = append(ups, route.Upstream{Name: b.Upstream.Name(), Default: true, Registry: m})
 	}
+	rt := route.New(route.Options{Local: cache.NewLocal(st), Store: st, Upstreams: ups, LocalPatterns: b.Local, Offline: b.Offline})
+	srv := httptest.NewServer(proxy.New(proxy.Options{Registry: rt, Logger: zerolog.Nop(), Auth: b.Auth}))
+	tb.Cleanup(func() {
+		srv.Close()
+		if m != nil {
+			m.Close()
+		}
+		st.Close()
+	})
+	return st, srv
 }

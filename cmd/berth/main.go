@@ -10,16 +10,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	stdlog "log"
 	"net"
 	"net/http"
 	_ "net/http/pprof" // served only on debug_addr
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/berth-dev/berth/cache"
+	"github.com/berth-dev/berth/internal/mirror"
+	"github.com/berth-dev/berth/internal/route"
 	"github.com/berth-dev/berth/proxy"
 	"github.com/berth-dev/berth/upstream"
 	"github.com/mattn/go-isatty"
@@ -148,25 +152,29 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err := store.Close(); err != nil {
-			log.Error().Err(err).Msg("closing the index")
-		}
-	}()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	router := &proxy.Router{Local: cfg.Local, Offline: cfg.Offline, Store: store}
+	registerStore(reg, store)
+	mirrorMetrics := mirror.NewMetrics(reg)
+	var mirrors []*mirror.Mirror
+	var ups []route.Upstream
 	for _, u := range cfg.Upstreams {
 		c, err := upstream.New(upstream.Config{Name: u.Name, URL: u.URL, Username: u.Username, Password: u.Password,
 			ResponseHeaderTimeout: u.Timeout}, upstream.WithLogger(log.With().Str("upstream", u.Name).Logger()))
 		if err != nil {
+			store.Close()
 			return fmt.Errorf("upstream %s: %w", u.Name, err)
 		}
-		router.Mirrors = append(router.Mirrors, &proxy.Mirror{Client: c, Default: u.Default, TagTTL: u.TagTTL.Duration,
-			KeepOnNotFound: u.KeepOnNotFound, Aliases: u.Aliases})
+		m := mirror.New(mirror.Options{Store: store, Client: c, TagTTL: u.TagTTL.Duration, KeepOnNotFound: u.KeepOnNotFound,
+			Offline: cfg.Offline, Prefetch: cfg.Prefetch, Metrics: mirrorMetrics, Logger: log})
+		mirrors = append(mirrors, m)
+		ups = append(ups, route.Upstream{Name: u.Name, Aliases: u.Aliases, Default: u.Default, Registry: m})
 	}
-	api := proxy.New(proxy.Options{Store: store, Router: router, Logger: log, Registerer: reg,
-		MaxManifestSize: cfg.MaxManifestBytes, PrefetchConcurrency: cfg.Prefetch, Auth: auth})
+	router := route.New(route.Options{Local: cache.NewLocal(store), Store: store, Upstreams: ups,
+		LocalPatterns: cfg.Local, Offline: cfg.Offline})
+	api := proxy.New(proxy.Options{Registry: router, Logger: log, Registerer: reg,
+		MaxManifestSize: cfg.MaxManifestBytes, Auth: auth})
+	var handlers sync.WaitGroup // requests running, so the index is never closed under one
 	mux := http.NewServeMux()
 	mux.Handle("/v2/", api)
 	mux.Handle("/v2", api)
@@ -181,10 +189,25 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 	})
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
+		store.Close()
 		return fmt.Errorf("addr: %w", err)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
-		ErrorLog: nil}
+	baseCtx := log.WithContext(context.Background())
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			handlers.Add(1)
+			defer handlers.Done()
+			mux.ServeHTTP(w, r)
+		}),
+		BaseContext: func(net.Listener) context.Context { return baseCtx },
+		// Headers are small; a client sending megabytes of them, or taking
+		// long to, holds memory for nothing. Bodies have their own idle
+		// deadline (proxy.Options.BodyIdleTimeout).
+		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          stdlog.New(io.Discard, "", 0),
+	}
 	names := make([]string, 0, len(cfg.Upstreams))
 	for _, u := range cfg.Upstreams {
 		names = append(names, u.Name)
@@ -218,9 +241,63 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 		log.Info().Dur("timeout", cfg.ShutdownTimeout).Msg("shutting down: finishing in-flight requests")
 		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 		defer cancel()
-		return srv.Shutdown(sctx)
+		if err := srv.Shutdown(sctx); err != nil {
+			log.Warn().Err(err).Msg("requests still running at the shutdown timeout: closing their connections")
+			srv.Close()
+		}
+		return nil
 	})
 	err = g.Wait()
+	if !waitTimeout(&handlers, shutdownGrace) {
+		// A handler stuck past its closed connection: closing the index under
+		// it could corrupt what it writes. Badger replays its log at the next
+		// start, so leaving it unclosed loses nothing acknowledged.
+		log.Error().Dur("grace", shutdownGrace).Msg("requests still running after the shutdown timeout; exiting without closing the index")
+		return err
+	}
+	for _, m := range mirrors {
+		m.Close()
+	}
+	if cerr := store.Close(); cerr != nil {
+		log.Error().Err(cerr).Msg("closing the index")
+	}
 	log.Info().Msg("stopped")
 	return err
+}
+
+// shutdownGrace is how long handlers may take to notice their connection
+// was closed after the shutdown timeout.
+const shutdownGrace = 5 * time.Second
+
+// waitTimeout waits for wg at most d; false if it timed out.
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// registerStore exports the store's disk usage and eviction counters.
+func registerStore(reg prometheus.Registerer, st *cache.Store) {
+	u := func(f func(cache.Usage) float64) func() float64 { return func() float64 { return f(st.Usage()) } }
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_cache_bytes", Help: "Bytes of blobs on disk."},
+			u(func(x cache.Usage) float64 { return float64(x.Bytes) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_cache_blobs", Help: "Blobs on disk."},
+			u(func(x cache.Usage) float64 { return float64(x.Blobs) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_cache_pinned_bytes", Help: "Bytes of pushed (never evicted) blobs, as of the last eviction pass."},
+			u(func(x cache.Usage) float64 { return float64(x.PinnedBytes) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_cache_limit_bytes", Help: "max_cache_bytes (0: unbounded)."},
+			u(func(x cache.Usage) float64 { return float64(x.Limit) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_cache_evicted_blobs_total", Help: "Mirrored blobs evicted."},
+			u(func(x cache.Usage) float64 { return float64(x.EvictedBlobs) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_cache_evicted_bytes_total", Help: "Bytes of mirrored blobs evicted."},
+			u(func(x cache.Usage) float64 { return float64(x.EvictedBytes) })),
+	)
 }

@@ -107,7 +107,8 @@ func (e *Error) WithStatus(s int) *Error {
 // Is lets errors.Is match two *Error values by code, so sentinels work.
 func (e *Error) Is(target error) bool {
 	var t *Error
-	return errors.As(target, &t) && t.Code == e.Code && t.Message == ""
+	return errors.As(target, &t) && t.Code == e.Code && t.Message == "" &&
+		(t.HTTPStatus == 0 || t.HTTPStatus == e.Status())
 }
 
 // Sentinels for errors.Is: an *Error with the same code matches them.
@@ -117,6 +118,10 @@ var (
 	ErrNameUnknown     = &Error{Code: CodeNameUnknown}
 	ErrUploadUnknown   = &Error{Code: CodeBlobUploadUnknown}
 	ErrDigestInvalid   = &Error{Code: CodeDigestInvalid}
+	ErrDenied          = &Error{Code: CodeDenied}
+	ErrUnsupported     = &Error{Code: CodeUnsupported}
+	// ErrUploadOffset is a chunk that does not continue its upload (416).
+	ErrUploadOffset = &Error{Code: CodeBlobUploadInvalid, HTTPStatus: http.StatusRequestedRangeNotSatisfiable}
 )
 
 // Body is the JSON error body of the specification.

@@ -1,0 +1,586 @@
+// Package mirror is one upstream registry cached in the local store, as a
+// registry: a read side (registry.Reader and registry.Lister) built from the
+// local store and an upstream client, as distribution's proxy builds a
+// repository from a local and a remote store. Concurrent misses share one
+// upstream request (singleflight); a blob miss is one upstream download into
+// the store that every client streams from while it arrives.
+//
+// Repository names are the upstream's ("library/busybox"); content is stored
+// as "<upstream>/<name>", so it can never collide with a local repository.
+package mirror
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/berth-dev/berth/cache"
+	"github.com/berth-dev/berth/internal/oci"
+	"github.com/berth-dev/berth/internal/registry"
+	"github.com/berth-dev/berth/internal/ttl"
+	"github.com/berth-dev/berth/upstream"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/singleflight"
+)
+
+// Upstream is what a mirror needs of a remote registry client
+// (*upstream.Client implements it).
+type Upstream interface {
+	Name() string
+	HeadManifest(ctx context.Context, repo, ref string) (upstream.Descriptor, error)
+	GetManifest(ctx context.Context, repo, ref string) (upstream.Descriptor, []byte, error)
+	HeadBlob(ctx context.Context, repo string, d digest.Digest) (upstream.Descriptor, error)
+	GetBlob(ctx context.Context, repo string, d digest.Digest, offset int64) (io.ReadCloser, int64, error)
+	Tags(ctx context.Context, repo string, n int, last string) ([]string, string, error)
+	Referrers(ctx context.Context, repo string, d digest.Digest, artifactType string) ([]ocispec.Descriptor, bool, error)
+}
+
+// Options configure a Mirror.
+type Options struct {
+	Store  *cache.Store
+	Client Upstream
+	// TagTTL is how long a tag is served without asking the upstream; zero
+	// means a HEAD on every request.
+	TagTTL time.Duration
+	// KeepOnNotFound keeps serving a cached tag the upstream no longer has.
+	KeepOnNotFound bool
+	// Offline forbids any upstream contact: the cache alone answers.
+	Offline bool
+	// Prefetch bounds the background fills of an image's blobs started
+	// after a manifest miss; zero means 4, negative disables prefetching.
+	Prefetch int
+	// Timeout bounds upstream work shared by many clients and detached from
+	// each (a manifest fetch, a tag revalidation); zero means 20 s. Blob
+	// downloads are bounded by the upstream client's minimum rate instead.
+	Timeout time.Duration
+	// Metrics receives the mirror's counters; nil counts nothing.
+	Metrics *Metrics
+	Logger  zerolog.Logger
+}
+
+// negativeTTL is how long "the upstream does not have it" is remembered.
+const negativeTTL = 30 * time.Second
+
+// Mirror is the read side of one upstream, cached.
+type Mirror struct {
+	o        Options
+	name     string
+	local    *cache.Local
+	sf       singleflight.Group // manifest fetches, tag revalidations, blob fill starts
+	negative *ttl.Cache[string, struct{}]
+	met      *Metrics
+
+	prefetch chan struct{} // semaphore of background fills; nil disables
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup // prefetch goroutines
+}
+
+var _ registry.ReadLister = (*Mirror)(nil)
+
+// New returns the mirror of o.Client. Close stops its background work.
+func New(o Options) *Mirror {
+	if o.Timeout == 0 {
+		o.Timeout = 20 * time.Second
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics(nil)
+	}
+	m := &Mirror{o: o, name: o.Client.Name(), local: cache.NewLocal(o.Store),
+		negative: ttl.New[string, struct{}](8192, negativeTTL), met: o.Metrics}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
+	if o.Prefetch == 0 {
+		o.Prefetch = 4
+	}
+	if o.Prefetch > 0 {
+		m.prefetch = make(chan struct{}, o.Prefetch)
+	}
+	return m
+}
+
+// Name is the upstream's name.
+func (m *Mirror) Name() string { return m.name }
+
+// Close stops starting background fills and waits for the goroutines that
+// start them; the fills themselves belong to the store, which waits for them.
+func (m *Mirror) Close() {
+	m.cancel()
+	m.wg.Wait()
+}
+
+func (m *Mirror) storeRepo(repo string) string { return m.name + "/" + repo }
+
+// detached is the context of upstream work shared by many clients: no
+// client's hang-up ends it, its deadline does; it keeps the logger.
+func (m *Mirror) detached(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), m.o.Timeout)
+}
+
+// shared runs fn once for all concurrent callers of key, under a detached
+// context; each caller waits only as long as its own context lasts.
+func (m *Mirror) shared(ctx context.Context, key string, fn func(ctx context.Context) (any, error)) (any, error) {
+	ch := m.sf.DoChan(key, func() (any, error) {
+		dctx, cancel := m.detached(ctx)
+		defer cancel()
+		return fn(dctx)
+	})
+	select {
+	case res := <-ch:
+		return res.Val, res.Err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// --- manifests ---------------------------------------------------------------
+
+// GetTag implements registry.Reader.
+func (m *Mirror) GetTag(ctx context.Context, repo, tag string) (registry.BlobReader, error) {
+	d, err := m.resolveTag(ctx, repo, tag, true)
+	if err != nil {
+		return nil, err
+	}
+	return m.local.GetManifest(ctx, m.storeRepo(repo), d)
+}
+
+// ResolveTag implements registry.Reader.
+func (m *Mirror) ResolveTag(ctx context.Context, repo, tag string) (registry.Descriptor, error) {
+	d, err := m.resolveTag(ctx, repo, tag, false)
+	if err != nil {
+		return registry.Descriptor{}, err
+	}
+	return m.local.ResolveManifest(ctx, m.storeRepo(repo), d)
+}
+
+// GetManifest implements registry.Reader.
+func (m *Mirror) GetManifest(ctx context.Context, repo string, d digest.Digest) (registry.BlobReader, error) {
+	if err := m.ensureManifest(ctx, repo, d, true); err != nil {
+		return nil, err
+	}
+	return m.local.GetManifest(ctx, m.storeRepo(repo), d)
+}
+
+// ResolveManifest implements registry.Reader. A miss fetches the manifest
+// (a HEAD is often followed by its GET) but prefetches nothing.
+func (m *Mirror) ResolveManifest(ctx context.Context, repo string, d digest.Digest) (registry.Descriptor, error) {
+	if err := m.ensureManifest(ctx, repo, d, false); err != nil {
+		return registry.Descriptor{}, err
+	}
+	return m.local.ResolveManifest(ctx, m.storeRepo(repo), d)
+}
+
+func (m *Mirror) ensureManifest(ctx context.Context, repo string, d digest.Digest, pull bool) error {
+	if _, err := m.o.Store.Manifest(m.storeRepo(repo), d); err == nil {
+		m.met.manifestHit.Inc()
+		return nil
+	}
+	if m.o.Offline {
+		return oci.Errorf(oci.CodeManifestUnknown, "manifest %s is not cached and berth is offline", d)
+	}
+	_, err := m.fetchManifest(ctx, repo, d.String(), "", pull)
+	return err
+}
+
+// resolveTag returns the digest a tag points at: from the index while it is
+// fresh, else after one upstream HEAD (serving the cached digest if the
+// upstream fails), else by fetching the manifest.
+func (m *Mirror) resolveTag(ctx context.Context, repo, tag string, pull bool) (digest.Digest, error) {
+	sr := m.storeRepo(repo)
+	rec, err := m.o.Store.Tag(sr, tag)
+	cached := err == nil
+	if err != nil && !errors.Is(err, cache.ErrNotFound) {
+		return "", err
+	}
+	if cached && (m.o.Offline || time.Since(rec.FetchedAt) < m.o.TagTTL) {
+		m.met.tagHit.Inc()
+		return rec.Digest, nil
+	}
+	if m.o.Offline {
+		return "", oci.Errorf(oci.CodeManifestUnknown, "%s:%s is not cached and berth is offline", repo, tag)
+	}
+	if !cached {
+		m.met.tagMiss.Inc()
+		return m.fetchManifest(ctx, repo, tag, tag, pull)
+	}
+	// Stale: one HEAD, shared by everyone asking now.
+	v, err := m.shared(ctx, "head\x00"+sr+"\x00"+tag, func(dctx context.Context) (any, error) {
+		desc, err := m.o.Client.HeadManifest(dctx, repo, tag)
+		if err != nil {
+			return nil, err
+		}
+		if desc.Digest == rec.Digest {
+			return desc.Digest, m.o.Store.SetTag(sr, tag, desc.Digest, time.Now())
+		}
+		return m.fetch(dctx, repo, tag, tag, pull)
+	})
+	switch {
+	case err == nil:
+		m.met.tagRevalidated.Inc()
+		return v.(digest.Digest), nil
+	case ctx.Err() != nil:
+		return "", ctx.Err()
+	case errors.Is(err, upstream.ErrNotFound) && !m.o.KeepOnNotFound:
+		_ = m.o.Store.DeleteTag(sr, tag)
+		return "", oci.Errorf(oci.CodeManifestUnknown, "%s:%s no longer exists upstream", repo, tag)
+	case errors.Is(err, upstream.ErrNotFound), upstream.IsUnavailable(err), errors.Is(err, upstream.ErrDenied),
+		errors.Is(err, context.DeadlineExceeded):
+		m.met.tagStale.Inc()
+		zerolog.Ctx(ctx).Warn().Err(err).Str("repo", sr).Str("tag", tag).Msg("upstream failed; serving cached tag")
+		return rec.Digest, nil
+	}
+	return "", upstreamErr(err, oci.CodeManifestUnknown)
+}
+
+// fetchManifest fetches ref (a tag or digest) once for all concurrent askers
+// and reports the digest it resolved to.
+func (m *Mirror) fetchManifest(ctx context.Context, repo, ref, tag string, pull bool) (digest.Digest, error) {
+	v, err := m.shared(ctx, "get\x00"+m.storeRepo(repo)+"\x00"+ref, func(dctx context.Context) (any, error) {
+		return m.fetch(dctx, repo, ref, tag, pull)
+	})
+	if err != nil {
+		return "", err
+	}
+	return v.(digest.Digest), nil
+}
+
+// fetch GETs a manifest from the upstream, stores it (tagging it when tag is
+// set) and, for a pull, starts filling its blobs in the background.
+func (m *Mirror) fetch(ctx context.Context, repo, ref, tag string, pull bool) (digest.Digest, error) {
+	sr := m.storeRepo(repo)
+	key := sr + "@" + ref
+	if _, ok := m.negative.Get(key); ok {
+		m.met.manifestNegative.Inc()
+		return "", oci.Errorf(oci.CodeManifestUnknown, "manifest %s unknown upstream", oci.Clip(ref))
+	}
+	m.met.manifestMiss.Inc()
+	desc, body, err := m.o.Client.GetManifest(ctx, repo, ref)
+	if err != nil {
+		if errors.Is(err, upstream.ErrNotFound) {
+			m.negative.Add(key, struct{}{})
+		}
+		return "", upstreamErr(err, oci.CodeManifestUnknown)
+	}
+	man, err := registry.ParseManifest(desc.MediaType, body, desc.Digest)
+	if err != nil {
+		return "", err
+	}
+	if err := m.o.Store.PutManifest(sr, m.name, cache.RecordOf(man), body, tag, time.Now()); err != nil {
+		return "", err
+	}
+	if pull {
+		m.prefetchBlobs(ctx, repo, man.Blobs)
+	}
+	return desc.Digest, nil
+}
+
+// prefetchBlobs starts filling an image's config and layers so that the
+// client's next requests find them in flight or done.
+func (m *Mirror) prefetchBlobs(ctx context.Context, repo string, descs []ocispec.Descriptor) {
+	if m.prefetch == nil || len(descs) == 0 || m.ctx.Err() != nil {
+		return
+	}
+	log := zerolog.Ctx(ctx)
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		for _, d := range descs {
+			if _, err := m.o.Store.StatBlob(d.Digest); err == nil {
+				continue
+			}
+			select {
+			case m.prefetch <- struct{}{}:
+			default:
+				return // all prefetch slots busy: the client's own requests fetch the rest
+			}
+			f, err := m.startFill(log.WithContext(m.o.Store.Context()), repo, d.Digest)
+			if err != nil || f == nil { // nil: a client's own request stored it meanwhile
+				<-m.prefetch
+				if err != nil {
+					log.Debug().Err(err).Str("digest", d.Digest.String()).Msg("prefetch not started")
+				}
+				continue
+			}
+			m.wg.Add(1)
+			go func() {
+				defer m.wg.Done()
+				defer func() { <-m.prefetch }()
+				_ = f.Wait(m.ctx)
+			}()
+		}
+	}()
+}
+
+// --- blobs -------------------------------------------------------------------
+
+// ResolveBlob implements registry.Reader: a miss is a HEAD upstream.
+func (m *Mirror) ResolveBlob(ctx context.Context, repo string, d digest.Digest) (registry.Descriptor, error) {
+	sr := m.storeRepo(repo)
+	if desc, err := m.local.ResolveBlob(ctx, sr, d); err == nil {
+		m.met.blobHit.Inc()
+		return desc, nil
+	}
+	if err := m.missAllowed(sr, d); err != nil {
+		return registry.Descriptor{}, err
+	}
+	if f := m.o.Store.InFlight(d); f != nil && f.HasRepo(sr) {
+		return registry.Descriptor{MediaType: "application/octet-stream", Digest: d, Size: f.Size}, nil
+	}
+	desc, err := m.confirm(ctx, repo, d)
+	if err != nil {
+		return registry.Descriptor{}, err
+	}
+	if m.o.Store.Link(sr, m.name, d) == nil { // stored for another repository
+		return m.local.ResolveBlob(ctx, sr, d)
+	}
+	return registry.Descriptor{MediaType: "application/octet-stream", Digest: d, Size: desc.Size}, nil
+}
+
+// missAllowed refuses a blob miss that cannot reach the upstream.
+func (m *Mirror) missAllowed(sr string, d digest.Digest) error {
+	if m.o.Offline {
+		return oci.Errorf(oci.CodeBlobUnknown, "blob %s is not cached and berth is offline", d)
+	}
+	if _, ok := m.negative.Get(sr + "@" + d.String()); ok {
+		m.met.blobNegative.Inc()
+		return oci.Errorf(oci.CodeBlobUnknown, "blob %s unknown upstream", d)
+	}
+	return nil
+}
+
+// confirm asks the upstream, with a HEAD, whether repo has blob d.
+func (m *Mirror) confirm(ctx context.Context, repo string, d digest.Digest) (upstream.Descriptor, error) {
+	dctx, cancel := m.detached(ctx)
+	defer cancel()
+	desc, err := m.o.Client.HeadBlob(dctx, repo, d)
+	if err != nil {
+		if errors.Is(err, upstream.ErrNotFound) {
+			m.negative.Add(m.storeRepo(repo)+"@"+d.String(), struct{}{})
+		}
+		return desc, upstreamErr(err, oci.CodeBlobUnknown)
+	}
+	return desc, nil
+}
+
+// GetBlob implements registry.Reader. A hit is served from the store. A
+// blob stored for another repository is linked once the upstream confirms
+// this repository has it. A miss starts or joins the one upstream download
+// of the blob, and the reader follows it as it arrives.
+func (m *Mirror) GetBlob(ctx context.Context, repo string, d digest.Digest) (registry.BlobReader, error) {
+	sr := m.storeRepo(repo)
+	if rd, err := m.local.GetBlob(ctx, sr, d); err == nil {
+		m.met.blobHit.Inc()
+		return rd, nil
+	} else if !errors.Is(err, oci.ErrBlobUnknown) {
+		return nil, err
+	}
+	if err := m.missAllowed(sr, d); err != nil {
+		return nil, err
+	}
+	// Stored already for another repository: the upstream must confirm this
+	// repository has it before it is linked (one HEAD, no download).
+	if _, err := m.o.Store.StatBlob(d); err == nil {
+		if _, err := m.confirm(ctx, repo, d); err != nil {
+			return nil, err
+		}
+		if m.o.Store.Link(sr, m.name, d) == nil {
+			return m.local.GetBlob(ctx, sr, d)
+		}
+		// Evicted a moment ago: fetch it like any miss.
+	}
+	return m.fillReader(ctx, repo, d)
+}
+
+// fillReader starts or joins the upstream download of d and reads it.
+func (m *Mirror) fillReader(ctx context.Context, repo string, d digest.Digest) (registry.BlobReader, error) {
+	sr := m.storeRepo(repo)
+	m.met.blobMiss.Inc()
+	for range 3 {
+		f, err := m.startFill(zerolog.Ctx(ctx).WithContext(m.o.Store.Context()), repo, d)
+		if err != nil {
+			if errors.Is(err, upstream.ErrNotFound) {
+				m.negative.Add(sr+"@"+d.String(), struct{}{})
+			}
+			return nil, upstreamErr(err, oci.CodeBlobUnknown)
+		}
+		if f == nil { // stored meanwhile
+			if rd, err := m.local.GetBlob(ctx, sr, d); err == nil {
+				return rd, nil
+			}
+			continue
+		}
+		if !f.HasRepo(sr) {
+			// A fill started for another repository is joined only once the
+			// upstream confirms this one has the blob: knowing a digest is
+			// not access to it.
+			if _, err := m.confirm(ctx, repo, d); err != nil {
+				return nil, err
+			}
+			f.AddRepo(sr, m.name)
+		}
+		rd, err := f.NewReader(ctx, 0)
+		if err != nil {
+			// The fill ended between lookup and open: the blob is stored
+			// (or the fill failed and the next round starts another).
+			if f.Wait(ctx) == nil {
+				if rd, err := m.local.GetBlob(ctx, sr, d); err == nil {
+					return rd, nil
+				}
+			}
+			continue
+		}
+		return &fillBlob{ReadSeekCloser: rd, desc: registry.Descriptor{MediaType: "application/octet-stream", Digest: d, Size: f.Size}}, nil
+	}
+	return nil, oci.Errorf(oci.CodeUnavailable, "upstream fill of %s failed; retry", d)
+}
+
+// fillBlob is a blob read while its fill runs. It implements io.Seeker (for
+// Range) and registry.Streaming (the HTTP layer flushes as bytes arrive).
+type fillBlob struct {
+	io.ReadSeekCloser
+	desc registry.Descriptor
+}
+
+func (b *fillBlob) Descriptor() registry.Descriptor { return b.desc }
+func (b *fillBlob) Streaming() bool                 { return true }
+
+// startFill returns the in-flight fill of d, starting one for repo if there
+// is none. The singleflight makes concurrent misses share the one upstream
+// GET that opens the stream; later arrivals find the fill in the store. It
+// returns a nil fill if the blob is stored already. A fill started for
+// another repository is returned as it is: the caller decides whether repo
+// may join it.
+func (m *Mirror) startFill(fctx context.Context, repo string, d digest.Digest) (*cache.Fill, error) {
+	sr := m.storeRepo(repo)
+	// Keyed by repository too: one repository's failure (a 404 for a digest
+	// it does not have) must not become another's. Repositories still share
+	// one download through InFlight.
+	v, err, _ := m.sf.Do("blob\x00"+sr+"\x00"+d.String(), func() (any, error) {
+		if f := m.o.Store.InFlight(d); f != nil {
+			m.met.joins.Inc()
+			return f, nil
+		}
+		if _, err := m.o.Store.StatBlob(d); err == nil {
+			return (*cache.Fill)(nil), nil
+		}
+		rc, size, err := m.o.Client.GetBlob(fctx, repo, d, 0)
+		if err != nil {
+			return nil, err
+		}
+		m.met.inFlight.Inc() // before the fill can end and call onDone
+		f, joined, err := m.o.Store.Fill(d, size, sr, m.name,
+			func(context.Context) (io.ReadCloser, error) { return rc, nil },
+			func(res cache.FillResult) {
+				m.met.inFlight.Dec()
+				m.met.upstreamBytes.Add(float64(res.Bytes))
+				if res.Err != nil {
+					m.met.fillsFailed.Inc()
+				} else {
+					m.met.fillsOK.Inc()
+				}
+			})
+		if err != nil || joined {
+			m.met.inFlight.Dec() // no fill of ours runs
+			rc.Close()
+		}
+		return f, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*cache.Fill), nil
+}
+
+// --- lists -------------------------------------------------------------------
+
+// Tags implements registry.Lister: the upstream's list, or the cached tags
+// when the upstream cannot answer.
+func (m *Mirror) Tags(ctx context.Context, repo string, n int, last string) ([]string, string, error) {
+	if n == 0 {
+		return []string{}, "", nil
+	}
+	if !m.o.Offline {
+		tags, next, err := m.o.Client.Tags(ctx, repo, max(n, 0), last)
+		if err == nil {
+			if tags == nil {
+				tags = []string{}
+			}
+			return tags, next, nil
+		}
+		if errors.Is(err, upstream.ErrNotFound) {
+			return nil, "", oci.Errorf(oci.CodeNameUnknown, "repository %s unknown upstream", repo)
+		}
+		zerolog.Ctx(ctx).Warn().Err(err).Str("repo", m.storeRepo(repo)).Msg("upstream tag list failed; serving cached tags")
+		m.met.tagsStale.Inc()
+	}
+	tags, next, err := m.local.Tags(ctx, m.storeRepo(repo), n, last)
+	if errors.Is(err, oci.ErrNameUnknown) {
+		return nil, "", oci.Errorf(oci.CodeNameUnknown, "repository %s is not cached", repo)
+	}
+	return tags, next, err
+}
+
+// Referrers implements registry.Lister: from the upstream (signatures and
+// SBOMs attached there), falling back to what is cached when the upstream
+// is unreachable or lacks the API.
+func (m *Mirror) Referrers(ctx context.Context, repo string, d digest.Digest, artifactType string) ([]registry.Descriptor, bool, error) {
+	if !m.o.Offline {
+		descs, filtered, err := m.o.Client.Referrers(ctx, repo, d, artifactType)
+		if err == nil {
+			if artifactType != "" && !filtered {
+				kept := descs[:0]
+				for _, desc := range descs {
+					if desc.ArtifactType == artifactType {
+						kept = append(kept, desc)
+					}
+				}
+				descs = kept
+			}
+			if descs == nil {
+				descs = []registry.Descriptor{}
+			}
+			return descs, artifactType != "", nil
+		}
+		if !errors.Is(err, upstream.ErrNotFound) {
+			zerolog.Ctx(ctx).Warn().Err(err).Str("repo", m.storeRepo(repo)).Msg("upstream referrers failed; serving cached referrers")
+		}
+	}
+	return m.local.Referrers(ctx, m.storeRepo(repo), d, artifactType)
+}
+
+// Repositories implements registry.Lister: what is cached of this upstream
+// is listed by the store's own catalog, so a mirror lists nothing itself.
+func (m *Mirror) Repositories(context.Context, int, string) ([]string, string, error) {
+	return []string{}, "", nil
+}
+
+// upstreamErr is the one place an upstream failure becomes the OCI error a
+// client sees. Nothing of the upstream's credentials is in err (package
+// upstream guarantees it), so its text may be passed on as detail.
+func upstreamErr(err error, notFound oci.Code) *oci.Error {
+	var e *oci.Error
+	if errors.As(err, &e) {
+		return e
+	}
+	switch {
+	case errors.Is(err, upstream.ErrNotFound):
+		e = oci.Errorf(notFound, "not found upstream")
+	case errors.Is(err, upstream.ErrRateLimited):
+		e = &oci.Error{Code: oci.CodeTooManyRequests, Message: "upstream rate limit reached and the content is not cached", Detail: err.Error()}
+	case errors.Is(err, upstream.ErrDenied):
+		e = &oci.Error{Code: oci.CodeDenied, Message: "upstream denied access", Detail: err.Error()}
+	case errors.Is(err, upstream.ErrDigestMismatch), errors.Is(err, cache.ErrDigestMismatch):
+		e = &oci.Error{Code: oci.CodeUnavailable, Message: "upstream sent content that does not match its digest", Detail: err.Error(), HTTPStatus: http.StatusBadGateway}
+	default:
+		// Unreachable and not cached: from here the content does not exist.
+		// 404 (not 503) keeps push flows working offline: clients HEAD a blob
+		// in a new repository before they upload it.
+		e = &oci.Error{Code: notFound, Message: "not cached, and the upstream is unavailable", Detail: err.Error()}
+	}
+	e.Cause = err
+	return e
+}
