@@ -74,4 +74,3 @@ func (m *metrics) observe(k Kind, method string, status int, bytes int64, d time
 		m.bytesOut.Add(float64(bytes))
 	}
 }
-
