@@ -180,8 +180,9 @@ func (s *Store) indexBlob(d digest.Digest, size int64) error {
 	return nil
 }
 
-// lockCommit serialises committing and evicting one digest, striped by
-// digest like lockUpload.
+// lockCommit serialises committing and evicting one digest. The locks are
+// striped by a hash of the digest: bounded memory, and both sides hold one
+// only for a rename or an index update, never across a client's I/O.
 func (s *Store) lockCommit(d digest.Digest) func() {
 	h := fnv.New32a()
 	h.Write([]byte(d))

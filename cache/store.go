@@ -23,6 +23,10 @@ var (
 	ErrDigestMismatch = errors.New("digest mismatch")
 	ErrSizeMismatch   = errors.New("size mismatch")
 	ErrOffset         = errors.New("upload offset mismatch")
+	// ErrUploadBusy: another request is writing the same upload (a second
+	// PATCH or PUT while one is still being received). It wraps ErrOffset,
+	// since to the client it is a chunk that does not follow the upload.
+	ErrUploadBusy = fmt.Errorf("%w: another request is writing this upload", ErrOffset)
 )
 
 // Options tune a Store.
@@ -63,9 +67,10 @@ type Store struct {
 	hot   *lru.Cache[string, []byte]
 	hotMu sync.RWMutex
 
-	uploadLocks [64]sync.Mutex // striped by upload id; see lockUpload
-	commitLocks [64]sync.Mutex // striped by digest; see lockCommit
-	staging     sync.Map       // names of staging files being written outside uploads
+	uploadMu    sync.Mutex          // guards uploading only, never held across I/O
+	uploading   map[string]struct{} // uploads a request is writing; see claimUpload
+	commitLocks [64]sync.Mutex      // striped by digest; see lockCommit
+	staging     sync.Map            // names of staging files being written outside uploads
 
 	fillMu sync.Mutex
 	fills  map[digest.Digest]*Fill
@@ -117,7 +122,7 @@ func Open(root string, opts Options) (*Store, error) {
 	small, _ := lru.New[digest.Digest, []byte](smallBlobEntries)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{root: root, db: db, log: opts.Logger, opts: opts, sizes: sizes, manifests: mans, hot: hot, small: small,
-		fills: map[digest.Digest]*Fill{}, ctx: ctx, cancel: cancel, evictCh: make(chan struct{}, 1)}
+		uploading: map[string]struct{}{}, fills: map[digest.Digest]*Fill{}, ctx: ctx, cancel: cancel, evictCh: make(chan struct{}, 1)}
 	if err := s.CleanIngest(); err != nil {
 		db.Close()
 		return nil, err
