@@ -27,6 +27,9 @@ var (
 	// PATCH or PUT while one is still being received). It wraps ErrOffset,
 	// since to the client it is a chunk that does not follow the upload.
 	ErrUploadBusy = fmt.Errorf("%w: another request is writing this upload", ErrOffset)
+	// ErrCloseTimeout: Close gave up waiting after Options.CloseTimeout; the
+	// index may not have been closed cleanly.
+	ErrCloseTimeout = errors.New("store did not close in time")
 )
 
 // Options tune a Store.
@@ -42,9 +45,13 @@ type Options struct {
 	// Clock returns the time used for access times and index stamps; nil is
 	// time.Now. Tests set it to order accesses without sleeping.
 	Clock func() time.Time
+	// CloseTimeout bounds how long Close waits for background work to stop
+	// and the index to close; zero means 10 seconds.
+	CloseTimeout time.Duration
 
 	afterEvict  func([]Evicted, error) // tests: called after each background pass
 	manualEvict bool                   // tests: no background passes, only Evict
+	closeIndex  func(*badger.DB) error // tests: closes the index in place of db.Close
 }
 
 // Store is the content-addressed blob store and its Badger index.
@@ -97,6 +104,12 @@ func Open(root string, opts Options) (*Store, error) {
 	}
 	if opts.ManifestCacheEntries == 0 {
 		opts.ManifestCacheEntries = 1024
+	}
+	if opts.CloseTimeout == 0 {
+		opts.CloseTimeout = 10 * time.Second
+	}
+	if opts.closeIndex == nil {
+		opts.closeIndex = (*badger.DB).Close
 	}
 	for _, d := range []string{"blobs", "ingest", "meta"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
@@ -191,23 +204,54 @@ func (s *Store) janitor() {
 			if err := s.CleanIngest(); err != nil {
 				s.log.Warn().Err(err).Msg("cleaning staging files")
 			}
-			for s.db.RunValueLogGC(0.5) == nil {
+			// Each round rewrites one value-log file; stop between
+			// rounds once the store is closing, so Close need not wait.
+			for s.ctx.Err() == nil && s.db.RunValueLogGC(0.5) == nil {
 			}
 		}
 	}
 }
 
-// Close stops in-flight fills and closes the index cleanly.
+// Close stops in-flight fills and the store's background work, saves access
+// times and closes the index. It returns within Options.CloseTimeout even if
+// that work does not end: a fill stuck in an upstream read, or Badger
+// retrying forever to flush its memtable into a data directory that was
+// removed or made read-only. Then it returns an error wrapping
+// ErrCloseTimeout and leaves the closing to finish, or not, on its own;
+// writes already committed are in Badger's write-ahead log, which the next
+// Open replays.
 func (s *Store) Close() error {
 	s.fillMu.Lock() // no Fill may Add to the WaitGroup once Wait has begun
 	s.cancel()
 	s.fillMu.Unlock()
-	s.wg.Wait()
-	// Last, so that LRU order survives the restart.
-	if err := s.flushAccess(); err != nil {
-		s.log.Warn().Err(err).Msg("saving blob access times")
+	stopped := make(chan struct{})
+	closed := make(chan error, 1)
+	// The one goroutine the store does not wait for: on a timeout it is
+	// abandoned, since nothing can interrupt a blocked Badger Close.
+	go func() {
+		s.wg.Wait()
+		close(stopped)
+		// Last, so that LRU order survives the restart.
+		if err := s.flushAccess(); err != nil {
+			s.log.Warn().Err(err).Msg("saving blob access times")
+		}
+		closed <- s.opts.closeIndex(s.db)
+	}()
+	t := time.NewTimer(s.opts.CloseTimeout)
+	defer t.Stop()
+	select {
+	case err := <-closed:
+		return err
+	case <-t.C:
 	}
-	return s.db.Close()
+	select {
+	case <-stopped:
+		return fmt.Errorf("%w: the index %s did not close cleanly within %s (is the data directory still there and writable?)",
+			ErrCloseTimeout, filepath.Join(s.root, "meta"), s.opts.CloseTimeout)
+	default:
+		return fmt.Errorf("%w: fills or background work did not stop within %s; the index %s is closed only once they do",
+			ErrCloseTimeout, s.opts.CloseTimeout, filepath.Join(s.root, "meta"))
+	}
 }
 
 // Root is the data directory.
