@@ -1,4 +1,6 @@
-package proxy_test
+package proxy
+
+// An internal test: TestAuthDummyHashCost reads Auth.dummy.
 
 import (
 	"bytes"
@@ -9,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/berth-dev/berth/cache"
-	"github.com/berth-dev/berth/proxy"
+	"github.com/rs/zerolog"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -19,13 +21,17 @@ func authServer(t *testing.T, anonymousPull bool) *httptest.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	auth, err := proxy.ParseHtpasswd(strings.NewReader(fmt.Sprintf("# team\nci:%s\n", hash)), anonymousPull)
+	auth, err := ParseHtpasswd(strings.NewReader(fmt.Sprintf("# team\nci:%s\n", hash)), anonymousPull)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, srv := startServer(t, cache.Options{}, func(st *cache.Store) proxy.Options {
-		return proxy.Options{Router: &proxy.Router{Store: st}, Auth: auth}
-	})
+	// startServer is in package proxy_test, out of reach here.
+	st, err := cache.Open(t.TempDir(), cache.Options{Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(New(Options{Store: st, Logger: zerolog.Nop(), Router: &Router{Store: st}, Auth: auth}))
+	t.Cleanup(func() { srv.Close(); st.Close() })
 	return srv
 }
 
@@ -74,8 +80,34 @@ func TestAuth(t *testing.T) {
 func TestParseHtpasswdRefusesWeakHashes(t *testing.T) {
 	t.Parallel()
 	for _, in := range []string{"", "ci:$apr1$abc$def\n", "ci\n", ":x\n", "ci:{SHA}abc=\n"} {
-		if _, err := proxy.ParseHtpasswd(strings.NewReader(in), true); err == nil {
+		if _, err := ParseHtpasswd(strings.NewReader(in), true); err == nil {
 			t.Errorf("accepted %q", in)
+		}
+	}
+}
+
+// The dummy hash checked for unknown users costs what the file's hashes
+// cost (the dearest of them), so that a wrong user name is answered no
+// faster or slower than a wrong password.
+func TestAuthDummyHashCost(t *testing.T) {
+	t.Parallel()
+	for _, costs := range [][]int{{bcrypt.MinCost}, {bcrypt.MinCost + 1}, {bcrypt.MinCost, bcrypt.MinCost + 1, bcrypt.MinCost}} {
+		var file strings.Builder
+		want := 0
+		for i, c := range costs {
+			hash, err := bcrypt.GenerateFromPassword([]byte("pw"), c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(&file, "user%d:%s\n", i, hash)
+			want = max(want, c)
+		}
+		a, err := ParseHtpasswd(strings.NewReader(file.String()), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := bcrypt.Cost(a.dummy); err != nil || got != want {
+			t.Errorf("hash costs %v: dummy cost = %d, %v; want %d", costs, got, err, want)
 		}
 	}
 }
