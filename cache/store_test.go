@@ -8,9 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -517,5 +519,35 @@ func TestSmallBlob(t *testing.T) {
 	}
 	if _, ok := st.SmallBlob(digest.FromString("absent"), 6); ok {
 		t.Error("an absent blob was served")
+	}
+}
+
+// Close returns, with ErrCloseTimeout, when the index does not close (as
+// when Badger retries forever to flush into a removed data directory); the
+// closing goes on without it.
+func TestCloseGivesUpOnAStuckIndex(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	closed := make(chan error, 1)
+	st, err := Open(t.TempDir(), Options{CloseTimeout: time.Millisecond, closeIndex: func(db *badger.DB) error {
+		<-release // stuck until the test has seen Close give up
+		err := db.Close()
+		closed <- err
+		return err
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PutBlob("a", "", digest.FromString("x"), 1, strings.NewReader("x")); err != nil {
+		t.Fatal(err)
+	}
+	err = st.Close()
+	close(release)
+	if !errors.Is(err, ErrCloseTimeout) {
+		t.Errorf("Close of a stuck index = %v, want ErrCloseTimeout", err)
+	}
+	// The abandoned close still finishes once the index lets it.
+	if err := <-closed; err != nil {
+		t.Errorf("index close after the timeout: %v", err)
 	}
 }

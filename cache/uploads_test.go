@@ -3,10 +3,13 @@ package cache
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -235,4 +238,184 @@ func TestUploadTornWrite(t *testing.T) {
 			assertBlob(t, st, "a", d, content)
 		})
 	}
+}
+
+// stalledBody is a request body whose client stopped sending: it reports its
+// first Read on reading, blocks until release is closed, then yields rest.
+type stalledBody struct {
+	reading, release chan struct{}
+	once             sync.Once
+	rest             []byte
+}
+
+func newStalledBody(rest []byte) *stalledBody {
+	return &stalledBody{reading: make(chan struct{}), release: make(chan struct{}), rest: rest}
+}
+
+func (b *stalledBody) Read(p []byte) (int, error) {
+	b.once.Do(func() { close(b.reading) })
+	<-b.release
+	if len(b.rest) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, b.rest)
+	b.rest = b.rest[n:]
+	return n, nil
+}
+
+// stall starts an append of body to upload id and returns once the store is
+// reading the body; the append's result arrives on the channel.
+func stall(t *testing.T, st *Store, repo, id string, start int64, body *stalledBody) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	t.Cleanup(func() { // before the store closes: no append left blocked
+		select {
+		case <-body.release:
+		default:
+			close(body.release)
+		}
+	})
+	go func() {
+		_, err := st.AppendUpload(repo, id, start, body)
+		done <- err
+	}()
+	<-body.reading
+	return done
+}
+
+// promptly runs fn and fails the test unless it returns within a generous
+// bound: it must not be waiting for a stalled request.
+func promptly(t *testing.T, what string, fn func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn()
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatalf("%s waited for a stalled request", what)
+	}
+}
+
+// Stalled request bodies hold only their own upload: pushes to other
+// uploads go on, and a second request on a stalled upload fails at once.
+func TestStalledAppendBlocksOnlyItsUpload(t *testing.T) {
+	t.Parallel()
+	st := openStore(t)
+	const stalled = 16
+	type pending struct {
+		id      string
+		content []byte
+		body    *stalledBody
+		done    <-chan error
+	}
+	var ps []pending
+	for i := range stalled {
+		content := []byte(fmt.Sprintf("stalled upload %d: head|tail", i))
+		head := bytes.IndexByte(content, '|')
+		u, err := st.NewUpload("a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.AppendUpload("a", u.ID, 0, bytes.NewReader(content[:head])); err != nil {
+			t.Fatal(err)
+		}
+		body := newStalledBody(content[head:])
+		ps = append(ps, pending{u.ID, content, body, stall(t, st, "a", u.ID, int64(head), body)})
+	}
+
+	// Another upload is pushed, chunked, and committed.
+	content := []byte("an unrelated push goes on")
+	d := digest.FromBytes(content)
+	var appendErr, commitErr error
+	promptly(t, "a push to another upload", func() {
+		u, err := st.NewUpload("b")
+		if err != nil {
+			appendErr = err
+			return
+		}
+		if _, appendErr = st.AppendUpload("b", u.ID, 0, bytes.NewReader(content[:5])); appendErr == nil {
+			_, commitErr = st.CommitUpload("b", u.ID, d, bytes.NewReader(content[5:]))
+		}
+	})
+	if appendErr != nil || commitErr != nil {
+		t.Fatalf("push beside stalled uploads: append %v, commit %v", appendErr, commitErr)
+	}
+	assertBlob(t, st, "b", d, content)
+
+	// A second request on a stalled upload is refused at once, with the
+	// committed state; reading that state does not wait either.
+	a := ps[0]
+	head := int64(bytes.IndexByte(a.content, '|'))
+	var (
+		got                 Upload
+		appendErr2, commErr error
+		state               Upload
+		stateErr            error
+	)
+	promptly(t, "a second request on a stalled upload", func() {
+		got, appendErr2 = st.AppendUpload("a", a.id, head, strings.NewReader("racing chunk"))
+		_, commErr = st.CommitUpload("a", a.id, digest.FromBytes(a.content), nil)
+		state, stateErr = st.GetUpload("a", a.id)
+	})
+	if !errors.Is(appendErr2, ErrUploadBusy) || !errors.Is(appendErr2, ErrOffset) || got.Offset != head || got.ID != a.id {
+		t.Errorf("second AppendUpload = %+v, %v; want offset %d, ErrUploadBusy (an ErrOffset)", got, appendErr2, head)
+	}
+	if !errors.Is(commErr, ErrUploadBusy) {
+		t.Errorf("CommitUpload during an append = %v, want ErrUploadBusy", commErr)
+	}
+	if stateErr != nil || state.Offset != head {
+		t.Errorf("GetUpload during an append = %+v, %v; want offset %d", state, stateErr, head)
+	}
+	// Busy is not a way to learn of another repository's upload.
+	if _, err := st.AppendUpload("b", a.id, -1, strings.NewReader("x")); !errors.Is(err, ErrUploadUnknown) {
+		t.Errorf("AppendUpload of a stalled upload from another repo = %v, want ErrUploadUnknown", err)
+	}
+
+	// Once the bodies arrive, every stalled upload completes intact.
+	for _, p := range ps {
+		close(p.body.release)
+		if err := <-p.done; err != nil {
+			t.Fatalf("stalled append: %v", err)
+		}
+		d := digest.FromBytes(p.content)
+		if n, err := st.CommitUpload("a", p.id, d, nil); err != nil || n != int64(len(p.content)) {
+			t.Fatalf("CommitUpload after the stall = %d, %v", n, err)
+		}
+		assertBlob(t, st, "a", d, p.content)
+	}
+	assertNoStaging(t, st)
+	st.uploadMu.Lock()
+	if n := len(st.uploading); n != 0 {
+		t.Errorf("%d uploads still marked busy after every request ended", n)
+	}
+	st.uploadMu.Unlock()
+}
+
+// A client may cancel an upload whose earlier chunk is stalled: the cancel
+// does not wait, and the stalled append then fails and records nothing.
+func TestCancelDuringStalledAppend(t *testing.T) {
+	t.Parallel()
+	st := openStore(t)
+	u, err := st.NewUpload("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := newStalledBody([]byte("late bytes"))
+	done := stall(t, st, "a", u.ID, 0, body)
+	var cancelErr error
+	promptly(t, "CancelUpload", func() { cancelErr = st.CancelUpload("a", u.ID) })
+	if cancelErr != nil {
+		t.Fatalf("CancelUpload = %v", cancelErr)
+	}
+	close(body.release)
+	if err := <-done; !errors.Is(err, ErrUploadUnknown) {
+		t.Errorf("append of a cancelled upload = %v, want ErrUploadUnknown", err)
+	}
+	if _, err := st.GetUpload("a", u.ID); !errors.Is(err, ErrUploadUnknown) {
+		t.Errorf("GetUpload after cancel = %v, want ErrUploadUnknown", err)
+	}
+	assertNoStaging(t, st)
 }

@@ -25,7 +25,8 @@ type Auth struct {
 	// milliseconds and a push is dozens of requests.
 	ok *expirable.LRU[[32]byte, struct{}]
 	// dummy is checked for unknown users, so that a wrong user name takes
-	// as long as a wrong password (no user enumeration by timing).
+	// as long as a wrong password (no user enumeration by timing). It has
+	// the highest cost found in the file.
 	dummy []byte
 }
 
@@ -33,6 +34,10 @@ type Auth struct {
 func ParseHtpasswd(r io.Reader, anonymousPull bool) (*Auth, error) {
 	a := &Auth{users: map[string][]byte{}, anonymousPull: anonymousPull,
 		ok: expirable.NewLRU[[32]byte, struct{}](1024, nil, 5*time.Minute)}
+	// The dummy costs as much as the dearest hash in the file: at another
+	// cost an unknown user would be answered faster or slower than a known
+	// one with a wrong password.
+	dummyCost := bcrypt.MinCost
 	sc := bufio.NewScanner(r)
 	for line := 1; sc.Scan(); line++ {
 		text := strings.TrimSpace(sc.Text())
@@ -43,9 +48,11 @@ func ParseHtpasswd(r io.Reader, anonymousPull bool) (*Auth, error) {
 		if !ok || user == "" {
 			return nil, fmt.Errorf("line %d: want user:hash", line)
 		}
-		if _, err := bcrypt.Cost([]byte(hash)); err != nil {
+		cost, err := bcrypt.Cost([]byte(hash))
+		if err != nil {
 			return nil, fmt.Errorf("line %d: user %s: not a bcrypt hash (make it with htpasswd -B)", line, user)
 		}
+		dummyCost = max(dummyCost, cost)
 		a.users[user] = []byte(hash)
 	}
 	if err := sc.Err(); err != nil {
@@ -55,7 +62,7 @@ func ParseHtpasswd(r io.Reader, anonymousPull bool) (*Auth, error) {
 		return nil, fmt.Errorf("no users")
 	}
 	var err error
-	if a.dummy, err = bcrypt.GenerateFromPassword([]byte("berth-dummy"), bcrypt.DefaultCost); err != nil {
+	if a.dummy, err = bcrypt.GenerateFromPassword([]byte("berth-dummy"), dummyCost); err != nil {
 		return nil, err
 	}
 	return a, nil

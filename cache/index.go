@@ -1,0 +1,214 @@
+package cache
+
+import (
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/opencontainers/go-digest"
+	"github.com/rs/zerolog"
+)
+
+// --- records -----------------------------------------------------------------
+
+type blobRecord struct {
+	Size int64 `json:"size"`
+	// Created is when the blob was indexed: its age for eviction until it is
+	// read. Zero in records written before eviction existed.
+	Created time.Time `json:"created,omitzero"`
+}
+
+// ManifestRecord describes a manifest stored in a repository.
+type ManifestRecord struct {
+	Digest       digest.Digest     `json:"digest"`
+	MediaType    string            `json:"mediaType"`
+	Size         int64             `json:"size"`
+	ArtifactType string            `json:"artifactType,omitempty"`
+	Subject      digest.Digest     `json:"subject,omitempty"`
+	Annotations  map[string]string `json:"annotations,omitempty"`
+}
+
+// TagRecord is what a tag points at and when that was last confirmed.
+type TagRecord struct {
+	Digest    digest.Digest `json:"digest"`
+	FetchedAt time.Time     `json:"fetchedAt"`
+}
+
+type uploadRecord struct {
+	Repo    string    `json:"repo"`
+	Offset  int64     `json:"offset"`
+	Started time.Time `json:"started"`
+}
+
+// RepoRecord marks a repository as existing; Origin is "" for a local
+// (pushed) repository or the name of the upstream it mirrors.
+type RepoRecord struct {
+	Origin string `json:"origin,omitempty"`
+}
+
+// getter is a read-only or read-write transaction.
+type getter interface {
+	Get(key []byte) (*badger.Item, error)
+}
+
+func getJSON(txn getter, k []byte, v any) error {
+	item, err := txn.Get(k)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return ErrNotFound
+	}
+	if err != nil {
+		return err
+	}
+	return item.Value(func(b []byte) error { return json.Unmarshal(b, v) })
+}
+
+func setJSON(txn *wtxn, k []byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return txn.Set(k, b)
+}
+
+// wtxn is a read-write transaction that remembers the keys it writes, so
+// that update can evict them from the hot cache.
+type wtxn struct {
+	*badger.Txn
+	touched []string
+}
+
+func (t *wtxn) Set(k, v []byte) error {
+	t.touched = append(t.touched, string(k))
+	return t.Txn.Set(k, v)
+}
+
+func (t *wtxn) SetEntry(e *badger.Entry) error {
+	t.touched = append(t.touched, string(e.Key))
+	return t.Txn.SetEntry(e)
+}
+
+func (t *wtxn) Delete(k []byte) error {
+	t.touched = append(t.touched, string(k))
+	return t.Txn.Delete(k)
+}
+
+// update runs fn in a read-write transaction, retrying on conflicts, and
+// evicts every key it wrote from the hot cache.
+func (s *Store) update(fn func(txn *wtxn) error) error {
+	s.hotMu.Lock()
+	defer s.hotMu.Unlock()
+	for {
+		var touched []string
+		err := s.db.Update(func(txn *badger.Txn) error {
+			w := &wtxn{Txn: txn}
+			err := fn(w)
+			touched = w.touched
+			return err
+		})
+		for _, k := range touched {
+			s.hot.Remove(k)
+		}
+		if !errors.Is(err, badger.ErrConflict) {
+			return err
+		}
+	}
+}
+
+// maxCachedValue bounds what the hot cache keeps of one index value (a
+// manifest record with huge annotations is read from Badger each time).
+const maxCachedValue = 4 << 10
+
+// cachedGet reads the JSON value of k (nil v: existence only) through the
+// hot cache; ErrNotFound if there is none. Absent keys are not cached.
+func (s *Store) cachedGet(k []byte, v any) error {
+	b, ok := s.hot.Get(string(k))
+	if !ok {
+		s.hotMu.RLock()
+		err := s.db.View(func(txn *badger.Txn) error {
+			item, err := txn.Get(k)
+			if errors.Is(err, badger.ErrKeyNotFound) {
+				return ErrNotFound
+			}
+			if err != nil {
+				return err
+			}
+			b, err = item.ValueCopy(nil)
+			return err
+		})
+		if err == nil && len(b) <= maxCachedValue {
+			s.hot.Add(string(k), b)
+		}
+		s.hotMu.RUnlock()
+		if err != nil {
+			return err
+		}
+	}
+	if v == nil {
+		return nil
+	}
+	return json.Unmarshal(b, v)
+}
+
+// --- repositories ------------------------------------------------------------
+
+// Repository reports whether repo exists and where it came from.
+func (s *Store) Repository(repo string) (RepoRecord, error) {
+	var r RepoRecord
+	err := s.cachedGet(key(kindRepo, repo), &r)
+	return r, err
+}
+
+// EnsureRepository records repo as existing with the given origin, if it
+// is not known yet.
+func (s *Store) EnsureRepository(repo, origin string) error {
+	return s.update(func(txn *wtxn) error { return ensureRepo(txn, repo, origin) })
+}
+
+func ensureRepo(txn *wtxn, repo, origin string) error {
+	if _, err := txn.Get(key(kindRepo, repo)); err == nil {
+		return nil
+	}
+	return setJSON(txn, key(kindRepo, repo), RepoRecord{Origin: origin})
+}
+
+// Repositories lists repository names in lexical order after last, at most
+// n of them (n <= 0: all). more reports whether there are others after them.
+func (s *Store) Repositories(n int, last string) (names []string, more bool, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
+		names, more = listKeys(txn, []byte(kindRepo), last, n)
+		return nil
+	})
+	return names, more, err
+}
+
+// listKeys lists the suffixes after p of keys greater than p+last, up to n.
+func listKeys(txn *badger.Txn, p []byte, last string, n int) ([]string, bool) {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: p})
+	defer it.Close()
+	start := p
+	if last != "" {
+		start = append(append([]byte{}, p...), last...)
+		start = append(start, 0) // strictly after last
+	}
+	out := []string{}
+	for it.Seek(start); it.ValidForPrefix(p); it.Next() {
+		if n > 0 && len(out) == n {
+			return out, true
+		}
+		out = append(out, string(it.Item().Key()[len(p):]))
+	}
+	return out, false
+}
+
+// badgerLogger routes Badger's logs to zerolog, keeping only warnings and errors.
+type badgerLogger struct{ l zerolog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any) {
+	b.l.Error().Str("component", "badger").Msgf(f, a...)
+}
+func (b badgerLogger) Warningf(f string, a ...any) {
+	b.l.Warn().Str("component", "badger").Msgf(f, a...)
+}
+func (b badgerLogger) Infof(string, ...any)  {}
+func (b badgerLogger) Debugf(string, ...any) {}
