@@ -1,7 +1,8 @@
 // Command bench measures berth against the registry it replaces
 // (distribution's registry in proxy mode) and against the physical limit
-// (nginx sending the same blob files with sendfile), all on loopback in one
-// run. See bench/README.md.
+// (nginx sending the same blob files with sendfile, and the same manifest as
+// a static file), all on loopback in one run, berth and nginx both logging
+// every request. See bench/README.md.
 //
 //	go run ./bench                # the full run (make bench), ~10 minutes on 2 cores
 //	go run ./bench -smoke         # tiny sizes, a few seconds (make bench-smoke)

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -120,7 +122,7 @@ func (b *bench) measure(ctx context.Context) error {
 			b.logf("  %s blob, %d conns, %-18s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  errors %d",
 				size(c.small.Layers[0].Size), b.o.conns, serverLabels[name], res.rps, ms(res.p50), ms(res.p99), res.errors)
 		}
-		for _, name := range b.present(r, srvBerth, srvDistProxy, srvDist) {
+		for _, name := range b.present(r, srvBerth, srvDistProxy, srvDist, srvNginx) {
 			s := b.servers[name]
 			res, err := rate(ctx, []string{s.manifestURL(c.ten.Repo, c.ten.Tag)}, manifestAccept, b.o.conns, b.o.dur)
 			if err != nil {
@@ -199,7 +201,25 @@ func (b *bench) measure(ctx context.Context) error {
 		}
 	}
 
-	// 5. Peak RSS of every server process over the whole run.
+	// 5. The request logs berth and nginx wrote: a log that stayed empty
+	// would mean one side ran without the cost the other paid.
+	for _, l := range []struct{ name, path string }{
+		{srvBerth, filepath.Join(b.tmp, srvBerth+".log")},
+		{srvNginx, filepath.Join(b.tmp, "nginx", "access.log")},
+	} {
+		name, path := l.name, l.path
+		if b.servers[name] == nil {
+			continue
+		}
+		fi, err := os.Stat(path)
+		if err != nil || fi.Size() == 0 {
+			b.note("%s wrote no request log to %s: its request rates were measured without that cost", serverLabels[name], path)
+			continue
+		}
+		b.logf("  request log %-18s %6.1f MiB so far (%s)", serverLabels[name], float64(fi.Size())/mib, path)
+	}
+
+	// 6. Peak RSS of every server process over the whole run.
 	for _, name := range sortedKeys(b.servers) {
 		s := b.servers[name]
 		if s.proc == nil {

@@ -7,6 +7,7 @@ import (
 	"debug/buildinfo"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -86,8 +87,25 @@ func (p *proc) stop() {
 }
 
 // tail returns the last lines of the process's output, for error messages.
+// It reads only the end of the file: berth's log holds a line per request.
 func (p *proc) tail() string {
-	data, _ := os.ReadFile(p.log)
+	f, err := os.Open(p.log)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	const window = 64 << 10
+	var data []byte
+	if fi, err := f.Stat(); err == nil && fi.Size() > window {
+		data = make([]byte, window)
+		n, _ := f.ReadAt(data, fi.Size()-window)
+		data = data[:n]
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			data = data[i+1:] // the first line is cut
+		}
+	} else {
+		data, _ = io.ReadAll(f)
+	}
 	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
 	if len(lines) > 15 {
 		lines = lines[len(lines)-15:]

@@ -86,6 +86,9 @@ type report struct {
 	Medians  map[string]map[string]float64 `json:"medians"`
 }
 
+// requestLogs says how berth and nginx log during the run (setup.go).
+const requestLogs = "nginx `access_log combined buffer=64k flush=1s` and berth's JSON request log (info level) on stderr, each to a file in the temporary directory"
+
 func num(v float64) string {
 	switch a := math.Abs(v); {
 	case a >= 1000:
@@ -119,6 +122,7 @@ func (b *bench) report() *report {
 			"image_layers": o.nLayers, "layer_bytes": o.layerSize, "herd_blob_bytes": o.herdSize,
 			"herd_clients": o.herdClients, "warm_clients": o.warmClients, "connections": o.conns,
 			"rate_duration_s": o.dur.Seconds(), "upstream_rate_MBps": o.rateMBps,
+			"request_logs": requestLogs,
 		},
 	}
 	for metric, byServer := range b.samples {
@@ -197,30 +201,50 @@ func (b *bench) report() *report {
 	be, ok1 := med(mSmallRPS, srvBerth)
 	ng, ok2 := med(mSmallRPS, srvNginx)
 	v, ok := div(be, ng, ok1, ok2)
-	judge(&rw, v, ok, "berth / nginx", "", "", 0, true)
+	judge(&rw, v, ok, "berth / nginx", ">= 0.8x", smallName+" blob req/s vs nginx", 0.8, true)
 	dp, ok3 := med(mSmallRPS, srvDistProxy)
 	v, ok = div(dp, ng, ok3, ok2)
 	other(&rw, v, ok, "distribution proxy")
 	r.Rows = append(r.Rows, rw)
-	r.Rows = append(r.Rows, pair(fmt.Sprintf("%s blob latency p50 / p99 (ms)", smallName), mSmallP50, mSmallP99, srvBerth, srvDistProxy, srvDist, srvNginx))
+	rw = pair(fmt.Sprintf("%s blob latency p50 / p99 (ms)", smallName), mSmallP50, mSmallP99, srvBerth, srvDistProxy, srvDist, srvNginx)
+	be, ok1 = med(mSmallP99, srvBerth)
+	ng, ok2 = med(mSmallP99, srvNginx)
+	v, ok = div(be, ng, ok1, ok2)
+	judge(&rw, v, ok, "berth p99 / nginx p99", "<= 1x", smallName+" blob p99 vs nginx", 1, false)
+	r.Rows = append(r.Rows, rw)
 
+	// Manifests by tag: the same rates in three rows, one per target.
+	manRPS := fmt.Sprintf("manifest by tag, %d conns (req/s)", o.conns)
 	be, ok1 = med(mManRPS, srvBerth)
 	dp, ok2 = med(mManRPS, srvDistProxy)
 	di, ok3 := med(mManRPS, srvDist)
-	rw = mk(fmt.Sprintf("manifest by tag, %d conns (req/s)", o.conns), mManRPS, srvBerth, srvDistProxy, srvDist)
+	ng, ok4 := med(mManRPS, srvNginx)
+	rw = mk(manRPS, mManRPS, srvBerth, srvDistProxy, srvDist, srvNginx)
 	v, ok = div(be, dp, ok1, ok2)
 	judge(&rw, v, ok, "berth / distribution proxy", ">= 10x", "manifest by tag vs distribution proxy", 10, true)
 	r.Rows = append(r.Rows, rw)
-	rw = mk(fmt.Sprintf("manifest by tag, %d conns (req/s)", o.conns), mManRPS, srvBerth, srvDistProxy, srvDist)
+	rw = mk(manRPS, mManRPS, srvBerth, srvDistProxy, srvDist, srvNginx)
 	v, ok = div(be, di, ok1, ok3)
 	judge(&rw, v, ok, "berth / distribution", ">= 2x", "manifest by tag vs distribution", 2, true)
 	r.Rows = append(r.Rows, rw)
-	rw = pair("manifest by tag latency p50 / p99 (ms)", mManP50, mManP99, srvBerth, srvDistProxy, srvDist)
+	rw = mk(manRPS, mManRPS, srvBerth, srvDistProxy, srvDist, srvNginx)
+	v, ok = div(be, ng, ok1, ok4)
+	judge(&rw, v, ok, "berth / nginx", ">= 0.8x", "manifest by tag vs nginx", 0.8, true)
+	r.Rows = append(r.Rows, rw)
+
+	manLat := "manifest by tag latency p50 / p99 (ms)"
 	be, ok1 = med(mManP99, srvBerth)
 	dp, ok2 = med(mManP99, srvDistProxy)
 	di, ok3 = med(mManP99, srvDist)
+	ng, ok4 = med(mManP99, srvNginx)
+	rw = pair(manLat, mManP50, mManP99, srvBerth, srvDistProxy, srvDist, srvNginx)
 	v, ok = div(be, min(dp, di), ok1, ok2 && ok3)
-	judge(&rw, v, ok, "berth p99 / best other p99", "< 1x", "manifest p99 vs the better of both", 0.999999, false)
+	// "best other" is the better of the two distributions: nginx has a row of its own.
+	judge(&rw, v, ok, "berth p99 / best distribution p99", "< 1x", "manifest p99 vs the better distribution", 0.999999, false)
+	r.Rows = append(r.Rows, rw)
+	rw = pair(manLat, mManP50, mManP99, srvBerth, srvDistProxy, srvDist, srvNginx)
+	v, ok = div(be, ng, ok1, ok4)
+	judge(&rw, v, ok, "berth p99 / nginx p99", "<= 1x", "manifest p99 vs nginx", 1, false)
 	r.Rows = append(r.Rows, rw)
 
 	herdName := size(o.herdSize)
@@ -331,7 +355,8 @@ func (r *report) markdown() string {
 	fmt.Fprintf(&sb, "Run of %s, %s, %d round(s) (medians), %.0f s in all.\n\n", r.When.Format("2006-01-02 15:04 UTC"), kind, r.Rounds, r.Elapsed)
 	fmt.Fprintf(&sb, "- Machine: %s\n", r.machineLine())
 	fmt.Fprintf(&sb, "- Servers: %s; %s; %s\n", r.Versions["berth"], r.Versions["distribution"], orNone(r.Versions["nginx"]))
-	fmt.Fprintf(&sb, "- Upstream throttle: %v MB/s (bytes counted at the throttle)\n\n", r.Setup["upstream_rate_MBps"])
+	fmt.Fprintf(&sb, "- Upstream throttle: %v MB/s (bytes counted at the throttle)\n", r.Setup["upstream_rate_MBps"])
+	fmt.Fprintf(&sb, "- Request logs: %v\n\n", r.Setup["request_logs"])
 	sb.WriteString(r.table())
 	passed, failed := 0, 0
 	for _, rw := range r.Rows {

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,6 +14,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // The servers measured. direct is not a server of its own: it is the
@@ -57,6 +61,9 @@ func (b *bench) setup(ctx context.Context) error {
 	b.servers = map[string]*server{}
 	b.content = b.plan()
 	need := b.content.totalBytes()*3 + b.o.bigSize*2
+	// The request logs: berth and nginx together, two rate measurements per
+	// round, at most ~100k requests/s of ~400 bytes of log lines.
+	need += int64(2 * float64(b.o.rounds) * (b.o.dur * 6 / 5).Seconds() * 100e3 * 400)
 	var st syscall.Statfs_t
 	if syscall.Statfs(b.tmp, &st) == nil {
 		if free := int64(st.Bavail) * st.Bsize; free < need {
@@ -94,7 +101,10 @@ func (b *bench) setup(ctx context.Context) error {
 		return fmt.Errorf("filling the upstream: %w", err)
 	}
 
-	// berth, in front of the throttled upstream.
+	// berth, in front of the throttled upstream. It logs every request (JSON
+	// at info, its default level, spelled out so that a BERTH_LOG_LEVEL in
+	// the environment cannot turn it off) to stderr, which startProc sends
+	// to a file: the same cost nginx pays for its access log.
 	berthAddr, err := freeAddr()
 	if err != nil {
 		return err
@@ -105,7 +115,7 @@ func (b *bench) setup(ctx context.Context) error {
 		return err
 	}
 	bp, err := b.startProc(srvBerth, nil, b.o.berth, "serve", "--config", cfgPath, "--addr", berthAddr,
-		"--data", filepath.Join(b.tmp, "berth-data"), "--log-format", "json", "--log-level", "warn")
+		"--data", filepath.Join(b.tmp, "berth-data"), "--log-format", "json", "--log-level", "info")
 	if err != nil {
 		return err
 	}
@@ -125,9 +135,10 @@ func (b *bench) setup(ctx context.Context) error {
 	}
 	b.servers[srvDistProxy] = &server{name: srvDistProxy, base: "http://" + dpAddr, proc: dp}
 
-	// nginx, sending the upstream's blob files.
+	// nginx, sending the upstream's blob files, and the tagged manifest as a
+	// static file.
 	if b.o.nginx != "" {
-		if err := b.startNginx(ctx, filepath.Join(upDir, "docker", "registry", "v2", "blobs")); err != nil {
+		if err := b.startNginx(ctx, filepath.Join(upDir, "docker", "registry", "v2", "blobs"), &b.content.ten); err != nil {
 			b.note("nginx skipped: %v", err)
 		}
 	}
@@ -165,12 +176,24 @@ http:
 	return p, waitReady(context.Background(), p, "http://"+addr+"/v2/")
 }
 
-func (b *bench) startNginx(ctx context.Context, root string) error {
+// startNginx starts nginx sending the blob files under root at
+// /sha256/..., and im's manifest at /v2/<repo>/manifests/<tag> with the
+// headers a registry sends. It writes a buffered access log, as berth
+// writes its request log.
+func (b *bench) startNginx(ctx context.Context, root string, im *image) error {
 	dir := filepath.Join(b.tmp, "nginx")
 	for _, d := range []string{"", "body", "proxy", "fastcgi", "uwsgi", "scgi"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return err
 		}
+	}
+	www := filepath.Join(dir, "www")
+	manPath := filepath.Join(www, "v2", filepath.FromSlash(im.Repo), "manifests", im.Tag)
+	if err := os.MkdirAll(filepath.Dir(manPath), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(manPath, im.Manifest, 0o644); err != nil {
+		return err
 	}
 	addr, err := freeAddr()
 	if err != nil {
@@ -187,7 +210,7 @@ worker_processes 2;
 error_log %[2]s/error.log warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  access_log %[2]s/access.log combined buffer=64k flush=1s;
   sendfile on;
   tcp_nopush on;
   keepalive_requests 1000000;
@@ -201,9 +224,18 @@ http {
   server {
     listen %[3]s;
     location / { root %[4]s; }
+    # The manifest by tag, as a static file: no extension, so the type
+    # comes from default_type alone.
+    location /v2/ {
+      root %[5]s;
+      types { }
+      default_type %[6]s;
+      add_header Docker-Distribution-API-Version registry/2.0;
+      add_header Docker-Content-Digest %[7]s;
+    }
   }
 }
-`, user, dir, addr, root)
+`, user, dir, addr, root, www, ocispec.MediaTypeImageManifest, im.Digest)
 	path := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return err
@@ -231,10 +263,8 @@ func (b *bench) prime(ctx context.Context) error {
 		}
 		b.logf("priming %s", serverLabels[name])
 		client := newClient(8)
-		if name != srvNginx {
-			if _, err := getManifest(ctx, client, s.manifestURL(c.ten.Repo, c.ten.Tag)); err != nil {
-				return fmt.Errorf("%s: %w", name, err)
-			}
+		if err := checkManifest(ctx, client, s.manifestURL(c.ten.Repo, c.ten.Tag), &c.ten); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
 		}
 		for pass := 0; pass < 2; pass++ {
 			if _, err := fetch(ctx, client, s.blobURL(c.big.Repo, c.big.Layers[0].Digest), c.big.Layers[0], pass == 0); err != nil {
@@ -248,6 +278,32 @@ func (b *bench) prime(ctx context.Context) error {
 		}
 		client.CloseIdleConnections()
 		b.shaper.quiet(ctx, 500*time.Millisecond, 60*time.Second)
+	}
+	return nil
+}
+
+// checkManifest GETs im's manifest by tag from url and checks that it comes
+// back byte for byte, as an OCI image manifest (content.go pushes only those).
+func checkManifest(ctx context.Context, client *http.Client, url string, im *image) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	req.Header.Set("Accept", manifestAccept)
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s %s", url, resp.Status, drain(resp))
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("GET %s: %w", url, err)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != ocispec.MediaTypeImageManifest {
+		return fmt.Errorf("GET %s: Content-Type %q, want %q", url, ct, ocispec.MediaTypeImageManifest)
+	}
+	if !bytes.Equal(body, im.Manifest) {
+		return fmt.Errorf("GET %s: %d bytes that are not the pushed manifest (%d bytes)", url, len(body), len(im.Manifest))
 	}
 	return nil
 }
