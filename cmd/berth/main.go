@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -89,7 +90,10 @@ func run(args []string) error {
 	return fmt.Errorf("unknown command %q\n%s", args[0], usage)
 }
 
-func newLogger(cfg Config) zerolog.Logger {
+// newLogger returns the logger of cfg and, for JSON, the writer that batches
+// its lines (see logWriter); the console format is for a person watching,
+// so it is written at once (and the writer is nil).
+func newLogger(cfg Config) (zerolog.Logger, *logWriter) {
 	level, _ := zerolog.ParseLevel(cfg.LogLevel)
 	format := cfg.LogFormat
 	if format == "" {
@@ -99,12 +103,14 @@ func newLogger(cfg Config) zerolog.Logger {
 		}
 	}
 	var l zerolog.Logger
+	var w *logWriter
 	if format == "console" {
 		l = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.TimeOnly})
 	} else {
-		l = zerolog.New(os.Stderr)
+		w = newLogWriter(os.Stderr, time.Second)
+		l = zerolog.New(w)
 	}
-	return l.Level(level).With().Timestamp().Logger()
+	return l.Level(level).With().Timestamp().Logger(), w
 }
 
 // htpasswdLine hashes the first line of r as USER's password.
@@ -143,7 +149,8 @@ func loadAuth(c AuthConfig) (*proxy.Auth, error) {
 
 // serve runs berth until ctx ends. ready, if set, receives the bound address.
 func serve(ctx context.Context, cfg Config, ready chan<- string) error {
-	log := newLogger(cfg)
+	log, logw := newLogger(cfg)
+	defer logw.Close()
 	auth, err := loadAuth(cfg.Auth)
 	if err != nil {
 		return err
@@ -175,6 +182,7 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 	api := proxy.New(proxy.Options{Registry: router, Logger: log, Registerer: reg,
 		MaxManifestSize: cfg.MaxManifestBytes, Auth: auth})
 	var handlers sync.WaitGroup // requests running, so the index is never closed under one
+	var running atomic.Int64    // the same, counted: the log is flushed whenever berth falls idle
 	mux := http.NewServeMux()
 	mux.Handle("/v2/", api)
 	mux.Handle("/v2", api)
@@ -196,8 +204,14 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			handlers.Add(1)
+			running.Add(1)
 			defer handlers.Done()
 			mux.ServeHTTP(w, r)
+			if running.Add(-1) == 0 {
+				// Idle: nothing to batch with, so the lines go out now, and
+				// whoever reads the log after a response finds its line.
+				logw.Flush()
+			}
 		}),
 		BaseContext: func(net.Listener) context.Context { return baseCtx },
 		// Headers are small; a client sending megabytes of them, or taking
