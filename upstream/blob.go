@@ -18,8 +18,8 @@ func (c *Client) blobRequest(method, repo string, d digest.Digest) (*request, er
 	if err := c.checkRepo(op, repo); err != nil {
 		return nil, err
 	}
-	if err := d.Validate(); err != nil {
-		return nil, c.newError(op, ErrInvalidArgument, "invalid digest", err)
+	if _, err := c.checkDigest(op, d.String()); err != nil {
+		return nil, err
 	}
 	return &request{
 		op:     op,

@@ -23,8 +23,8 @@ func (c *Client) Referrers(ctx context.Context, repo string, d digest.Digest, ar
 	if err := c.checkRepo(op, repo); err != nil {
 		return nil, false, err
 	}
-	if err := d.Validate(); err != nil {
-		return nil, false, c.newError(op, ErrInvalidArgument, "invalid digest", err)
+	if _, err := c.checkDigest(op, d.String()); err != nil {
+		return nil, false, err
 	}
 	q := url.Values{}
 	if artifactType != "" {

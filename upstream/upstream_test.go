@@ -18,6 +18,7 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/rs/zerolog"
 
+	"github.com/berth-dev/berth/internal/oci"
 	"github.com/berth-dev/berth/upstream/upstreamtest"
 )
 
@@ -429,8 +430,8 @@ func TestManifestAcceptHeader(t *testing.T) {
 	types := []string{
 		v1.MediaTypeImageIndex,
 		v1.MediaTypeImageManifest,
-		MediaTypeDockerManifestList,
-		MediaTypeDockerManifest,
+		oci.MediaTypeDockerList,
+		oci.MediaTypeDockerManifest,
 	}
 	c := newClient(t, reg, nil)
 	for i, mt := range types {
@@ -446,14 +447,14 @@ func TestManifestAcceptHeader(t *testing.T) {
 	}
 	for _, rec := range reg.Requests() {
 		accept := rec.Header.Get("Accept")
+		if accept != oci.ManifestAccept {
+			t.Errorf("Accept = %q, want internal/oci's %q", accept, oci.ManifestAccept)
+		}
 		for _, mt := range types {
 			if !strings.Contains(accept, mt) {
 				t.Errorf("Accept %q lacks %s", accept, mt)
 			}
 		}
-	}
-	if got := ManifestMediaTypes(); !slices.Equal(got, types) {
-		t.Errorf("ManifestMediaTypes() = %v", got)
 	}
 }
 
@@ -515,6 +516,32 @@ func TestGetManifestVerification(t *testing.T) {
 			t.Errorf("err = %v, want ErrTooLarge", err)
 		}
 	})
+}
+
+// An upstream's malformed digest header is the upstream's fault: the error
+// must not carry an *oci.Error, which a caller would pass on to its client
+// as that client's own DIGEST_INVALID.
+func TestUpstreamInvalidDigestHeader(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", v1.MediaTypeImageManifest)
+		w.Header().Set("Docker-Content-Digest", "sha256:not-hex")
+		_, _ = io.WriteString(w, "{}")
+	}))
+	t.Cleanup(srv.Close)
+	c, err := New(Config{URL: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, err := range map[string]error{
+		"GET":  third(c.GetManifest(t.Context(), "lib/x", "v1")),
+		"HEAD": second(c.HeadManifest(t.Context(), "lib/x", "v1")),
+	} {
+		var oe *oci.Error
+		if !errors.Is(err, ErrUnexpectedResponse) || errors.As(err, &oe) {
+			t.Errorf("%s: err = %v, want ErrUnexpectedResponse without an *oci.Error", name, err)
+		}
+	}
 }
 
 func TestHeadManifest(t *testing.T) {
