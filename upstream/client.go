@@ -79,6 +79,11 @@ type Config struct {
 	// with connection errors or 5xx, and the number of resumptions of an
 	// interrupted blob stream. Zero means DefaultRetries.
 	Retries int
+
+	// MaxManifestSize bounds a manifest HeadManifest or GetManifest
+	// accepts, in bytes (max_manifest_bytes). Zero means MaxManifestSize,
+	// the package constant.
+	MaxManifestSize int64
 }
 
 // Option customises a Client.
@@ -105,6 +110,7 @@ type Client struct {
 	password string
 
 	retries     int
+	maxManifest int64
 	idleTimeout time.Duration
 	// backoff is the first retry delay; a field so in-package tests can
 	// shorten it.
@@ -144,6 +150,9 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 	if cfg.Retries < 0 {
 		return nil, fmt.Errorf("upstream: Config.Retries must not be negative, got %d", cfg.Retries)
 	}
+	if cfg.MaxManifestSize < 0 {
+		return nil, fmt.Errorf("upstream: Config.MaxManifestSize must not be negative, got %d", cfg.MaxManifestSize)
+	}
 	if cfg.Password != "" && cfg.Username == "" {
 		return nil, errors.New("upstream: Config.Username is required when Config.Password is set")
 	}
@@ -154,6 +163,7 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 		username:    cfg.Username,
 		password:    cfg.Password,
 		retries:     orDefault(cfg.Retries, DefaultRetries),
+		maxManifest: orDefault(cfg.MaxManifestSize, MaxManifestSize),
 		idleTimeout: orDefault(cfg.IdleStreamTimeout, DefaultIdleStreamTimeout),
 		backoff:     defaultBackoff,
 		now:         time.Now,

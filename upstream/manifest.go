@@ -16,8 +16,8 @@ import (
 	"github.com/berth-dev/berth/internal/oci"
 )
 
-// MaxManifestSize is the largest manifest GetManifest accepts (4 MiB, the
-// limit recommended by the distribution specification).
+// MaxManifestSize is the default for Config.MaxManifestSize: 4 MiB, the
+// limit recommended by the distribution specification.
 const MaxManifestSize = 4 << 20
 
 // Descriptor is what the upstream says about a manifest or blob.
@@ -118,13 +118,13 @@ func (c *Client) HeadManifest(ctx context.Context, repo, ref string) (Descriptor
 	if want != "" && d != want {
 		return Descriptor{}, c.newError(r.op, ErrDigestMismatch, "upstream reports digest "+d.String(), nil)
 	}
-	if resp.ContentLength > MaxManifestSize {
-		return Descriptor{}, c.newError(r.op, ErrTooLarge, fmt.Sprintf("%d bytes", resp.ContentLength), nil)
+	if resp.ContentLength > c.maxManifest {
+		return Descriptor{}, c.newError(r.op, ErrTooLarge, fmt.Sprintf("%d bytes, limit %d", resp.ContentLength, c.maxManifest), nil)
 	}
 	return Descriptor{MediaType: mt, Digest: d, Size: resp.ContentLength}, nil
 }
 
-// GetManifest downloads a manifest (at most MaxManifestSize bytes) and
+// GetManifest downloads a manifest (at most Config.MaxManifestSize bytes) and
 // verifies it: against ref when ref is a digest, and against the upstream's
 // Docker-Content-Digest header when present. The returned descriptor's
 // digest is the header's (or the computed one when the header is absent).
@@ -141,15 +141,15 @@ func (c *Client) GetManifest(ctx context.Context, repo, ref string) (Descriptor,
 	if resp.StatusCode != http.StatusOK {
 		return Descriptor{}, nil, &Error{Upstream: c.name, Op: r.op, Status: resp.StatusCode, Kind: ErrUnexpectedResponse}
 	}
-	if resp.ContentLength > MaxManifestSize {
-		return Descriptor{}, nil, c.newError(r.op, ErrTooLarge, fmt.Sprintf("%d bytes", resp.ContentLength), nil)
+	if resp.ContentLength > c.maxManifest {
+		return Descriptor{}, nil, c.newError(r.op, ErrTooLarge, fmt.Sprintf("%d bytes, limit %d", resp.ContentLength, c.maxManifest), nil)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxManifestSize+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, c.maxManifest+1))
 	if err != nil {
 		return Descriptor{}, nil, c.bodyError(ctx, r.op, err)
 	}
-	if len(body) > MaxManifestSize {
-		return Descriptor{}, nil, c.newError(r.op, ErrTooLarge, fmt.Sprintf("more than %d bytes", MaxManifestSize), nil)
+	if int64(len(body)) > c.maxManifest {
+		return Descriptor{}, nil, c.newError(r.op, ErrTooLarge, fmt.Sprintf("more than %d bytes", c.maxManifest), nil)
 	}
 	if resp.ContentLength >= 0 && int64(len(body)) != resp.ContentLength {
 		return Descriptor{}, nil, c.newError(r.op, ErrUnavailable, "truncated manifest body", nil)

@@ -103,6 +103,7 @@ func TestNewValidation(t *testing.T) {
 		{"query", Config{URL: "https://example.com/?x=1"}, "Config.URL"},
 		{"negative retries", Config{URL: "https://example.com", Retries: -1}, "Config.Retries"},
 		{"negative timeout", Config{URL: "https://example.com", IdleStreamTimeout: -time.Second}, "Config.IdleStreamTimeout"},
+		{"negative manifest size", Config{URL: "https://example.com", MaxManifestSize: -1}, "Config.MaxManifestSize"},
 		{"password without user", Config{URL: "https://example.com", Password: "x"}, "Config.Username"},
 	}
 	for _, tt := range tests {
@@ -516,6 +517,40 @@ func TestGetManifestVerification(t *testing.T) {
 			t.Errorf("err = %v, want ErrTooLarge", err)
 		}
 	})
+}
+
+func TestMaxManifestSize(t *testing.T) {
+	t.Parallel()
+	reg := upstreamtest.New(t, upstreamtest.Options{})
+	manifest := func(size int) []byte { return bytes.Repeat([]byte(" "), size) }
+	reg.AddManifest("lib/m", "small", v1.MediaTypeImageManifest, manifest(100))
+	reg.AddManifest("lib/m", "over", v1.MediaTypeImageManifest, manifest(101))
+	reg.AddManifest("lib/m", "big", v1.MediaTypeImageManifest, manifest(MaxManifestSize+1))
+	tests := []struct {
+		name    string
+		limit   int64
+		tag     string
+		wantErr error
+	}{
+		{"at the configured limit", 100, "small", nil},
+		{"over the configured limit", 100, "over", ErrTooLarge},
+		{"over the default", 0, "big", ErrTooLarge},
+		{"a raised limit admits more than the default", MaxManifestSize + 1, "big", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := newClient(t, reg, func(cfg *Config) { cfg.MaxManifestSize = tt.limit })
+			for name, err := range map[string]error{
+				"GET":  third(c.GetManifest(t.Context(), "lib/m", tt.tag)),
+				"HEAD": second(c.HeadManifest(t.Context(), "lib/m", tt.tag)),
+			} {
+				if tt.wantErr == nil && err != nil || !errors.Is(err, tt.wantErr) {
+					t.Errorf("%s: err = %v, want %v", name, err, tt.wantErr)
+				}
+			}
+		})
+	}
 }
 
 // An upstream's malformed digest header is the upstream's fault: the error
