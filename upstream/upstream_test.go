@@ -1142,28 +1142,6 @@ func TestInvalidArguments(t *testing.T) {
 	}
 }
 
-func TestParseContentRange(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		in                string
-		start, end, total int64
-		ok                bool
-	}{
-		{"bytes 0-9/10", 0, 9, 10, true},
-		{"bytes 5-9/*", 5, 9, -1, true},
-		{"bytes 5-4/10", 0, 0, 0, false},
-		{"bytes 5-10/10", 0, 0, 0, false},
-		{"items 0-1/2", 0, 0, 0, false},
-		{"bytes x-1/2", 0, 0, 0, false},
-	}
-	for _, tt := range tests {
-		s, e, tot, err := parseContentRange(tt.in)
-		if (err == nil) != tt.ok || (tt.ok && (s != tt.start || e != tt.end || tot != tt.total)) {
-			t.Errorf("parseContentRange(%q) = %d,%d,%d,%v", tt.in, s, e, tot, err)
-		}
-	}
-}
-
 // second and third pick the error out of multi-value returns.
 func second[A any](_ A, err error) error        { return err }
 func third[A, B any](_ A, _ B, err error) error { return err }
