@@ -28,6 +28,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -124,6 +125,9 @@ type Client struct {
 	log       zerolog.Logger
 
 	auth authState
+	// detached tracks the goroutines a call leaves running after it
+	// returns (shared token fetches); each has a deadline of its own.
+	detached sync.WaitGroup
 }
 
 // New validates cfg and returns a Client for it. Validation errors name the
@@ -172,7 +176,8 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 	if c.name == "" {
 		c.name = base.Host
 	}
-	c.auth.tokens = make(map[string]cachedToken)
+	c.auth.tokens = newTokenCache(maxTokenScopes)
+	c.auth.flights = make(map[string]*tokenFlight)
 	for _, opt := range opts {
 		opt(c)
 	}

@@ -371,6 +371,61 @@ func TestTokenRefresh(t *testing.T) {
 	})
 }
 
+func TestTokenCacheIsBounded(t *testing.T) {
+	t.Parallel()
+	reg := upstreamtest.New(t, upstreamtest.Options{Auth: upstreamtest.AuthBearer})
+	for _, repo := range []string{"lib/r0", "lib/r1", "lib/r2"} {
+		reg.AddImage(repo, "v", 1, 10)
+	}
+	c := newClient(t, reg, nil)
+	c.auth.tokens = newTokenCache(2)
+
+	for _, repo := range []string{"lib/r0", "lib/r1", "lib/r2"} {
+		mustGetManifest(t, c, repo, "v")
+	}
+	if n := c.auth.tokens.Len(); n != 2 {
+		t.Errorf("cached scopes = %d, want the bound 2", n)
+	}
+	mustGetManifest(t, c, "lib/r2", "v")
+	if got := reg.Count("GET", upstreamtest.KindToken); got != 3 {
+		t.Errorf("token fetches = %d, want 3: lib/r2's token is still cached", got)
+	}
+	mustGetManifest(t, c, "lib/r0", "v")
+	if got := reg.Count("GET", upstreamtest.KindToken); got != 4 {
+		t.Errorf("token fetches = %d, want 4: lib/r0's token, least recently used, was evicted", got)
+	}
+}
+
+func TestExpiredTokensLeaveTheCache(t *testing.T) {
+	t.Parallel()
+	reg := upstreamtest.New(t, upstreamtest.Options{Auth: upstreamtest.AuthBearer, TokenTTL: time.Minute})
+	for _, repo := range []string{"lib/r0", "lib/r1", "lib/r2"} {
+		reg.AddImage(repo, "v", 1, 10)
+	}
+	c := newClient(t, reg, nil)
+	clock := newFakeClock()
+	c.now = clock.Now
+	cached := func(repo string) bool { return c.auth.tokens.Contains(pullScope(repo)) }
+
+	mustGetManifest(t, c, "lib/r0", "v") // usable until 54s
+	clock.Advance(30 * time.Second)
+	mustGetManifest(t, c, "lib/r1", "v") // until 84s
+	clock.Advance(30 * time.Second)
+	if !cached("lib/r0") {
+		t.Fatal("lib/r0's token left the cache before anything looked at it")
+	}
+	// Storing a token drops the expired ones at the old end of the cache.
+	mustGetManifest(t, c, "lib/r2", "v")
+	if cached("lib/r0") || !cached("lib/r1") || !cached("lib/r2") {
+		t.Errorf("cached r0 %v r1 %v r2 %v, want false true true", cached("lib/r0"), cached("lib/r1"), cached("lib/r2"))
+	}
+	// Looking up an expired token drops it.
+	clock.Advance(30 * time.Second)
+	if _, ok := c.token(pullScope("lib/r1")); ok || cached("lib/r1") {
+		t.Errorf("expired lib/r1 token: usable %v, cached %v; want neither", ok, cached("lib/r1"))
+	}
+}
+
 // TestTokenResponseVariants uses a hand-written registry whose token service
 // answers OAuth2 style (access_token, no expires_in).
 func TestTokenResponseVariants(t *testing.T) {
