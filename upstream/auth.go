@@ -22,11 +22,6 @@ const DefaultTokenTTL = 60 * time.Second
 // used, so that a request does not race the token's expiry in flight.
 const maxTokenMargin = 10 * time.Second
 
-// tokenFetchTimeout bounds a shared token fetch. The fetch runs detached from
-// the context of whichever caller started it (others may be waiting on it),
-// so it needs its own bound.
-const tokenFetchTimeout = 30 * time.Second
-
 // maxTokenBody bounds the token response read into memory.
 const maxTokenBody = 1 << 20
 
@@ -205,8 +200,8 @@ func (e errString) Error() string { return string(e) }
 //
 // The fetch runs in a goroutine detached from the caller's cancellation,
 // since other callers may be waiting on it; c.detached owns it and
-// tokenFetchTimeout bounds it, so it ends on its own soon after a caller
-// that gave up has returned.
+// Config.OperationTimeout bounds it, so it ends on its own soon after a
+// caller that gave up has returned.
 func (c *Client) fetchToken(ctx context.Context, op string, bc bearerChallenge, scope, extraScope, stale string) (string, error) {
 	c.auth.mu.Lock()
 	if tok, ok := c.tokenLocked(scope); ok && tok != stale {
@@ -217,7 +212,7 @@ func (c *Client) fetchToken(ctx context.Context, op string, bc bearerChallenge, 
 	if !ok {
 		f = &tokenFlight{done: make(chan struct{})}
 		c.auth.flights[scope] = f
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tokenFetchTimeout)
+		fctx, cancel := c.withOperationDeadline(context.WithoutCancel(ctx))
 		c.detached.Go(func() {
 			defer cancel()
 			c.runTokenFlight(fctx, f, bc, scope, extraScope)

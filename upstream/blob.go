@@ -37,6 +37,8 @@ func (c *Client) HeadBlob(ctx context.Context, repo string, d digest.Digest) (De
 	if err != nil {
 		return Descriptor{}, err
 	}
+	ctx, cancel := c.withOperationDeadline(ctx)
+	defer cancel()
 	resp, err := c.do(ctx, r)
 	if err != nil {
 		return Descriptor{}, err

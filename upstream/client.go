@@ -9,7 +9,9 @@
 //     caching and singleflight, or Basic), with credentials sent only to the
 //     upstream host and its token realm, never to redirect targets such as
 //     storage CDNs;
-//   - timeouts (dial, TLS handshake, response header, idle stream);
+//   - timeouts: dial, TLS handshake and response header per attempt, an
+//     overall deadline per metadata operation, and a minimum rate for
+//     response bodies;
 //   - retries with exponential back-off for idempotent requests;
 //   - transparent resumption of interrupted blob downloads with Range
 //     requests;
@@ -38,7 +40,8 @@ import (
 const (
 	DefaultDialTimeout           = 5 * time.Second
 	DefaultTLSHandshakeTimeout   = 5 * time.Second
-	DefaultResponseHeaderTimeout = 30 * time.Second
+	DefaultResponseHeaderTimeout = 10 * time.Second
+	DefaultOperationTimeout      = 10 * time.Second
 	DefaultIdleStreamTimeout     = 60 * time.Second
 	DefaultRetries               = 3
 )
@@ -75,6 +78,16 @@ type Config struct {
 	TLSHandshakeTimeout   time.Duration
 	ResponseHeaderTimeout time.Duration
 	IdleStreamTimeout     time.Duration
+
+	// OperationTimeout bounds a whole metadata operation: HeadManifest,
+	// GetManifest, HeadBlob, Tags, Referrers, Ping and a token fetch, over
+	// all their attempts and back-offs and the reading of the body, so that
+	// a hung upstream costs a caller this long and not attempts times
+	// ResponseHeaderTimeout. GetBlob is not bounded as a whole (a large blob
+	// takes as long as it takes): each of its attempts has
+	// ResponseHeaderTimeout and its body IdleStreamTimeout and
+	// MinStreamRate. Zero means DefaultOperationTimeout.
+	OperationTimeout time.Duration
 
 	// Retries is the number of attempts for idempotent requests failing
 	// with connection errors or 5xx, and the number of resumptions of an
@@ -113,6 +126,10 @@ type Client struct {
 	retries     int
 	maxManifest int64
 	idleTimeout time.Duration
+	// opTimeout bounds a metadata operation; opTimeoutCause is what a
+	// context it ended reports, naming the bound.
+	opTimeout      time.Duration
+	opTimeoutCause error
 	// backoff is the first retry delay; a field so in-package tests can
 	// shorten it.
 	backoff time.Duration
@@ -145,6 +162,7 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 		{"TLSHandshakeTimeout", cfg.TLSHandshakeTimeout},
 		{"ResponseHeaderTimeout", cfg.ResponseHeaderTimeout},
 		{"IdleStreamTimeout", cfg.IdleStreamTimeout},
+		{"OperationTimeout", cfg.OperationTimeout},
 	}
 	for _, d := range durations {
 		if d.v < 0 {
@@ -169,6 +187,7 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 		retries:     orDefault(cfg.Retries, DefaultRetries),
 		maxManifest: orDefault(cfg.MaxManifestSize, MaxManifestSize),
 		idleTimeout: orDefault(cfg.IdleStreamTimeout, DefaultIdleStreamTimeout),
+		opTimeout:   orDefault(cfg.OperationTimeout, DefaultOperationTimeout),
 		backoff:     defaultBackoff,
 		now:         time.Now,
 		log:         zerolog.Nop(),
@@ -176,6 +195,7 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 	if c.name == "" {
 		c.name = base.Host
 	}
+	c.opTimeoutCause = fmt.Errorf("operation took longer than %s: %w", c.opTimeout, context.DeadlineExceeded)
 	c.auth.tokens = newTokenCache(maxTokenScopes)
 	c.auth.flights = make(map[string]*tokenFlight)
 	for _, opt := range opts {
@@ -381,13 +401,19 @@ func (c *Client) roundTrip(ctx context.Context, op string, build func(context.Co
 	}
 }
 
-// ctxError reports that the caller's context ended. A deadline counts as
-// the upstream being too slow (ErrUnavailable) so callers may serve stale
-// content; a cancellation is just the context error.
+// withOperationDeadline bounds a metadata operation by Config.OperationTimeout.
+func (c *Client) withOperationDeadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeoutCause(ctx, c.opTimeout, c.opTimeoutCause)
+}
+
+// ctxError reports that the caller's context ended. A deadline, the
+// caller's or the operation's own, counts as the upstream being too slow
+// (ErrUnavailable) so callers may serve stale content; a cancellation is
+// just the context error.
 func (c *Client) ctxError(op string, ctx context.Context) error {
 	err := ctx.Err()
 	if errors.Is(err, context.DeadlineExceeded) {
-		return c.newError(op, ErrUnavailable, "", err)
+		return c.newError(op, ErrUnavailable, "", context.Cause(ctx))
 	}
 	return c.newError(op, err, "", nil)
 }

@@ -100,6 +100,8 @@ func (c *Client) HeadManifest(ctx context.Context, repo, ref string) (Descriptor
 	if err != nil {
 		return Descriptor{}, err
 	}
+	ctx, cancel := c.withOperationDeadline(ctx)
+	defer cancel()
 	resp, err := c.do(ctx, r)
 	if err != nil {
 		return Descriptor{}, err
@@ -133,6 +135,8 @@ func (c *Client) GetManifest(ctx context.Context, repo, ref string) (Descriptor,
 	if err != nil {
 		return Descriptor{}, nil, err
 	}
+	ctx, cancel := c.withOperationDeadline(ctx)
+	defer cancel()
 	resp, err := c.do(ctx, r)
 	if err != nil {
 		return Descriptor{}, nil, err

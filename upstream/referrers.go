@@ -26,6 +26,8 @@ func (c *Client) Referrers(ctx context.Context, repo string, d digest.Digest, ar
 	if _, err := c.checkDigest(op, d.String()); err != nil {
 		return nil, false, err
 	}
+	ctx, cancel := c.withOperationDeadline(ctx)
+	defer cancel()
 	q := url.Values{}
 	if artifactType != "" {
 		q.Set("artifactType", artifactType)

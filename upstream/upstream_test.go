@@ -103,6 +103,7 @@ func TestNewValidation(t *testing.T) {
 		{"query", Config{URL: "https://example.com/?x=1"}, "Config.URL"},
 		{"negative retries", Config{URL: "https://example.com", Retries: -1}, "Config.Retries"},
 		{"negative timeout", Config{URL: "https://example.com", IdleStreamTimeout: -time.Second}, "Config.IdleStreamTimeout"},
+		{"negative operation timeout", Config{URL: "https://example.com", OperationTimeout: -time.Second}, "Config.OperationTimeout"},
 		{"negative manifest size", Config{URL: "https://example.com", MaxManifestSize: -1}, "Config.MaxManifestSize"},
 		{"password without user", Config{URL: "https://example.com", Password: "x"}, "Config.Username"},
 	}
