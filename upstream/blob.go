@@ -65,9 +65,10 @@ func (c *Client) HeadBlob(ctx context.Context, repo string, d digest.Digest) (De
 // size-offset bytes.
 //
 // The returned reader resumes transparently with a Range request from where
-// it stopped if the stream breaks (connection error, idle timeout or an EOF
-// before size bytes), up to Config.Retries resumptions in total, and returns
-// an error wrapping ErrUnavailable if it still cannot finish. It never
+// it stopped if the stream breaks (connection error, a body slower than
+// Config.MinStreamRate, or an EOF before size bytes), up to Config.Retries
+// resumptions in total, and returns an error wrapping ErrUnavailable if it
+// still cannot finish. It never
 // returns more than size-offset bytes, nor io.EOF before them. It does not
 // verify the digest: the caller hashes what it stores.
 func (c *Client) GetBlob(ctx context.Context, repo string, d digest.Digest, offset int64) (rc io.ReadCloser, size int64, err error) {

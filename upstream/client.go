@@ -43,6 +43,7 @@ const (
 	DefaultResponseHeaderTimeout = 10 * time.Second
 	DefaultOperationTimeout      = 10 * time.Second
 	DefaultIdleStreamTimeout     = 60 * time.Second
+	DefaultMinStreamRate         = 16 << 10 // bytes per second
 	DefaultRetries               = 3
 )
 
@@ -72,12 +73,20 @@ type Config struct {
 
 	// DialTimeout, TLSHandshakeTimeout and ResponseHeaderTimeout configure
 	// the default transport (they are ignored when WithTransport is used).
-	// IdleStreamTimeout aborts a response body read that makes no progress
-	// for that long. Zero means the Default* constant.
+	// Zero means the Default* constant.
 	DialTimeout           time.Duration
 	TLSHandshakeTimeout   time.Duration
 	ResponseHeaderTimeout time.Duration
-	IdleStreamTimeout     time.Duration
+
+	// IdleStreamTimeout and MinStreamRate (bytes per second) set the
+	// slowest a response body may arrive: each IdleStreamTimeout spent
+	// waiting for it must bring at least MinStreamRate x IdleStreamTimeout
+	// bytes (at least one), else the read fails as ErrUnavailable and
+	// GetBlob resumes from where it stopped, at most Retries times. With
+	// the defaults that is 960 KiB a minute. Time the caller spends between
+	// reads does not count. Zero means the Default* constant.
+	IdleStreamTimeout time.Duration
+	MinStreamRate     int64
 
 	// OperationTimeout bounds a whole metadata operation: HeadManifest,
 	// GetManifest, HeadBlob, Tags, Referrers, Ping and a token fetch, over
@@ -126,6 +135,7 @@ type Client struct {
 	retries     int
 	maxManifest int64
 	idleTimeout time.Duration
+	minRate     int64
 	// opTimeout bounds a metadata operation; opTimeoutCause is what a
 	// context it ended reports, naming the bound.
 	opTimeout      time.Duration
@@ -172,6 +182,9 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 	if cfg.Retries < 0 {
 		return nil, fmt.Errorf("upstream: Config.Retries must not be negative, got %d", cfg.Retries)
 	}
+	if cfg.MinStreamRate < 0 {
+		return nil, fmt.Errorf("upstream: Config.MinStreamRate must not be negative, got %d", cfg.MinStreamRate)
+	}
 	if cfg.MaxManifestSize < 0 {
 		return nil, fmt.Errorf("upstream: Config.MaxManifestSize must not be negative, got %d", cfg.MaxManifestSize)
 	}
@@ -187,6 +200,7 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 		retries:     orDefault(cfg.Retries, DefaultRetries),
 		maxManifest: orDefault(cfg.MaxManifestSize, MaxManifestSize),
 		idleTimeout: orDefault(cfg.IdleStreamTimeout, DefaultIdleStreamTimeout),
+		minRate:     orDefault(cfg.MinStreamRate, DefaultMinStreamRate),
 		opTimeout:   orDefault(cfg.OperationTimeout, DefaultOperationTimeout),
 		backoff:     defaultBackoff,
 		now:         time.Now,
@@ -307,7 +321,7 @@ func (c *Client) url(path string, q url.Values) string {
 }
 
 // do performs r with authentication and retries. It returns the response for
-// any status below 400 (the body is wrapped with the idle-stream timeout) and
+// any status below 400 (the body is wrapped to enforce the minimum rate) and
 // an *Error otherwise. A 401 triggers one round of the auth dance followed
 // by one more attempt.
 func (c *Client) do(ctx context.Context, r *request) (*http.Response, error) {
@@ -361,7 +375,7 @@ func (c *Client) sameOrigin(req *http.Request) bool {
 // roundTrip sends the request produced by build, retrying connection errors
 // and 5xx responses with exponential back-off, up to c.retries attempts.
 // Successful responses (status < 500) get their body wrapped so that it
-// honours the idle-stream timeout and releases the per-attempt context on
+// honours the minimum stream rate and releases the per-attempt context on
 // Close.
 func (c *Client) roundTrip(ctx context.Context, op string, build func(context.Context) (*http.Request, error)) (*http.Response, error) {
 	var last error
@@ -386,7 +400,7 @@ func (c *Client) roundTrip(ctx context.Context, op string, build func(context.Co
 			last = c.statusError(op, resp)
 			cancel()
 		default:
-			resp.Body = newIdleBody(resp.Body, c.idleTimeout, cancel)
+			resp.Body = newRateBody(resp.Body, c.idleTimeout, c.minRate, cancel)
 			return resp, nil
 		}
 		if attempt >= c.retries {
