@@ -203,6 +203,9 @@ func (e errString) Error() string { return string(e) }
 // Config.OperationTimeout bounds it, so it ends on its own soon after a
 // caller that gave up has returned.
 func (c *Client) fetchToken(ctx context.Context, op string, bc bearerChallenge, scope, extraScope, stale string) (string, error) {
+	if ctx.Err() != nil {
+		return "", c.ctxError(op, ctx) // no detached fetch for a caller already gone
+	}
 	c.auth.mu.Lock()
 	if tok, ok := c.tokenLocked(scope); ok && tok != stale {
 		c.auth.mu.Unlock()
