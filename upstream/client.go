@@ -5,10 +5,10 @@
 // GHCR or a private registry. It owns everything that is specific to talking
 // to a remote registry over an unreliable network:
 //
-//   - the authentication dance (Bearer token challenges with per-scope token
-//     caching and singleflight, or Basic), with credentials sent only to the
-//     upstream host and its token realm, never to redirect targets such as
-//     storage CDNs;
+//   - the authentication dance (Bearer token challenges with a bounded
+//     per-scope token cache and one shared fetch per scope, or Basic), with
+//     credentials sent only to the upstream host and its token realm, never
+//     to redirect targets such as storage CDNs;
 //   - timeouts: dial, TLS handshake and response header per attempt, an
 //     overall deadline per metadata operation, and a minimum rate for
 //     response bodies;
