@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sync/singleflight"
+	lru "github.com/hashicorp/golang-lru/v2"
 )
 
 // DefaultTokenTTL is assumed when a token response has no expires_in, as the
@@ -22,21 +22,30 @@ const DefaultTokenTTL = 60 * time.Second
 // used, so that a request does not race the token's expiry in flight.
 const maxTokenMargin = 10 * time.Second
 
-// tokenFetchTimeout bounds a shared token fetch. The fetch runs detached from
-// the context of whichever caller started it (others may be waiting on it),
-// so it needs its own bound.
-const tokenFetchTimeout = 30 * time.Second
-
 // maxTokenBody bounds the token response read into memory.
 const maxTokenBody = 1 << 20
+
+// maxTokenScopes bounds the token cache. A mirror asks for one scope per
+// repository it pulls, so without a bound the cache would grow with every
+// repository ever pulled; the least recently used scope makes room.
+const maxTokenScopes = 1024
 
 // authState is the per-client authentication state learned from the upstream.
 type authState struct {
 	mu       sync.Mutex
-	tokens   map[string]cachedToken // by scope ("" = registry-wide)
-	bearer   *bearerChallenge       // last Bearer challenge seen, for proactive token fetches
-	useBasic bool                   // the upstream asked for Basic credentials
-	group    singleflight.Group     // dedups concurrent token fetches per scope
+	tokens   *lru.Cache[string, cachedToken] // by scope ("" = registry-wide)
+	flights  map[string]*tokenFlight         // token fetches in progress, by scope
+	bearer   *bearerChallenge                // last Bearer challenge seen, for proactive token fetches
+	useBasic bool                            // the upstream asked for Basic credentials
+}
+
+// newTokenCache returns an empty token cache holding at most size scopes.
+func newTokenCache(size int) *lru.Cache[string, cachedToken] {
+	tc, err := lru.New[string, cachedToken](size)
+	if err != nil {
+		panic(err) // only for size <= 0, a programming error
+	}
+	return tc
 }
 
 // cachedToken is a bearer token and the time after which it is not used.
@@ -52,15 +61,50 @@ type bearerChallenge struct {
 	service string
 }
 
+// tokenFlight is one token fetch in progress; every caller that needs the
+// scope meanwhile waits for it instead of fetching again.
+type tokenFlight struct {
+	done chan struct{} // closed when tok and err are set
+	tok  string
+	err  error
+}
+
 // token returns the cached, unexpired token for scope.
 func (c *Client) token(scope string) (string, bool) {
 	c.auth.mu.Lock()
 	defer c.auth.mu.Unlock()
-	t, ok := c.auth.tokens[scope]
-	if !ok || !c.now().Before(t.expiry) {
+	return c.tokenLocked(scope)
+}
+
+// tokenLocked is token with c.auth.mu held. An expired token is dropped
+// when it is looked up: there is no janitor goroutine.
+func (c *Client) tokenLocked(scope string) (string, bool) {
+	t, ok := c.auth.tokens.Get(scope)
+	if !ok {
+		return "", false
+	}
+	if !c.now().Before(t.expiry) {
+		c.auth.tokens.Remove(scope)
 		return "", false
 	}
 	return t.value, true
+}
+
+// storeToken caches tok for scope until expiry, first dropping expired
+// tokens from the least recently used end, so that scopes nobody asks for
+// again leave before live ones are evicted.
+func (c *Client) storeToken(scope, tok string, expiry time.Time) {
+	c.auth.mu.Lock()
+	defer c.auth.mu.Unlock()
+	now := c.now()
+	for {
+		k, t, ok := c.auth.tokens.GetOldest()
+		if !ok || now.Before(t.expiry) {
+			break
+		}
+		c.auth.tokens.Remove(k)
+	}
+	c.auth.tokens.Add(scope, cachedToken{value: tok, expiry: expiry})
 }
 
 // authorization returns the Authorization header value to send proactively
@@ -153,39 +197,52 @@ func (e errString) Error() string { return string(e) }
 // cached one other than stale exists (stale is the token the upstream just
 // rejected, if any). extraScope is a scope demanded by the challenge in
 // addition to ours. Concurrent fetches for one scope share one request.
+//
+// The fetch runs in a goroutine detached from the caller's cancellation,
+// since other callers may be waiting on it; c.detached owns it and
+// Config.OperationTimeout bounds it, so it ends on its own soon after a
+// caller that gave up has returned.
 func (c *Client) fetchToken(ctx context.Context, op string, bc bearerChallenge, scope, extraScope, stale string) (string, error) {
-	if tok, ok := c.token(scope); ok && tok != stale {
-		return tok, nil
+	if ctx.Err() != nil {
+		return "", c.ctxError(op, ctx) // no detached fetch for a caller already gone
 	}
-	ch := c.auth.group.DoChan(scope, func() (any, error) {
-		// Re-check: another flight may have stored a token between our
-		// check above and this flight starting.
-		if tok, ok := c.token(scope); ok && tok != stale {
-			return tok, nil
-		}
-		// Detach from the caller's cancellation: other callers may be
-		// waiting on this fetch.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tokenFetchTimeout)
-		defer cancel()
-		tok, ttl, err := c.requestToken(fctx, bc, scope, extraScope)
-		if err != nil {
-			return "", err
-		}
-		margin := min(maxTokenMargin, ttl/10)
-		c.auth.mu.Lock()
-		c.auth.tokens[scope] = cachedToken{value: tok, expiry: c.now().Add(ttl - margin)}
+	c.auth.mu.Lock()
+	if tok, ok := c.tokenLocked(scope); ok && tok != stale {
 		c.auth.mu.Unlock()
 		return tok, nil
-	})
+	}
+	f, ok := c.auth.flights[scope]
+	if !ok {
+		f = &tokenFlight{done: make(chan struct{})}
+		c.auth.flights[scope] = f
+		fctx, cancel := c.withOperationDeadline(context.WithoutCancel(ctx))
+		c.detached.Go(func() {
+			defer cancel()
+			c.runTokenFlight(fctx, f, bc, scope, extraScope)
+		})
+	}
+	c.auth.mu.Unlock()
 	select {
 	case <-ctx.Done():
 		return "", c.ctxError(op, ctx)
-	case res := <-ch:
-		if res.Err != nil {
-			return "", res.Err
-		}
-		return res.Val.(string), nil
+	case <-f.done:
+		return f.tok, f.err
 	}
+}
+
+// runTokenFlight fetches the token for flight f, caches it, and releases
+// f's waiters.
+func (c *Client) runTokenFlight(ctx context.Context, f *tokenFlight, bc bearerChallenge, scope, extraScope string) {
+	tok, ttl, err := c.requestToken(ctx, bc, scope, extraScope)
+	if err == nil {
+		margin := min(maxTokenMargin, ttl/10)
+		c.storeToken(scope, tok, c.now().Add(ttl-margin))
+	}
+	c.auth.mu.Lock()
+	delete(c.auth.flights, scope)
+	c.auth.mu.Unlock()
+	f.tok, f.err = tok, err
+	close(f.done)
 }
 
 // tokenResponse is the token service's answer; Docker Hub sends "token",

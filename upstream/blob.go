@@ -7,9 +7,10 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/berth-dev/berth/internal/oci"
 )
 
 // blobRequest builds the request for a blob HEAD or GET.
@@ -18,8 +19,8 @@ func (c *Client) blobRequest(method, repo string, d digest.Digest) (*request, er
 	if err := c.checkRepo(op, repo); err != nil {
 		return nil, err
 	}
-	if err := d.Validate(); err != nil {
-		return nil, c.newError(op, ErrInvalidArgument, "invalid digest", err)
+	if _, err := c.checkDigest(op, d.String()); err != nil {
+		return nil, err
 	}
 	return &request{
 		op:     op,
@@ -36,6 +37,8 @@ func (c *Client) HeadBlob(ctx context.Context, repo string, d digest.Digest) (De
 	if err != nil {
 		return Descriptor{}, err
 	}
+	ctx, cancel := c.withOperationDeadline(ctx)
+	defer cancel()
 	resp, err := c.do(ctx, r)
 	if err != nil {
 		return Descriptor{}, err
@@ -62,9 +65,10 @@ func (c *Client) HeadBlob(ctx context.Context, repo string, d digest.Digest) (De
 // size-offset bytes.
 //
 // The returned reader resumes transparently with a Range request from where
-// it stopped if the stream breaks (connection error, idle timeout or an EOF
-// before size bytes), up to Config.Retries resumptions in total, and returns
-// an error wrapping ErrUnavailable if it still cannot finish. It never
+// it stopped if the stream breaks (connection error, a body slower than
+// Config.MinStreamRate, or an EOF before size bytes), up to Config.Retries
+// resumptions in total, and returns an error wrapping ErrUnavailable if it
+// still cannot finish. It never
 // returns more than size-offset bytes, nor io.EOF before them. It does not
 // verify the digest: the caller hashes what it stores.
 func (c *Client) GetBlob(ctx context.Context, repo string, d digest.Digest, offset int64) (rc io.ReadCloser, size int64, err error) {
@@ -107,9 +111,10 @@ func (c *Client) openBlob(ctx context.Context, r *request, repo string, d digest
 	var size int64
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
-		start, end, total, err := parseContentRange(resp.Header.Get("Content-Range"))
-		if err != nil {
-			return fail("invalid Content-Range: " + err.Error())
+		cr := resp.Header.Get("Content-Range")
+		start, end, total, ok := oci.ParseContentRange(cr)
+		if !ok {
+			return fail("invalid Content-Range " + strconv.Quote(sanitize(cr)))
 		}
 		if start != offset || (total >= 0 && end != total-1) {
 			return fail(fmt.Sprintf("Content-Range %d-%d does not match requested offset %d", start, end, offset))
@@ -149,39 +154,6 @@ func (c *Client) openBlob(ctx context.Context, r *request, repo string, d digest
 		return fail(fmt.Sprintf("offset %d is beyond the blob size %d", offset, size))
 	}
 	return resp.Body, size, nil
-}
-
-// parseContentRange parses "bytes start-end/total" (total may be "*",
-// reported as -1).
-func parseContentRange(s string) (start, end, total int64, err error) {
-	rest, ok := strings.CutPrefix(strings.TrimSpace(s), "bytes ")
-	if !ok {
-		return 0, 0, 0, errString("not a bytes range")
-	}
-	rng, tot, ok := strings.Cut(rest, "/")
-	if !ok {
-		return 0, 0, 0, errString("missing total")
-	}
-	a, b, ok := strings.Cut(rng, "-")
-	if !ok {
-		return 0, 0, 0, errString("malformed range")
-	}
-	if start, err = strconv.ParseInt(a, 10, 64); err != nil {
-		return 0, 0, 0, errString("malformed range start")
-	}
-	if end, err = strconv.ParseInt(b, 10, 64); err != nil {
-		return 0, 0, 0, errString("malformed range end")
-	}
-	total = -1
-	if tot != "*" {
-		if total, err = strconv.ParseInt(tot, 10, 64); err != nil {
-			return 0, 0, 0, errString("malformed total")
-		}
-	}
-	if start < 0 || end < start || (total >= 0 && end >= total) {
-		return 0, 0, 0, errString("inconsistent range")
-	}
-	return start, end, total, nil
 }
 
 // blobReader is the resuming reader returned by GetBlob.

@@ -5,11 +5,13 @@
 // GHCR or a private registry. It owns everything that is specific to talking
 // to a remote registry over an unreliable network:
 //
-//   - the authentication dance (Bearer token challenges with per-scope token
-//     caching and singleflight, or Basic), with credentials sent only to the
-//     upstream host and its token realm, never to redirect targets such as
-//     storage CDNs;
-//   - timeouts (dial, TLS handshake, response header, idle stream);
+//   - the authentication dance (Bearer token challenges with a bounded
+//     per-scope token cache and one shared fetch per scope, or Basic), with
+//     credentials sent only to the upstream host and its token realm, never
+//     to redirect targets such as storage CDNs;
+//   - timeouts: dial, TLS handshake and response header per attempt, an
+//     overall deadline per metadata operation, and a minimum rate for
+//     response bodies;
 //   - retries with exponential back-off for idempotent requests;
 //   - transparent resumption of interrupted blob downloads with Range
 //     requests;
@@ -28,6 +30,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -37,8 +40,10 @@ import (
 const (
 	DefaultDialTimeout           = 5 * time.Second
 	DefaultTLSHandshakeTimeout   = 5 * time.Second
-	DefaultResponseHeaderTimeout = 30 * time.Second
+	DefaultResponseHeaderTimeout = 10 * time.Second
+	DefaultOperationTimeout      = 10 * time.Second
 	DefaultIdleStreamTimeout     = 60 * time.Second
+	DefaultMinStreamRate         = 16 << 10 // bytes per second
 	DefaultRetries               = 3
 )
 
@@ -68,17 +73,40 @@ type Config struct {
 
 	// DialTimeout, TLSHandshakeTimeout and ResponseHeaderTimeout configure
 	// the default transport (they are ignored when WithTransport is used).
-	// IdleStreamTimeout aborts a response body read that makes no progress
-	// for that long. Zero means the Default* constant.
+	// Zero means the Default* constant.
 	DialTimeout           time.Duration
 	TLSHandshakeTimeout   time.Duration
 	ResponseHeaderTimeout time.Duration
-	IdleStreamTimeout     time.Duration
+
+	// IdleStreamTimeout and MinStreamRate (bytes per second) set the
+	// slowest a response body may arrive: each IdleStreamTimeout spent
+	// waiting for it must bring at least MinStreamRate x IdleStreamTimeout
+	// bytes (at least one), else the read fails as ErrUnavailable and
+	// GetBlob resumes from where it stopped, at most Retries times. With
+	// the defaults that is 960 KiB a minute. Time the caller spends between
+	// reads does not count. Zero means the Default* constant.
+	IdleStreamTimeout time.Duration
+	MinStreamRate     int64
+
+	// OperationTimeout bounds a whole metadata operation: HeadManifest,
+	// GetManifest, HeadBlob, Tags, Referrers, Ping and a token fetch, over
+	// all their attempts and back-offs and the reading of the body, so that
+	// a hung upstream costs a caller this long and not attempts times
+	// ResponseHeaderTimeout. GetBlob is not bounded as a whole (a large blob
+	// takes as long as it takes): each of its attempts has
+	// ResponseHeaderTimeout and its body IdleStreamTimeout and
+	// MinStreamRate. Zero means DefaultOperationTimeout.
+	OperationTimeout time.Duration
 
 	// Retries is the number of attempts for idempotent requests failing
 	// with connection errors or 5xx, and the number of resumptions of an
 	// interrupted blob stream. Zero means DefaultRetries.
 	Retries int
+
+	// MaxManifestSize bounds a manifest HeadManifest or GetManifest
+	// accepts, in bytes (max_manifest_bytes). Zero means MaxManifestSize,
+	// the package constant.
+	MaxManifestSize int64
 }
 
 // Option customises a Client.
@@ -105,7 +133,13 @@ type Client struct {
 	password string
 
 	retries     int
+	maxManifest int64
 	idleTimeout time.Duration
+	minRate     int64
+	// opTimeout bounds a metadata operation; opTimeoutCause is what a
+	// context it ended reports, naming the bound.
+	opTimeout      time.Duration
+	opTimeoutCause error
 	// backoff is the first retry delay; a field so in-package tests can
 	// shorten it.
 	backoff time.Duration
@@ -118,6 +152,9 @@ type Client struct {
 	log       zerolog.Logger
 
 	auth authState
+	// detached tracks the goroutines a call leaves running after it
+	// returns (shared token fetches); each has a deadline of its own.
+	detached sync.WaitGroup
 }
 
 // New validates cfg and returns a Client for it. Validation errors name the
@@ -135,6 +172,7 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 		{"TLSHandshakeTimeout", cfg.TLSHandshakeTimeout},
 		{"ResponseHeaderTimeout", cfg.ResponseHeaderTimeout},
 		{"IdleStreamTimeout", cfg.IdleStreamTimeout},
+		{"OperationTimeout", cfg.OperationTimeout},
 	}
 	for _, d := range durations {
 		if d.v < 0 {
@@ -143,6 +181,12 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 	}
 	if cfg.Retries < 0 {
 		return nil, fmt.Errorf("upstream: Config.Retries must not be negative, got %d", cfg.Retries)
+	}
+	if cfg.MinStreamRate < 0 {
+		return nil, fmt.Errorf("upstream: Config.MinStreamRate must not be negative, got %d", cfg.MinStreamRate)
+	}
+	if cfg.MaxManifestSize < 0 {
+		return nil, fmt.Errorf("upstream: Config.MaxManifestSize must not be negative, got %d", cfg.MaxManifestSize)
 	}
 	if cfg.Password != "" && cfg.Username == "" {
 		return nil, errors.New("upstream: Config.Username is required when Config.Password is set")
@@ -154,7 +198,10 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 		username:    cfg.Username,
 		password:    cfg.Password,
 		retries:     orDefault(cfg.Retries, DefaultRetries),
+		maxManifest: orDefault(cfg.MaxManifestSize, MaxManifestSize),
 		idleTimeout: orDefault(cfg.IdleStreamTimeout, DefaultIdleStreamTimeout),
+		minRate:     orDefault(cfg.MinStreamRate, DefaultMinStreamRate),
+		opTimeout:   orDefault(cfg.OperationTimeout, DefaultOperationTimeout),
 		backoff:     defaultBackoff,
 		now:         time.Now,
 		log:         zerolog.Nop(),
@@ -162,7 +209,9 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 	if c.name == "" {
 		c.name = base.Host
 	}
-	c.auth.tokens = make(map[string]cachedToken)
+	c.opTimeoutCause = fmt.Errorf("operation took longer than %s: %w", c.opTimeout, context.DeadlineExceeded)
+	c.auth.tokens = newTokenCache(maxTokenScopes)
+	c.auth.flights = make(map[string]*tokenFlight)
 	for _, opt := range opts {
 		opt(c)
 	}
@@ -272,7 +321,7 @@ func (c *Client) url(path string, q url.Values) string {
 }
 
 // do performs r with authentication and retries. It returns the response for
-// any status below 400 (the body is wrapped with the idle-stream timeout) and
+// any status below 400 (the body is wrapped to enforce the minimum rate) and
 // an *Error otherwise. A 401 triggers one round of the auth dance followed
 // by one more attempt.
 func (c *Client) do(ctx context.Context, r *request) (*http.Response, error) {
@@ -326,7 +375,7 @@ func (c *Client) sameOrigin(req *http.Request) bool {
 // roundTrip sends the request produced by build, retrying connection errors
 // and 5xx responses with exponential back-off, up to c.retries attempts.
 // Successful responses (status < 500) get their body wrapped so that it
-// honours the idle-stream timeout and releases the per-attempt context on
+// honours the minimum stream rate and releases the per-attempt context on
 // Close.
 func (c *Client) roundTrip(ctx context.Context, op string, build func(context.Context) (*http.Request, error)) (*http.Response, error) {
 	var last error
@@ -351,7 +400,7 @@ func (c *Client) roundTrip(ctx context.Context, op string, build func(context.Co
 			last = c.statusError(op, resp)
 			cancel()
 		default:
-			resp.Body = newIdleBody(resp.Body, c.idleTimeout, cancel)
+			resp.Body = newRateBody(resp.Body, c.idleTimeout, c.minRate, cancel)
 			return resp, nil
 		}
 		if attempt >= c.retries {
@@ -366,13 +415,19 @@ func (c *Client) roundTrip(ctx context.Context, op string, build func(context.Co
 	}
 }
 
-// ctxError reports that the caller's context ended. A deadline counts as
-// the upstream being too slow (ErrUnavailable) so callers may serve stale
-// content; a cancellation is just the context error.
+// withOperationDeadline bounds a metadata operation by Config.OperationTimeout.
+func (c *Client) withOperationDeadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeoutCause(ctx, c.opTimeout, c.opTimeoutCause)
+}
+
+// ctxError reports that the caller's context ended. A deadline, the
+// caller's or the operation's own, counts as the upstream being too slow
+// (ErrUnavailable) so callers may serve stale content; a cancellation is
+// just the context error.
 func (c *Client) ctxError(op string, ctx context.Context) error {
 	err := ctx.Err()
 	if errors.Is(err, context.DeadlineExceeded) {
-		return c.newError(op, ErrUnavailable, "", err)
+		return c.newError(op, ErrUnavailable, "", context.Cause(ctx))
 	}
 	return c.newError(op, err, "", nil)
 }

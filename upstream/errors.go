@@ -29,7 +29,7 @@ var (
 	// ErrDigestMismatch means content received from the upstream does not
 	// match the digest it was requested by or advertised with.
 	ErrDigestMismatch = errors.New("digest mismatch")
-	// ErrTooLarge means a manifest exceeded MaxManifestSize.
+	// ErrTooLarge means a manifest exceeded Config.MaxManifestSize.
 	ErrTooLarge = errors.New("manifest too large")
 	// ErrUnexpectedResponse means the upstream answered something that does
 	// not follow the distribution protocol (unexpected status, malformed

@@ -9,36 +9,16 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"regexp"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
-	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/berth-dev/berth/internal/oci"
 )
 
-// MaxManifestSize is the largest manifest GetManifest accepts (4 MiB, the
-// limit recommended by the distribution specification).
+// MaxManifestSize is the default for Config.MaxManifestSize: 4 MiB, the
+// limit recommended by the distribution specification.
 const MaxManifestSize = 4 << 20
-
-// Media types of the Docker manifest formats (the OCI ones come from
-// image-spec).
-const (
-	MediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
-	MediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
-)
-
-// acceptManifests is the Accept header value for manifest requests, most
-// preferred first. Artifact manifests use the OCI image manifest type.
-const acceptManifests = v1.MediaTypeImageIndex + ", " +
-	v1.MediaTypeImageManifest + ", " +
-	MediaTypeDockerManifestList + ", " +
-	MediaTypeDockerManifest
-
-// ManifestMediaTypes returns the manifest media types the client accepts
-// (sent in the Accept header of manifest requests), most preferred first.
-func ManifestMediaTypes() []string {
-	return strings.Split(acceptManifests, ", ")
-}
 
 // Descriptor is what the upstream says about a manifest or blob.
 type Descriptor struct {
@@ -47,17 +27,10 @@ type Descriptor struct {
 	Size      int64         // content length in bytes
 }
 
-var (
-	// repoPattern is the distribution-spec repository name grammar.
-	repoPattern = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$`)
-	// tagPattern is the distribution-spec tag grammar.
-	tagPattern = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
-)
-
 // checkRepo validates a repository name; it is interpolated into URL paths,
 // so this also guards against path manipulation.
 func (c *Client) checkRepo(op, repo string) error {
-	if len(repo) > 255 || !repoPattern.MatchString(repo) {
+	if !oci.ValidName(repo) {
 		return c.newError(op, ErrInvalidArgument, fmt.Sprintf("invalid repository name %q", repo), nil)
 	}
 	return nil
@@ -66,17 +39,31 @@ func (c *Client) checkRepo(op, repo string) error {
 // checkRef validates a manifest reference and returns its digest if it is
 // one ("" for a tag).
 func (c *Client) checkRef(op, ref string) (digest.Digest, error) {
-	if strings.Contains(ref, ":") {
-		d, err := digest.Parse(ref)
-		if err != nil {
-			return "", c.newError(op, ErrInvalidArgument, fmt.Sprintf("invalid digest %q", ref), err)
-		}
-		return d, nil
+	if oci.IsDigest(ref) {
+		return c.checkDigest(op, ref)
 	}
-	if !tagPattern.MatchString(ref) {
+	if !oci.ValidTag(ref) {
 		return "", c.newError(op, ErrInvalidArgument, fmt.Sprintf("invalid tag %q", ref), nil)
 	}
 	return "", nil
+}
+
+// checkDigest validates a digest the caller passed.
+func (c *Client) checkDigest(op, s string) (digest.Digest, error) {
+	d, ok := parseDigest(s)
+	if !ok {
+		return "", c.newError(op, ErrInvalidArgument, fmt.Sprintf("invalid digest %q", s), nil)
+	}
+	return d, nil
+}
+
+// parseDigest parses a digest with internal/oci's rules. The *oci.Error it
+// fails with is dropped on purpose: in an upstream error chain it would
+// read as the berth client's own mistake (DIGEST_INVALID) to a caller that
+// maps errors with errors.As.
+func parseDigest(s string) (digest.Digest, bool) {
+	d, err := oci.ParseDigest(s)
+	return d, err == nil
 }
 
 // pullScope is the token scope for reading repo.
@@ -85,7 +72,7 @@ func pullScope(repo string) string { return "repository:" + repo + ":pull" }
 // manifestRequest builds the request for a manifest HEAD or GET.
 func (c *Client) manifestRequest(method, repo, ref string) (*request, digest.Digest, error) {
 	sep := ":"
-	if strings.Contains(ref, ":") {
+	if oci.IsDigest(ref) {
 		sep = "@"
 	}
 	op := method + " manifest " + repo + sep + ref
@@ -100,7 +87,7 @@ func (c *Client) manifestRequest(method, repo, ref string) (*request, digest.Dig
 		op:     op,
 		method: method,
 		path:   "/v2/" + repo + "/manifests/" + ref,
-		header: http.Header{"Accept": {acceptManifests}},
+		header: http.Header{"Accept": {oci.ManifestAccept}},
 		scope:  pullScope(repo),
 	}, want, nil
 }
@@ -113,6 +100,8 @@ func (c *Client) HeadManifest(ctx context.Context, repo, ref string) (Descriptor
 	if err != nil {
 		return Descriptor{}, err
 	}
+	ctx, cancel := c.withOperationDeadline(ctx)
+	defer cancel()
 	resp, err := c.do(ctx, r)
 	if err != nil {
 		return Descriptor{}, err
@@ -124,20 +113,20 @@ func (c *Client) HeadManifest(ctx context.Context, repo, ref string) (Descriptor
 		desc, _, err := c.GetManifest(ctx, repo, ref)
 		return desc, err
 	}
-	d, err := digest.Parse(hd)
-	if err != nil {
-		return Descriptor{}, c.newError(r.op, ErrUnexpectedResponse, "invalid Docker-Content-Digest header", err)
+	d, ok := parseDigest(hd)
+	if !ok {
+		return Descriptor{}, c.newError(r.op, ErrUnexpectedResponse, "invalid Docker-Content-Digest header "+sanitize(hd), nil)
 	}
 	if want != "" && d != want {
 		return Descriptor{}, c.newError(r.op, ErrDigestMismatch, "upstream reports digest "+d.String(), nil)
 	}
-	if resp.ContentLength > MaxManifestSize {
-		return Descriptor{}, c.newError(r.op, ErrTooLarge, fmt.Sprintf("%d bytes", resp.ContentLength), nil)
+	if resp.ContentLength > c.maxManifest {
+		return Descriptor{}, c.newError(r.op, ErrTooLarge, fmt.Sprintf("%d bytes, limit %d", resp.ContentLength, c.maxManifest), nil)
 	}
 	return Descriptor{MediaType: mt, Digest: d, Size: resp.ContentLength}, nil
 }
 
-// GetManifest downloads a manifest (at most MaxManifestSize bytes) and
+// GetManifest downloads a manifest (at most Config.MaxManifestSize bytes) and
 // verifies it: against ref when ref is a digest, and against the upstream's
 // Docker-Content-Digest header when present. The returned descriptor's
 // digest is the header's (or the computed one when the header is absent).
@@ -146,6 +135,8 @@ func (c *Client) GetManifest(ctx context.Context, repo, ref string) (Descriptor,
 	if err != nil {
 		return Descriptor{}, nil, err
 	}
+	ctx, cancel := c.withOperationDeadline(ctx)
+	defer cancel()
 	resp, err := c.do(ctx, r)
 	if err != nil {
 		return Descriptor{}, nil, err
@@ -154,15 +145,15 @@ func (c *Client) GetManifest(ctx context.Context, repo, ref string) (Descriptor,
 	if resp.StatusCode != http.StatusOK {
 		return Descriptor{}, nil, &Error{Upstream: c.name, Op: r.op, Status: resp.StatusCode, Kind: ErrUnexpectedResponse}
 	}
-	if resp.ContentLength > MaxManifestSize {
-		return Descriptor{}, nil, c.newError(r.op, ErrTooLarge, fmt.Sprintf("%d bytes", resp.ContentLength), nil)
+	if resp.ContentLength > c.maxManifest {
+		return Descriptor{}, nil, c.newError(r.op, ErrTooLarge, fmt.Sprintf("%d bytes, limit %d", resp.ContentLength, c.maxManifest), nil)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxManifestSize+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, c.maxManifest+1))
 	if err != nil {
 		return Descriptor{}, nil, c.bodyError(ctx, r.op, err)
 	}
-	if len(body) > MaxManifestSize {
-		return Descriptor{}, nil, c.newError(r.op, ErrTooLarge, fmt.Sprintf("more than %d bytes", MaxManifestSize), nil)
+	if int64(len(body)) > c.maxManifest {
+		return Descriptor{}, nil, c.newError(r.op, ErrTooLarge, fmt.Sprintf("more than %d bytes", c.maxManifest), nil)
 	}
 	if resp.ContentLength >= 0 && int64(len(body)) != resp.ContentLength {
 		return Descriptor{}, nil, c.newError(r.op, ErrUnavailable, "truncated manifest body", nil)
@@ -190,9 +181,6 @@ func (c *Client) GetManifest(ctx context.Context, repo, ref string) (Descriptor,
 // tag) and the upstream's header digest, and returns the manifest's digest.
 func (c *Client) verifyManifest(op, header string, want digest.Digest, body []byte) (digest.Digest, error) {
 	check := func(d digest.Digest, what string) error {
-		if !d.Algorithm().Available() {
-			return c.newError(op, ErrUnexpectedResponse, "unsupported digest algorithm "+string(d.Algorithm()), nil)
-		}
 		if got := d.Algorithm().FromBytes(body); got != d {
 			return c.newError(op, ErrDigestMismatch, fmt.Sprintf("body has digest %s, %s is %s", got, what, d), nil)
 		}
@@ -200,9 +188,9 @@ func (c *Client) verifyManifest(op, header string, want digest.Digest, body []by
 	}
 	var hd digest.Digest
 	if header != "" {
-		parsed, err := digest.Parse(header)
-		if err != nil {
-			return "", c.newError(op, ErrUnexpectedResponse, "invalid Docker-Content-Digest header", err)
+		parsed, ok := parseDigest(header)
+		if !ok {
+			return "", c.newError(op, ErrUnexpectedResponse, "invalid Docker-Content-Digest header "+sanitize(header), nil)
 		}
 		hd = parsed
 	}

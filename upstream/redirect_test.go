@@ -1,7 +1,6 @@
 package upstream
 
 import (
-	"context"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -46,12 +45,12 @@ func TestRedirectTargetCannotHijackAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := c.GetBlob(context.Background(), "a/b", digest.FromString("x"), 0); err == nil {
+	if _, _, err := c.GetBlob(t.Context(), "a/b", digest.FromString("x"), 0); err == nil {
 		t.Fatal("GetBlob succeeded against a CDN that answers 401")
 	} else if strings.Contains(err.Error(), "hunter2") {
 		t.Errorf("error names the password: %v", err)
 	}
-	if _, _, err := c.GetBlob(context.Background(), "a/c", digest.FromString("y"), 0); err == nil {
+	if _, _, err := c.GetBlob(t.Context(), "a/c", digest.FromString("y"), 0); err == nil {
 		t.Fatal("second GetBlob succeeded")
 	}
 	mu.Lock()

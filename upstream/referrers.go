@@ -23,9 +23,11 @@ func (c *Client) Referrers(ctx context.Context, repo string, d digest.Digest, ar
 	if err := c.checkRepo(op, repo); err != nil {
 		return nil, false, err
 	}
-	if err := d.Validate(); err != nil {
-		return nil, false, c.newError(op, ErrInvalidArgument, "invalid digest", err)
+	if _, err := c.checkDigest(op, d.String()); err != nil {
+		return nil, false, err
 	}
+	ctx, cancel := c.withOperationDeadline(ctx)
+	defer cancel()
 	q := url.Values{}
 	if artifactType != "" {
 		q.Set("artifactType", artifactType)

@@ -22,6 +22,8 @@ func (c *Client) Tags(ctx context.Context, repo string, n int, last string) (tag
 	if err := c.checkRepo(op, repo); err != nil {
 		return nil, "", err
 	}
+	ctx, cancel := c.withOperationDeadline(ctx)
+	defer cancel()
 	q := url.Values{}
 	if n > 0 {
 		q.Set("n", strconv.Itoa(n))
@@ -115,6 +117,8 @@ func hasRelNext(params string) bool {
 // Ping checks that the upstream speaks the registry API (GET /v2/) and that
 // authentication works (performing the auth dance if challenged).
 func (c *Client) Ping(ctx context.Context) error {
+	ctx, cancel := c.withOperationDeadline(ctx)
+	defer cancel()
 	resp, err := c.do(ctx, &request{op: "GET /v2/", method: http.MethodGet, path: "/v2/"})
 	if err != nil {
 		return err

@@ -134,3 +134,58 @@ func truncate(s string) string {
 	}
 	return s
 }
+
+// ParseContentRange parses a response's Content-Range "bytes a-b/total"
+// into inclusive bounds and the resource's total size, -1 when the server
+// sent "*". The a-b part is read by ParseRange; ok is false for anything
+// malformed or inconsistent (end at or past total).
+func ParseContentRange(s string) (start, end, total int64, ok bool) {
+	rng, tot, found := strings.Cut(strings.TrimSpace(s), "/")
+	if !found || !strings.HasPrefix(rng, "bytes ") {
+		return 0, 0, 0, false
+	}
+	if start, end, ok = ParseRange(rng); !ok {
+		return 0, 0, 0, false
+	}
+	if tot == "*" {
+		return start, end, -1, true
+	}
+	n, err := strconv.ParseUint(tot, 10, 63)
+	if err != nil || end >= int64(n) {
+		return 0, 0, 0, false
+	}
+	return start, end, int64(n), true
+}
+
+// ResolveRange resolves a request's single Range header against a resource
+// of size bytes: "bytes=a-b" (end clamped to the last byte), "bytes=a-" and
+// the suffix form "bytes=-n". ok is false for anything else, for multi-part
+// ranges, and for a range that starts at or past size (416 territory).
+func ResolveRange(h string, size int64) (start, end int64, ok bool) {
+	spec, found := strings.CutPrefix(strings.TrimSpace(h), "bytes=")
+	if !found || size <= 0 || strings.ContainsAny(spec, ", /") {
+		return 0, 0, false
+	}
+	switch {
+	case strings.HasPrefix(spec, "-"):
+		n, err := strconv.ParseUint(spec[1:], 10, 63)
+		if err != nil || n == 0 {
+			return 0, 0, false
+		}
+		return max(0, size-int64(n)), size - 1, true
+	case strings.HasSuffix(spec, "-"):
+		n, err := strconv.ParseUint(spec[:len(spec)-1], 10, 63)
+		if err != nil {
+			return 0, 0, false
+		}
+		start, end = int64(n), size-1
+	default:
+		if start, end, ok = ParseRange(h); !ok {
+			return 0, 0, false
+		}
+	}
+	if start >= size {
+		return 0, 0, false
+	}
+	return start, min(end, size-1), true
+}

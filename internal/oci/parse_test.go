@@ -2,6 +2,7 @@ package oci
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -282,3 +283,95 @@ func FuzzParseRange(f *testing.F) {
 }
 
 func alnum(b byte) bool { return b >= 'a' && b <= 'z' || b >= '0' && b <= '9' }
+
+func TestParseContentRange(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in                string
+		start, end, total int64
+		ok                bool
+	}{
+		{"bytes 0-9/10", 0, 9, 10, true},
+		{" bytes 5-9/* ", 5, 9, -1, true},
+		{"bytes 0-0/1", 0, 0, 1, true},
+		{"bytes 5-4/10", 0, 0, 0, false},
+		{"bytes 5-10/10", 0, 0, 0, false},
+		{"bytes 0-9", 0, 0, 0, false},
+		{"bytes */10", 0, 0, 0, false},
+		{"bytes=0-9/10", 0, 0, 0, false},
+		{"0-9/10", 0, 0, 0, false},
+		{"items 0-1/2", 0, 0, 0, false},
+		{"bytes x-1/2", 0, 0, 0, false},
+		{"bytes 0-1/+2", 0, 0, 0, false},
+		{"bytes 0-1/-2", 0, 0, 0, false},
+		{"bytes bytes=0-1/2", 0, 0, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			t.Parallel()
+			s, e, tot, ok := ParseContentRange(tt.in)
+			if s != tt.start || e != tt.end || tot != tt.total || ok != tt.ok {
+				t.Errorf("ParseContentRange(%q) = %d, %d, %d, %v; want %d, %d, %d, %v", tt.in, s, e, tot, ok, tt.start, tt.end, tt.total, tt.ok)
+			}
+		})
+	}
+}
+
+func TestResolveRange(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in         string
+		size       int64
+		start, end int64
+		ok         bool
+	}{
+		{"bytes=0-99", 100, 0, 99, true},
+		{"bytes=10-20", 100, 10, 20, true},
+		{"bytes=90-200", 100, 90, 99, true},
+		{"bytes=10-", 100, 10, 99, true},
+		{"bytes=99-", 100, 99, 99, true},
+		{"bytes=-10", 100, 90, 99, true},
+		{"bytes=-200", 100, 0, 99, true},
+		{" bytes=1-2 ", 100, 1, 2, true},
+		{"bytes=100-", 100, 0, 0, false},
+		{"bytes=100-200", 100, 0, 0, false},
+		{"bytes=-0", 100, 0, 0, false},
+		{"bytes=-", 100, 0, 0, false},
+		{"bytes=0-1", 0, 0, 0, false},
+		{"bytes=-5", 0, 0, 0, false},
+		{"bytes=2-1", 100, 0, 0, false},
+		{"bytes=0-1,3-4", 100, 0, 0, false},
+		{"bytes=+1-", 100, 0, 0, false},
+		{"bytes=0-1/100", 100, 0, 0, false},
+		{"bytes 0-1", 100, 0, 0, false},
+		{"0-1", 100, 0, 0, false},
+		{"items=0-1", 100, 0, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s/%d", tt.in, tt.size), func(t *testing.T) {
+			t.Parallel()
+			s, e, ok := ResolveRange(tt.in, tt.size)
+			if s != tt.start || e != tt.end || ok != tt.ok {
+				t.Errorf("ResolveRange(%q, %d) = %d, %d, %v; want %d, %d, %v", tt.in, tt.size, s, e, ok, tt.start, tt.end, tt.ok)
+			}
+		})
+	}
+}
+
+func FuzzResolveRange(f *testing.F) {
+	for _, s := range []string{"bytes=0-99", "bytes=5-", "bytes=-5", "bytes=-0", "bytes=6-5", "bytes=0-1,2-3", "bytes=+1-"} {
+		f.Add(s, int64(100))
+	}
+	f.Fuzz(func(t *testing.T, s string, size int64) {
+		start, end, ok := ResolveRange(s, size)
+		if !ok {
+			if start != 0 || end != 0 {
+				t.Fatalf("ResolveRange(%q, %d) = %d, %d with ok false", s, size, start, end)
+			}
+			return
+		}
+		if start < 0 || end < start || end >= size {
+			t.Fatalf("ResolveRange(%q, %d) = %d, %d: want 0 <= start <= end < size", s, size, start, end)
+		}
+	})
+}

@@ -31,6 +31,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/berth-dev/berth/internal/oci"
 )
 
 // AuthMode selects how the fake registry authenticates clients.
@@ -779,7 +781,7 @@ func (r *Registry) writeBlob(w http.ResponseWriter, req *http.Request, d digest.
 	start, end := int64(0), size-1
 	status := http.StatusOK
 	if rng := req.Header.Get("Range"); rng != "" {
-		s, e, ok := parseRange(rng, size)
+		s, e, ok := oci.ResolveRange(rng, size)
 		if !ok {
 			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
 			writeError(w, http.StatusRequestedRangeNotSatisfiable, "RANGE_INVALID", "invalid range")
@@ -857,31 +859,6 @@ func (r *Registry) writeThrottled(w http.ResponseWriter, rc *http.ResponseContro
 		}
 		chunk = max(bytesPerSec/20, 1)
 	}
-}
-
-// parseRange parses "bytes=N-" or "bytes=N-M" against size.
-func parseRange(h string, size int64) (start, end int64, ok bool) {
-	spec, found := strings.CutPrefix(strings.TrimSpace(h), "bytes=")
-	if !found || strings.Contains(spec, ",") {
-		return 0, 0, false
-	}
-	a, b, found := strings.Cut(spec, "-")
-	if !found || a == "" {
-		return 0, 0, false
-	}
-	start, err := strconv.ParseInt(a, 10, 64)
-	if err != nil || start < 0 || start >= size {
-		return 0, 0, false
-	}
-	end = size - 1
-	if b != "" {
-		e, err := strconv.ParseInt(b, 10, 64)
-		if err != nil || e < start {
-			return 0, 0, false
-		}
-		end = min(e, size-1)
-	}
-	return start, end, true
 }
 
 func (r *Registry) serveTags(w http.ResponseWriter, req *http.Request, repo string) {

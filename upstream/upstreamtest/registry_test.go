@@ -139,7 +139,8 @@ func TestBlobRanges(t *testing.T) {
 		{"bytes=2-4", 206, "234", "bytes 2-4/10"},
 		{"bytes=8-100", 206, "89", "bytes 8-9/10"},
 		{"bytes=10-", 416, "", "bytes */10"},
-		{"bytes=-3", 416, "", "bytes */10"},
+		{"bytes=-3", 206, "789", "bytes 7-9/10"},
+		{"bytes=0-1,3-4", 416, "", "bytes */10"},
 	}
 	for _, tt := range tests {
 		hdr := map[string]string{}
