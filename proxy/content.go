@@ -67,7 +67,7 @@ func (h *Handler) getBlob(ctx context.Context, w http.ResponseWriter, r *http.Re
 	start, n, status := int64(0), desc.Size, http.StatusOK
 	if rng := r.Header["Range"]; len(rng) > 0 {
 		if seeker, ok := rd.(io.Seeker); ok {
-			s, e, ok := oci.ParseByteRange(rng[0], desc.Size)
+			s, e, ok := oci.ResolveRange(rng[0], desc.Size)
 			if !ok {
 				hdr["Content-Range"] = []string{"bytes */" + strconv.FormatInt(desc.Size, 10)}
 				return &oci.Error{Code: oci.CodeRangeInvalid, Message: "invalid range", HTTPStatus: http.StatusRequestedRangeNotSatisfiable}

@@ -92,42 +92,6 @@ func ParseRange(s string) (start, end int64, ok bool) {
 // Clip shortens s for an error message.
 func Clip(s string) string { return truncate(s) }
 
-// ParseByteRange parses a Range header of a single range ("bytes=a-b",
-// "bytes=a-" or "bytes=-n") against a blob of size bytes, returning the
-// inclusive bounds it selects. ok is false for anything malformed or
-// unsatisfiable (the answer is then 416). It is the one parser of a client's
-// Range; ParseRange reads the closed "a-b" forms of uploads and upstreams.
-func ParseByteRange(s string, size int64) (start, end int64, ok bool) {
-	spec, found := strings.CutPrefix(strings.TrimSpace(s), "bytes=")
-	if !found || strings.Contains(spec, ",") {
-		return 0, 0, false
-	}
-	a, b, found := strings.Cut(strings.TrimSpace(spec), "-")
-	if !found {
-		return 0, 0, false
-	}
-	if a == "" { // suffix: the last b bytes
-		n, err := strconv.ParseInt(b, 10, 64)
-		if err != nil || n <= 0 || size == 0 {
-			return 0, 0, false
-		}
-		return max(0, size-n), size - 1, true
-	}
-	start, err := strconv.ParseInt(a, 10, 64)
-	if err != nil || start < 0 || start >= size {
-		return 0, 0, false
-	}
-	end = size - 1
-	if b != "" {
-		e, err := strconv.ParseInt(b, 10, 64)
-		if err != nil || e < start {
-			return 0, 0, false
-		}
-		end = min(e, size-1)
-	}
-	return start, end, true
-}
-
 func truncate(s string) string {
 	if len(s) > 80 {
 		return s[:80] + "..."
