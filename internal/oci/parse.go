@@ -1,7 +1,6 @@
 package oci
 
 import (
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -26,11 +25,6 @@ var ManifestAccept = strings.Join([]string{MediaTypeOCIIndex, MediaTypeOCIManife
 // MaxNameLength bounds a repository name, as distribution does.
 const MaxNameLength = 255
 
-var (
-	nameComponent = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$`)
-	tagPattern    = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
-)
-
 // ValidName reports whether name is a valid repository name: slash-separated
 // lower-case components, at most MaxNameLength bytes. It rejects "..", empty
 // components and anything that could escape a path.
@@ -39,15 +33,59 @@ func ValidName(name string) bool {
 		return false
 	}
 	for c := range strings.SplitSeq(name, "/") {
-		if !nameComponent.MatchString(c) {
+		if !validComponent(c) {
 			return false
 		}
 	}
 	return true
 }
 
-// ValidTag reports whether s is a valid tag.
-func ValidTag(s string) bool { return tagPattern.MatchString(s) }
+// validComponent matches the spec's path component grammar,
+// [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*, byte by byte: every request's name
+// goes through it, and a regexp costs more than the rest of a warm GET's
+// parsing (FuzzValidName checks it against the regexp).
+func validComponent(c string) bool {
+	if c == "" || !alnum(c[0]) || !alnum(c[len(c)-1]) {
+		return false
+	}
+	for i := 1; i < len(c); i++ {
+		switch b := c[i]; {
+		case alnum(b):
+		case b == '.':
+			if !alnum(c[i-1]) {
+				return false // a separator follows another
+			}
+		case b == '_':
+			if !alnum(c[i-1]) && !(c[i-1] == '_' && i >= 2 && alnum(c[i-2])) {
+				return false // "_" or "__", no more
+			}
+		case b == '-':
+			if !alnum(c[i-1]) && c[i-1] != '-' {
+				return false // "-+" only after [a-z0-9] or "-"
+			}
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func alnum(b byte) bool { return b >= 'a' && b <= 'z' || b >= '0' && b <= '9' }
+
+// ValidTag reports whether s is a valid tag: [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127},
+// checked byte by byte for the same reason as validComponent.
+func ValidTag(s string) bool {
+	if s == "" || len(s) > 128 || s[0] == '.' || s[0] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		if !alnum(b) && !(b >= 'A' && b <= 'Z') && b != '_' && b != '.' && b != '-' {
+			return false
+		}
+	}
+	return true
+}
 
 // ParseDigest parses and validates a digest, accepting the algorithms berth
 // stores (sha256 and sha512). Any failure is a DIGEST_INVALID *Error.

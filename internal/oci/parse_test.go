@@ -3,6 +3,7 @@ package oci
 import (
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -210,8 +211,16 @@ func FuzzValidName(f *testing.F) {
 		"a___b", strings.Repeat("a", 255), strings.Repeat("a", 256), "a\x00b", "ä/b"} {
 		f.Add(s)
 	}
+	component := regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$`)
 	f.Fuzz(func(t *testing.T, s string) {
-		if !ValidName(s) {
+		want := s != "" && len(s) <= MaxNameLength
+		for c := range strings.SplitSeq(s, "/") {
+			want = want && component.MatchString(c)
+		}
+		if got := ValidName(s); got != want {
+			t.Fatalf("ValidName(%q) = %v, the spec's grammar says %v", s, got, want)
+		}
+		if !want {
 			return
 		}
 		if s == "" || len(s) > MaxNameLength {
@@ -282,7 +291,6 @@ func FuzzParseRange(f *testing.F) {
 	})
 }
 
-func alnum(b byte) bool { return b >= 'a' && b <= 'z' || b >= '0' && b <= '9' }
 
 func TestParseContentRange(t *testing.T) {
 	t.Parallel()
@@ -372,6 +380,18 @@ func FuzzResolveRange(f *testing.F) {
 		}
 		if start < 0 || end < start || end >= size {
 			t.Fatalf("ResolveRange(%q, %d) = %d, %d: want 0 <= start <= end < size", s, size, start, end)
+		}
+	})
+}
+
+func FuzzValidTag(f *testing.F) {
+	for _, s := range []string{"", "latest", "v1.2.3", "_x", ".x", "-x", "A-b_c.d", strings.Repeat("a", 128), strings.Repeat("a", 129), "a/b", "a:b", "ä"} {
+		f.Add(s)
+	}
+	tag := regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := ValidTag(s), tag.MatchString(s); got != want {
+			t.Fatalf("ValidTag(%q) = %v, the spec's grammar says %v", s, got, want)
 		}
 	})
 }
