@@ -113,6 +113,13 @@ func (m *Mirror) Close() {
 	m.wg.Wait()
 }
 
+// Wait blocks until the background prefetches started so far have ended
+// (each blob stored or its fill failed), without stopping anything, so a
+// test can look at a settled cache. Call it when no request that could start
+// a prefetch is running: sync.WaitGroup forbids an Add from zero concurrent
+// with a Wait.
+func (m *Mirror) Wait() { m.wg.Wait() }
+
 func (m *Mirror) storeRepo(repo string) string { return m.name + "/" + repo }
 
 // detached is the context of upstream work shared by many clients: no

@@ -291,7 +291,6 @@ func FuzzParseRange(f *testing.F) {
 	})
 }
 
-
 func TestParseContentRange(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
