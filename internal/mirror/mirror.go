@@ -52,6 +52,8 @@ type Options struct {
 	// Offline forbids any upstream contact: the cache alone answers.
 	Offline bool
 	// Prefetch bounds the background fills of an image's blobs started
+	// (when every slot is busy the rest of that image is left to the
+	// client's own requests, which start their fills as they ask)
 	// after a manifest miss; zero means 4, negative disables prefetching.
 	Prefetch int
 	// Timeout bounds upstream work shared by many clients and detached from
@@ -79,6 +81,7 @@ type Mirror struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup // prefetch goroutines
+	closeMu  sync.Mutex     // orders wg.Add against Close
 }
 
 var _ registry.ReadLister = (*Mirror)(nil)
@@ -109,7 +112,9 @@ func (m *Mirror) Name() string { return m.name }
 // Close stops starting background fills and waits for the goroutines that
 // start them; the fills themselves belong to the store, which waits for them.
 func (m *Mirror) Close() {
+	m.closeMu.Lock()
 	m.cancel()
+	m.closeMu.Unlock()
 	m.wg.Wait()
 }
 
@@ -288,7 +293,12 @@ func (m *Mirror) fetch(ctx context.Context, repo, ref, tag string, pull bool) (d
 // prefetchBlobs starts filling an image's config and layers so that the
 // client's next requests find them in flight or done.
 func (m *Mirror) prefetchBlobs(ctx context.Context, repo string, descs []ocispec.Descriptor) {
-	if m.prefetch == nil || len(descs) == 0 || m.ctx.Err() != nil {
+	if m.prefetch == nil || len(descs) == 0 {
+		return
+	}
+	m.closeMu.Lock() // no Add once Close has begun waiting
+	defer m.closeMu.Unlock()
+	if m.ctx.Err() != nil {
 		return
 	}
 	log := zerolog.Ctx(ctx)
@@ -511,7 +521,9 @@ func (m *Mirror) Tags(ctx context.Context, repo string, n int, last string) ([]s
 		return []string{}, "", nil
 	}
 	if !m.o.Offline {
-		tags, next, err := m.o.Client.Tags(ctx, repo, max(n, 0), last)
+		tctx, cancel := context.WithTimeout(ctx, m.o.Timeout)
+		tags, next, err := m.o.Client.Tags(tctx, repo, max(n, 0), last)
+		cancel()
 		if err == nil {
 			if tags == nil {
 				tags = []string{}
@@ -536,7 +548,9 @@ func (m *Mirror) Tags(ctx context.Context, repo string, n int, last string) ([]s
 // is unreachable or lacks the API.
 func (m *Mirror) Referrers(ctx context.Context, repo string, d digest.Digest, artifactType string) ([]registry.Descriptor, bool, error) {
 	if !m.o.Offline {
-		descs, filtered, err := m.o.Client.Referrers(ctx, repo, d, artifactType)
+		rctx, cancel := context.WithTimeout(ctx, m.o.Timeout)
+		descs, filtered, err := m.o.Client.Referrers(rctx, repo, d, artifactType)
+		cancel()
 		if err == nil {
 			if artifactType != "" && !filtered {
 				kept := descs[:0]

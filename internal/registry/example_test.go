@@ -51,7 +51,9 @@ var none = oci.Errorf(oci.CodeManifestUnknown, "no manifests here")
 func (dirBlobs) GetManifest(context.Context, string, digest.Digest) (registry.BlobReader, error) {
 	return nil, none
 }
-func (dirBlobs) GetTag(context.Context, string, string) (registry.BlobReader, error) { return nil, none }
+func (dirBlobs) GetTag(context.Context, string, string) (registry.BlobReader, error) {
+	return nil, none
+}
 func (dirBlobs) ResolveManifest(context.Context, string, digest.Digest) (registry.Descriptor, error) {
 	return registry.Descriptor{}, none
 }
