@@ -69,6 +69,7 @@ func (h *Handler) getBlob(ctx context.Context, w http.ResponseWriter, r *http.Re
 		if seeker, ok := rd.(io.Seeker); ok {
 			s, e, ok := oci.ResolveRange(rng[0], desc.Size)
 			if !ok {
+				delete(hdr, "Cache-Control") // an error is not to be cached for a year
 				hdr["Content-Range"] = []string{"bytes */" + strconv.FormatInt(desc.Size, 10)}
 				return &oci.Error{Code: oci.CodeRangeInvalid, Message: "invalid range", HTTPStatus: http.StatusRequestedRangeNotSatisfiable}
 			}
