@@ -75,7 +75,7 @@ type Mirror struct {
 	local    *cache.Local
 	sf       singleflight.Group // manifest fetches, tag revalidations, blob fill starts
 	negative *ttl.Cache[string, struct{}]
-	met      *Metrics
+	met      *upstreamMetrics
 
 	prefetch chan struct{} // semaphore of background fills; nil disables
 	ctx      context.Context
@@ -95,7 +95,7 @@ func New(o Options) *Mirror {
 		o.Metrics = NewMetrics(nil)
 	}
 	m := &Mirror{o: o, name: o.Client.Name(), local: cache.NewLocal(o.Store),
-		negative: ttl.New[string, struct{}](8192, negativeTTL), met: o.Metrics}
+		negative: ttl.New[string, struct{}](8192, negativeTTL), met: o.Metrics.forUpstream(o.Client.Name())}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	if o.Prefetch == 0 {
 		o.Prefetch = 4
@@ -188,7 +188,7 @@ func (m *Mirror) ResolveManifest(ctx context.Context, repo string, d digest.Dige
 
 func (m *Mirror) ensureManifest(ctx context.Context, repo string, d digest.Digest, pull bool) error {
 	if _, err := m.o.Store.Manifest(m.storeRepo(repo), d); err == nil {
-		m.met.manifestHit.Inc()
+		m.met.result(ctx, "manifest", "hit")
 		return nil
 	}
 	if m.o.Offline {
@@ -209,14 +209,14 @@ func (m *Mirror) resolveTag(ctx context.Context, repo, tag string, pull bool) (d
 		return "", err
 	}
 	if cached && (m.o.Offline || time.Since(rec.FetchedAt) < m.o.TagTTL) {
-		m.met.tagHit.Inc()
+		m.met.result(ctx, "tag", "hit")
 		return rec.Digest, nil
 	}
 	if m.o.Offline {
 		return "", oci.Errorf(oci.CodeManifestUnknown, "%s:%s is not cached and berth is offline", repo, tag)
 	}
 	if !cached {
-		m.met.tagMiss.Inc()
+		m.met.result(ctx, "tag", "miss")
 		return m.fetchManifest(ctx, repo, tag, tag, pull)
 	}
 	// Stale: one HEAD, shared by everyone asking now.
@@ -232,7 +232,7 @@ func (m *Mirror) resolveTag(ctx context.Context, repo, tag string, pull bool) (d
 	})
 	switch {
 	case err == nil:
-		m.met.tagRevalidated.Inc()
+		m.met.result(ctx, "tag", "revalidated")
 		return v.(digest.Digest), nil
 	case ctx.Err() != nil:
 		return "", ctx.Err()
@@ -241,7 +241,7 @@ func (m *Mirror) resolveTag(ctx context.Context, repo, tag string, pull bool) (d
 		return "", oci.Errorf(oci.CodeManifestUnknown, "%s:%s no longer exists upstream", repo, tag)
 	case errors.Is(err, upstream.ErrNotFound), upstream.IsUnavailable(err), errors.Is(err, upstream.ErrDenied),
 		errors.Is(err, context.DeadlineExceeded):
-		m.met.tagStale.Inc()
+		m.met.result(ctx, "tag", "stale")
 		zerolog.Ctx(ctx).Warn().Err(err).Str("repo", sr).Str("tag", tag).Msg("upstream failed; serving cached tag")
 		return rec.Digest, nil
 	}
@@ -266,10 +266,10 @@ func (m *Mirror) fetch(ctx context.Context, repo, ref, tag string, pull bool) (d
 	sr := m.storeRepo(repo)
 	key := sr + "@" + ref
 	if _, ok := m.negative.Get(key); ok {
-		m.met.manifestNegative.Inc()
+		m.met.result(ctx, "manifest", "negative")
 		return "", oci.Errorf(oci.CodeManifestUnknown, "manifest %s unknown upstream", oci.Clip(ref))
 	}
-	m.met.manifestMiss.Inc()
+	m.met.result(ctx, "manifest", "miss")
 	desc, body, err := m.o.Client.GetManifest(ctx, repo, ref)
 	if err != nil {
 		if errors.Is(err, upstream.ErrNotFound) {
@@ -314,7 +314,7 @@ func (m *Mirror) prefetchBlobs(ctx context.Context, repo string, descs []ocispec
 			default:
 				return // all prefetch slots busy: the client's own requests fetch the rest
 			}
-			f, err := m.startFill(log.WithContext(m.o.Store.Context()), repo, d.Digest)
+			f, _, err := m.startFill(log.WithContext(m.o.Store.Context()), repo, d.Digest)
 			if err != nil || f == nil { // nil: a client's own request stored it meanwhile
 				<-m.prefetch
 				if err != nil {
@@ -338,10 +338,10 @@ func (m *Mirror) prefetchBlobs(ctx context.Context, repo string, descs []ocispec
 func (m *Mirror) ResolveBlob(ctx context.Context, repo string, d digest.Digest) (registry.Descriptor, error) {
 	sr := m.storeRepo(repo)
 	if desc, err := m.local.ResolveBlob(ctx, sr, d); err == nil {
-		m.met.blobHit.Inc()
+		m.met.result(ctx, "blob", "hit")
 		return desc, nil
 	}
-	if err := m.missAllowed(sr, d); err != nil {
+	if err := m.missAllowed(ctx, sr, d); err != nil {
 		return registry.Descriptor{}, err
 	}
 	if f := m.o.Store.InFlight(d); f != nil && f.HasRepo(sr) {
@@ -358,12 +358,12 @@ func (m *Mirror) ResolveBlob(ctx context.Context, repo string, d digest.Digest) 
 }
 
 // missAllowed refuses a blob miss that cannot reach the upstream.
-func (m *Mirror) missAllowed(sr string, d digest.Digest) error {
+func (m *Mirror) missAllowed(ctx context.Context, sr string, d digest.Digest) error {
 	if m.o.Offline {
 		return oci.Errorf(oci.CodeBlobUnknown, "blob %s is not cached and berth is offline", d)
 	}
 	if _, ok := m.negative.Get(sr + "@" + d.String()); ok {
-		m.met.blobNegative.Inc()
+		m.met.result(ctx, "blob", "negative")
 		return oci.Errorf(oci.CodeBlobUnknown, "blob %s unknown upstream", d)
 	}
 	return nil
@@ -390,12 +390,12 @@ func (m *Mirror) confirm(ctx context.Context, repo string, d digest.Digest) (ups
 func (m *Mirror) GetBlob(ctx context.Context, repo string, d digest.Digest) (registry.BlobReader, error) {
 	sr := m.storeRepo(repo)
 	if rd, err := m.local.GetBlob(ctx, sr, d); err == nil {
-		m.met.blobHit.Inc()
+		m.met.result(ctx, "blob", "hit")
 		return rd, nil
 	} else if !errors.Is(err, oci.ErrBlobUnknown) {
 		return nil, err
 	}
-	if err := m.missAllowed(sr, d); err != nil {
+	if err := m.missAllowed(ctx, sr, d); err != nil {
 		return nil, err
 	}
 	// Stored already for another repository: the upstream must confirm this
@@ -415,9 +415,15 @@ func (m *Mirror) GetBlob(ctx context.Context, repo string, d digest.Digest) (reg
 // fillReader starts or joins the upstream download of d and reads it.
 func (m *Mirror) fillReader(ctx context.Context, repo string, d digest.Digest) (registry.BlobReader, error) {
 	sr := m.storeRepo(repo)
-	m.met.blobMiss.Inc()
-	for range 3 {
-		f, err := m.startFill(zerolog.Ctx(ctx).WithContext(m.o.Store.Context()), repo, d)
+	for try := range 3 {
+		f, joined, err := m.startFill(zerolog.Ctx(ctx).WithContext(m.o.Store.Context()), repo, d)
+		if try == 0 {
+			if joined {
+				m.met.result(ctx, "blob", "joined")
+			} else {
+				m.met.result(ctx, "blob", "miss")
+			}
+		}
 		if err != nil {
 			if errors.Is(err, upstream.ErrNotFound) {
 				m.negative.Add(sr+"@"+d.String(), struct{}{})
@@ -471,14 +477,17 @@ func (b *fillBlob) Streaming() bool                 { return true }
 // returns a nil fill if the blob is stored already. A fill started for
 // another repository is returned as it is: the caller decides whether repo
 // may join it.
-func (m *Mirror) startFill(fctx context.Context, repo string, d digest.Digest) (*cache.Fill, error) {
+// joined reports that the caller shares a download someone else started.
+func (m *Mirror) startFill(fctx context.Context, repo string, d digest.Digest) (f *cache.Fill, joined bool, err error) {
 	sr := m.storeRepo(repo)
 	// Keyed by repository too: one repository's failure (a 404 for a digest
 	// it does not have) must not become another's. Repositories still share
 	// one download through InFlight.
+	var ran, found bool // this caller's closure: it runs for one caller only
 	v, err, _ := m.sf.Do("blob\x00"+sr+"\x00"+d.String(), func() (any, error) {
+		ran = true
 		if f := m.o.Store.InFlight(d); f != nil {
-			m.met.joins.Inc()
+			found = true
 			return f, nil
 		}
 		if _, err := m.o.Store.StatBlob(d); err == nil {
@@ -507,9 +516,13 @@ func (m *Mirror) startFill(fctx context.Context, repo string, d digest.Digest) (
 		return f, err
 	})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return v.(*cache.Fill), nil
+	f = v.(*cache.Fill)
+	if joined = f != nil && (found || !ran); joined {
+		m.met.joinsCounter.Inc()
+	}
+	return f, joined, nil
 }
 
 // --- lists -------------------------------------------------------------------
@@ -534,7 +547,7 @@ func (m *Mirror) Tags(ctx context.Context, repo string, n int, last string) ([]s
 			return nil, "", oci.Errorf(oci.CodeNameUnknown, "repository %s unknown upstream", repo)
 		}
 		zerolog.Ctx(ctx).Warn().Err(err).Str("repo", m.storeRepo(repo)).Msg("upstream tag list failed; serving cached tags")
-		m.met.tagsStale.Inc()
+		m.met.result(ctx, "tags", "stale")
 	}
 	tags, next, err := m.local.Tags(ctx, m.storeRepo(repo), n, last)
 	if errors.Is(err, oci.ErrNameUnknown) {

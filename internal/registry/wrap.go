@@ -73,6 +73,12 @@ type RequestInfo struct {
 	Host string
 	// Route is set by the router: "local" or the upstream's name.
 	Route string
+	// Cache is how a mirror answered: hit, miss, joined (a download in
+	// flight), stale (cached, upstream failing), revalidated, negative;
+	// "" where no cache was involved.
+	Cache string
+	// User is the authenticated client, "" for anonymous.
+	User string
 }
 
 type infoKey struct{}
