@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/berth-dev/berth/internal/oci"
 	"github.com/berth-dev/berth/internal/registry"
@@ -31,16 +32,39 @@ var (
 	immutable    = []string{"max-age=31536000"}
 )
 
-func (h *Handler) headBlob(ctx context.Context, w http.ResponseWriter, repo string, d digest.Digest) error {
+func (h *Handler) headBlob(ctx context.Context, w http.ResponseWriter, r *http.Request, repo string, d digest.Digest) error {
 	desc, err := h.reg.ResolveBlob(ctx, repo, d)
 	if err != nil {
 		return err
 	}
 	hdr := w.Header()
-	blobHeaders(hdr, desc)
+	etag := blobHeaders(hdr, desc)
 	hdr["Content-Length"] = []string{strconv.FormatInt(desc.Size, 10)}
+	if notModified(r, etag) {
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
 	w.WriteHeader(http.StatusOK)
 	return nil
+}
+
+// notModified reports whether the request's If-None-Match matches etag
+// (RFC 9110 13.1.2: "*", a list, weak comparison). Content is addressed by
+// its digest, so an ETag names the bytes for ever.
+func notModified(r *http.Request, etag string) bool {
+	m := r.Header["If-None-Match"]
+	if len(m) == 0 {
+		return false
+	}
+	for _, line := range m {
+		for v := range strings.SplitSeq(line, ",") {
+			v = strings.TrimPrefix(strings.TrimSpace(v), "W/")
+			if v == "*" || v == etag {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // getBlob answers a blob GET: If-None-Match, one Range (when the content
@@ -60,7 +84,7 @@ func (h *Handler) getBlob(ctx context.Context, w http.ResponseWriter, r *http.Re
 	if !live {
 		hdr["Cache-Control"] = immutable
 	}
-	if m := r.Header["If-None-Match"]; len(m) > 0 && m[0] == etag {
+	if notModified(r, etag) {
 		w.WriteHeader(http.StatusNotModified)
 		return nil
 	}
@@ -182,7 +206,7 @@ func manifestHeaders(w http.ResponseWriter, r *http.Request, desc registry.Descr
 	hdr["Docker-Content-Digest"] = []string{dg}
 	hdr["Etag"] = []string{etag}
 	hdr["Content-Length"] = []string{strconv.FormatInt(desc.Size, 10)}
-	if m := r.Header["If-None-Match"]; len(m) > 0 && m[0] == etag {
+	if notModified(r, etag) {
 		w.WriteHeader(http.StatusNotModified)
 		return false
 	}

@@ -154,7 +154,7 @@ func (h *Handler) serve(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	switch req.Kind {
 	case KindBase:
 		if !get {
-			return errMethod
+			return h.notAllowed(w, req.Kind)
 		}
 		hdr := w.Header()
 		hdr["Content-Type"] = jsonType
@@ -165,7 +165,7 @@ func (h *Handler) serve(ctx context.Context, w http.ResponseWriter, r *http.Requ
 		return nil
 	case KindCatalog:
 		if !get {
-			return errMethod
+			return h.notAllowed(w, req.Kind)
 		}
 		return h.catalog(ctx, w, r, st)
 	case KindManifest:
@@ -186,7 +186,7 @@ func (h *Handler) serve(ctx context.Context, w http.ResponseWriter, r *http.Requ
 		case http.MethodGet:
 			return h.getBlob(ctx, w, r, req.Repo, d)
 		case http.MethodHead:
-			return h.headBlob(ctx, w, req.Repo, d)
+			return h.headBlob(ctx, w, r, req.Repo, d)
 		case http.MethodDelete:
 			if err := h.reg.DeleteBlob(ctx, req.Repo, d); err != nil {
 				return err
@@ -228,6 +228,23 @@ func (h *Handler) serve(ctx context.Context, w http.ResponseWriter, r *http.Requ
 			return h.referrers(ctx, w, r, st)
 		}
 	}
+	return h.notAllowed(w, req.Kind)
+}
+
+// allow is what each kind of endpoint answers (RFC 9110: a 405 names them).
+var allow = [...]string{
+	KindBase:        "GET, HEAD",
+	KindCatalog:     "GET, HEAD",
+	KindManifest:    "GET, HEAD, PUT, DELETE",
+	KindBlob:        "GET, HEAD, DELETE",
+	KindUploadStart: "POST",
+	KindUpload:      "GET, PATCH, PUT, DELETE",
+	KindTags:        "GET, HEAD",
+	KindReferrers:   "GET, HEAD",
+}
+
+func (h *Handler) notAllowed(w http.ResponseWriter, k Kind) error {
+	w.Header().Set("Allow", allow[k])
 	return errMethod
 }
 

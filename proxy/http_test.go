@@ -351,6 +351,11 @@ func TestHTTPBlobRange(t *testing.T) {
 			want: map[string]string{"Content-Length": "20", "Content-Range": "", "Accept-Ranges": "bytes", "Etag": `"` + dg + `"`, "Docker-Content-Digest": dg}},
 		{name: "If-None-Match", method: http.MethodGet, path: f.layerPath, header: []string{"If-None-Match", `"` + dg + `"`}, status: http.StatusNotModified,
 			want: map[string]string{"Etag": `"` + dg + `"`}},
+		{name: "HEAD, If-None-Match", method: http.MethodHead, path: f.layerPath, header: []string{"If-None-Match", `"` + dg + `"`}, status: http.StatusNotModified,
+			want: map[string]string{"Etag": `"` + dg + `"`}},
+		{name: "If-None-Match list, weak", method: http.MethodGet, path: f.layerPath, header: []string{"If-None-Match", `"sha256:other", W/"` + dg + `"`}, status: http.StatusNotModified},
+		{name: "If-None-Match *", method: http.MethodGet, path: f.layerPath, header: []string{"If-None-Match", `*`}, status: http.StatusNotModified},
+		{name: "If-None-Match of another", method: http.MethodGet, path: f.layerPath, header: []string{"If-None-Match", `"sha256:other"`}, status: http.StatusOK, wantBody: string(f.layer)},
 		rng("first ten bytes", "bytes=0-9", http.StatusPartialContent, "bytes 0-9/20", "10", "0123456789"),
 		rng("from 5 on", "bytes=5-", http.StatusPartialContent, "bytes 5-19/20", "15", "56789abcdefghij"),
 		rng("last three", "bytes=-3", http.StatusPartialContent, "bytes 17-19/20", "3", "hij"),
@@ -454,8 +459,19 @@ func TestHTTPUnsupportedMethods(t *testing.T) {
 		{http.MethodDelete, "/v2/r/tags/list"},
 		{http.MethodPut, "/v2/r/referrers/" + d},
 	} {
+		want := "GET, HEAD" // the base, the catalog, tags, referrers
+		switch {
+		case strings.Contains(c.path, "/uploads/some-id"):
+			want = "GET, PATCH, PUT, DELETE"
+		case strings.HasSuffix(c.path, "/uploads/"):
+			want = "POST"
+		case strings.Contains(c.path, "/manifests/"):
+			want = "GET, HEAD, PUT, DELETE"
+		case strings.Contains(c.path, "/blobs/"):
+			want = "GET, HEAD, DELETE"
+		}
 		steps = append(steps, httpStep{name: c.method + " " + c.path, method: c.method, path: c.path,
-			status: http.StatusMethodNotAllowed, code: oci.CodeUnsupported})
+			status: http.StatusMethodNotAllowed, code: oci.CodeUnsupported, want: map[string]string{"Allow": want}})
 	}
 	runHTTP(t, srv, steps)
 }
