@@ -148,6 +148,7 @@ type Client struct {
 	now func() time.Time
 
 	transport http.RoundTripper
+	observer  Observer
 	http      *http.Client
 	log       zerolog.Logger
 
@@ -218,7 +219,11 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 	if c.transport == nil {
 		c.transport = defaultTransport(cfg)
 	}
-	c.http = &http.Client{Transport: c.transport, CheckRedirect: checkRedirect}
+	rt := c.transport
+	if c.observer != nil {
+		rt = &observing{base: rt, name: c.name, obs: c.observer}
+	}
+	c.http = &http.Client{Transport: rt, CheckRedirect: checkRedirect}
 	return c, nil
 }
 

@@ -1,0 +1,107 @@
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Exchange is one HTTP request to an upstream (each attempt and each token
+// fetch is one), as an Observer sees it. It carries no URL, header or body:
+// nothing of credentials or pre-signed queries.
+type Exchange struct {
+	Upstream string
+	// Kind is what was asked for: manifest, blob, tags, referrers, ping,
+	// token, or other.
+	Kind   string
+	Method string
+	// Status is the HTTP status, 0 when no response came.
+	Status int
+	// Duration is until the response headers (or the failure).
+	Duration time.Duration
+	// Cause classifies a failure: "" for a success (below 400), else
+	// timeout, tls, connection, canceled, 429, 4xx, 5xx.
+	Cause string
+}
+
+// Observer is told of every exchange with an upstream, for metrics and the
+// status page. It is called on the request's goroutine: it must be quick.
+type Observer interface {
+	Observe(Exchange)
+}
+
+// WithObserver has every exchange reported to o.
+func WithObserver(o Observer) Option {
+	return func(c *Client) { c.observer = o }
+}
+
+// observing wraps a transport to report each exchange.
+type observing struct {
+	base http.RoundTripper
+	name string
+	obs  Observer
+}
+
+func (o *observing) RoundTrip(req *http.Request) (*http.Response, error) {
+	start := time.Now()
+	resp, err := o.base.RoundTrip(req)
+	e := Exchange{Upstream: o.name, Kind: exchangeKind(req), Method: req.Method, Duration: time.Since(start)}
+	if resp != nil {
+		e.Status = resp.StatusCode
+	}
+	e.Cause = Cause(e.Status, err)
+	o.obs.Observe(e)
+	return resp, err
+}
+
+// exchangeKind names what a request asks for from its path.
+func exchangeKind(req *http.Request) string {
+	p := req.URL.Path
+	switch {
+	case !strings.HasPrefix(p, "/v2/"):
+		return "token" // a realm, or a redirect target (storage)
+	case p == "/v2/":
+		return "ping"
+	case strings.Contains(p, "/manifests/"):
+		return "manifest"
+	case strings.Contains(p, "/blobs/"):
+		return "blob"
+	case strings.HasSuffix(p, "/tags/list"):
+		return "tags"
+	case strings.Contains(p, "/referrers/"):
+		return "referrers"
+	}
+	return "other"
+}
+
+// Cause classifies the outcome of an exchange: "" for a success, else
+// timeout, tls, connection, canceled, 429, 4xx or 5xx.
+func Cause(status int, err error) string {
+	if err != nil {
+		var tlsErr *tls.CertificateVerificationError
+		var recErr tls.RecordHeaderError
+		var ne net.Error
+		switch {
+		case errors.Is(err, context.Canceled):
+			return "canceled"
+		case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+			return "timeout"
+		case errors.As(err, &tlsErr), errors.As(err, &recErr), strings.Contains(err.Error(), "tls:"):
+			return "tls"
+		}
+		return "connection"
+	}
+	switch {
+	case status == http.StatusTooManyRequests:
+		return "429"
+	case status >= 500:
+		return "5xx"
+	case status >= 400 && status != http.StatusUnauthorized:
+		return "4xx" // a 401 is the start of the auth dance, not a failure
+	}
+	return ""
+}
