@@ -7,7 +7,9 @@ import (
 	"hash"
 	"io"
 	"os"
+	"slices"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -38,6 +40,31 @@ type Fill struct {
 	changed   chan struct{} // closed and replaced on every change
 	repos     map[string]string
 	committed bool // the blob is stored and repos were taken for linking
+	origin    string
+	started   time.Time
+}
+
+// FillProgress is a fill in flight, as the status page and logs show it.
+type FillProgress struct {
+	Digest  digest.Digest
+	Origin  string // the upstream it comes from
+	Size    int64
+	Written int64
+	Started time.Time
+}
+
+// Fills lists the fills in flight, oldest first.
+func (s *Store) Fills() []FillProgress {
+	s.fillMu.Lock()
+	out := make([]FillProgress, 0, len(s.fills))
+	for _, f := range s.fills {
+		f.mu.Lock()
+		out = append(out, FillProgress{Digest: f.Digest, Origin: f.origin, Size: f.Size, Written: f.written, Started: f.started})
+		f.mu.Unlock()
+	}
+	s.fillMu.Unlock()
+	slices.SortFunc(out, func(a, b FillProgress) int { return a.Started.Compare(b.Started) })
+	return out
 }
 
 // FillResult reports how a fill ended, for metrics and logs.
@@ -66,7 +93,8 @@ func (s *Store) Fill(d digest.Digest, size int64, repo, origin string, fetch Fet
 	if err != nil {
 		return nil, false, err
 	}
-	f = &Fill{Digest: d, Size: size, file: file, store: s, changed: make(chan struct{}), repos: map[string]string{repo: origin}}
+	f = &Fill{Digest: d, Size: size, file: file, store: s, changed: make(chan struct{}), repos: map[string]string{repo: origin},
+		origin: origin, started: time.Now()}
 	s.fills[d] = f
 	s.wg.Add(1)
 	go func() {

@@ -65,6 +65,9 @@ func TestFillConcurrentReaders(t *testing.T) {
 	if st.InFlight(d) != f {
 		t.Fatal("InFlight does not return the running fill")
 	}
+	if fl := st.Fills(); len(fl) != 1 || fl[0].Digest != d || fl[0].Origin != "docker.io" || fl[0].Size != int64(len(content)) || fl[0].Written != 0 {
+		t.Fatalf("Fills() before any byte = %+v", fl)
+	}
 	f2, joined, err := st.Fill(d, int64(len(content)), "docker.io/library/b", "docker.io",
 		func(context.Context) (io.ReadCloser, error) { t.Error("second fetch started"); return nil, errBoom }, nil)
 	if err != nil || !joined || f2 != f {
@@ -103,7 +106,7 @@ func TestFillConcurrentReaders(t *testing.T) {
 	if r := <-done; r.Err != nil || r.Bytes != int64(len(content)) || r.Digest != d {
 		t.Errorf("FillResult = %+v", r)
 	}
-	if st.InFlight(d) != nil {
+	if st.InFlight(d) != nil || len(st.Fills()) != 0 {
 		t.Error("fill still in flight after it ended")
 	}
 	assertBlob(t, st, "docker.io/library/a", d, content)
