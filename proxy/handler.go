@@ -35,6 +35,23 @@ type Options struct {
 	// BodyIdleTimeout cuts a request body (a blob upload) that delivers
 	// nothing for this long; zero means 30 s.
 	BodyIdleTimeout time.Duration
+	// OnRequest, if set, is told of every finished API request (the status
+	// page counts the busiest repositories with it). It runs on the
+	// request's goroutine: it must be quick.
+	OnRequest func(Done)
+}
+
+// Done describes a finished API request.
+type Done struct {
+	Kind     Kind
+	Method   string
+	Repo     string // as the client named it
+	Status   int
+	Bytes    int64 // response body bytes
+	Route    string
+	Cache    string
+	Source   string // of the body: cache, upstream or local ("" without one)
+	Duration time.Duration
 }
 
 // Handler serves the OCI Distribution API over a registry.
@@ -45,6 +62,7 @@ type Handler struct {
 	maxMan  int64
 	auth    *Auth
 	idle    time.Duration
+	onDone  func(Done)
 	bufs    sync.Pool // *[]byte, 256 KiB copy buffers for blob bodies
 	states  sync.Pool // *state, one per request in flight
 }
@@ -58,7 +76,7 @@ func New(opts Options) *Handler {
 		opts.BodyIdleTimeout = 30 * time.Second
 	}
 	h := &Handler{reg: opts.Registry, log: opts.Logger, metrics: newMetrics(opts.Registerer),
-		maxMan: opts.MaxManifestSize, auth: opts.Auth, idle: opts.BodyIdleTimeout}
+		maxMan: opts.MaxManifestSize, auth: opts.Auth, idle: opts.BodyIdleTimeout, onDone: opts.OnRequest}
 	h.bufs.New = func() any { b := make([]byte, 256<<10); return &b }
 	h.states.New = func() any { return new(state) }
 	return h
@@ -107,14 +125,36 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.writeError(ctx, w, r, err)
 	}
 	d := time.Since(start)
-	h.metrics.observe(req.Kind, r.Method, st.status, st.bytes, d)
+	src := source(&st.info, st.bytes)
+	h.metrics.observe(req.Kind, r.Method, st.status, st.bytes, src, d)
 	h.logRequest(r, st, d, err)
+	if h.onDone != nil {
+		h.onDone(Done{Kind: req.Kind, Method: r.Method, Repo: req.Repo, Status: st.status, Bytes: st.bytes,
+			Route: st.info.Route, Cache: st.info.Cache, Source: src, Duration: d})
+	}
 	if err == errAbort {
 		panic(http.ErrAbortHandler)
 	}
 }
 
 var apiVersion = []string{"registry/2.0"}
+
+// source is where a response's bytes came from: local (pushed content),
+// upstream (streamed while a mirror fetched it) or cache (mirrored content
+// on disk).
+func source(info *registry.RequestInfo, bytes int64) string {
+	switch {
+	case bytes == 0:
+		return ""
+	case info.Route == "local":
+		return "local"
+	case info.Cache == "miss" || info.Cache == "joined":
+		return "upstream"
+	case info.Route != "":
+		return "cache"
+	}
+	return ""
+}
 
 func (h *Handler) logRequest(r *http.Request, st *state, d time.Duration, err error) {
 	var ev *zerolog.Event

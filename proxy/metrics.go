@@ -52,7 +52,7 @@ func index[T comparable](list []T, v T) int {
 	return len(list)
 }
 
-func (m *metrics) observe(k Kind, method string, status int, bytes int64, d time.Duration) {
+func (m *metrics) observe(k Kind, method string, status int, bytes int64, source string, d time.Duration) {
 	mi, si := index(methods[:], method), index(statuses[:], status)
 	if mi == len(methods) {
 		method = "OTHER" // a client's made-up method must not grow the series
