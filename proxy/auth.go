@@ -91,19 +91,22 @@ func (a *Auth) check(r *http.Request) (present, valid bool) {
 
 // authorize returns an UNAUTHORIZED error when the request needs
 // credentials it does not carry, or carries wrong ones.
-func (a *Auth) authorize(w http.ResponseWriter, r *http.Request, req Request) error {
+// authorize checks a request's credentials; user is the authenticated
+// client, "" for an anonymous one.
+func (a *Auth) authorize(w http.ResponseWriter, r *http.Request, req Request) (user string, err error) {
 	present, valid := a.check(r)
 	if valid {
-		return nil
+		user, _, _ = r.BasicAuth()
+		return user, nil
 	}
 	need := present || !a.anonymousPull || req.Kind == KindBase || isWrite(req, r) || req.Kind == KindCatalog
 	if !need {
-		return nil
+		return "", nil
 	}
 	w.Header().Set("WWW-Authenticate", `Basic realm="berth"`)
 	msg := "authentication required"
 	if present {
 		msg = "invalid credentials"
 	}
-	return &oci.Error{Code: oci.CodeUnauthorized, Message: msg}
+	return "", &oci.Error{Code: oci.CodeUnauthorized, Message: msg}
 }

@@ -116,7 +116,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	req, err := ParseRequest(r.URL.Path)
 	st.req = req
 	if err == nil && h.auth != nil {
-		err = h.auth.authorize(w, r, req)
+		st.info.User, err = h.auth.authorize(w, r, req)
 	}
 	if err == nil {
 		err = h.serve(ctx, w, r, st)
