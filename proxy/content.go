@@ -27,6 +27,10 @@ func blobHeaders(hdr http.Header, desc registry.Descriptor) string {
 	return etag
 }
 
+// corkAbove is the body size past which headers and body no longer fit in
+// net/http's 4 KiB write buffer, so the response goes out in two writes.
+const corkAbove = 3 << 10
+
 var (
 	acceptRanges = []string{"bytes"}
 	immutable    = []string{"max-age=31536000"}
@@ -109,7 +113,12 @@ func (h *Handler) getBlob(ctx context.Context, w http.ResponseWriter, r *http.Re
 	hdr["Content-Length"] = []string{strconv.FormatInt(n, 10)}
 	w.WriteHeader(status)
 	if b, ok := rd.(registry.Bytes); ok {
-		_, _ = w.Write(b.Bytes()[start : start+n])
+		body := b.Bytes()[start : start+n]
+		if len(body) > corkAbove {
+			corked(ctx, func() { _, _ = w.Write(body) })
+		} else {
+			_, _ = w.Write(body)
+		}
 		return nil
 	}
 	return h.copyBody(ctx, w, rd, n, live, d)

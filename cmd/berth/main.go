@@ -214,6 +214,7 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 			}
 		}),
 		BaseContext: func(net.Listener) context.Context { return baseCtx },
+		ConnContext: proxy.WithConn,
 		// Headers are small; a client sending megabytes of them, or taking
 		// long to, holds memory for nothing. Bodies have their own idle
 		// deadline (proxy.Options.BodyIdleTimeout).

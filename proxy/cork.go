@@ -1,0 +1,37 @@
+package proxy
+
+import (
+	"context"
+	"net"
+	"syscall"
+)
+
+type connKey struct{}
+
+// WithConn is an http.Server's ConnContext: it lets a handler reach the
+// connection under a response, to cork it (see corked).
+func WithConn(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, connKey{}, c)
+}
+
+// corked runs write with the connection's TCP_CORK set, so that a response
+// net/http hands to the kernel in two writes (its 4 KiB buffer of headers
+// and body, then the rest of the body) leaves as one transmission, as
+// nginx's tcp_nopush does: on a small blob the second pass through the TCP
+// stack, and the second wake-up of the client, cost more than the two
+// setsockopt calls. Without a TCP connection (tests, TLS later) it just
+// writes.
+func corked(ctx context.Context, write func()) {
+	c, _ := ctx.Value(connKey{}).(*net.TCPConn)
+	var raw syscall.RawConn
+	if c != nil {
+		raw, _ = c.SyscallConn()
+	}
+	if raw == nil {
+		write()
+		return
+	}
+	setCork(raw, 1)
+	write()
+	setCork(raw, 0)
+}
