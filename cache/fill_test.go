@@ -103,7 +103,7 @@ func TestFillConcurrentReaders(t *testing.T) {
 	if err := f.Wait(ctx); err != nil {
 		t.Fatalf("Wait: %v", err)
 	}
-	if r := <-done; r.Err != nil || r.Bytes != int64(len(content)) || r.Digest != d {
+	if r := recv(t, done, "the fill to end"); r.Err != nil || r.Bytes != int64(len(content)) || r.Digest != d {
 		t.Errorf("FillResult = %+v", r)
 	}
 	if st.InFlight(d) != nil || len(st.Fills()) != 0 {
@@ -174,7 +174,7 @@ func TestFillFailure(t *testing.T) {
 			if err := f.Wait(ctx); !errors.Is(err, ErrFillFailed) || !errors.Is(err, tt.want) {
 				t.Errorf("Wait = %v", err)
 			}
-			if r := <-done; !errors.Is(r.Err, tt.want) {
+			if r := recv(t, done, "the fill to end"); !errors.Is(r.Err, tt.want) {
 				t.Errorf("FillResult.Err = %v, want %v", r.Err, tt.want)
 			}
 			// onDone runs after the staging file is gone.
@@ -193,7 +193,7 @@ func TestFillFailure(t *testing.T) {
 				func(r FillResult) { done2 <- r }); err != nil || joined {
 				t.Fatalf("retry Fill = %v, joined %v", err, joined)
 			}
-			if r := <-done2; r.Err != nil {
+			if r := recv(t, done2, "the second fill to end"); r.Err != nil {
 				t.Fatalf("retry fill: %v", r.Err)
 			}
 			assertBlob(t, st, "r", d, content)
@@ -247,7 +247,7 @@ func TestFillAbortedByClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	<-started
+	recv(t, started, "the fill to start")
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +274,7 @@ func TestFillLateJoinerIsLinked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := <-done; r.Err != nil {
+	if r := recv(t, done, "the fill to end"); r.Err != nil {
 		t.Fatal(r.Err)
 	}
 	f.AddRepo("late", "up")
@@ -293,7 +293,7 @@ func TestFillLateJoinerIsLinked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := <-bad; !errors.Is(r.Err, ErrDigestMismatch) {
+	if r := recv(t, bad, "the corrupt fill to end"); !errors.Is(r.Err, ErrDigestMismatch) {
 		t.Fatalf("fill of wrong bytes: %v", r.Err)
 	}
 	f2.AddRepo("late", "up")

@@ -32,7 +32,7 @@ func TestCleanIngestKeepsBlobsBeingWritten(t *testing.T) {
 		t.Fatal(err)
 	}
 	pw.Close()
-	if err := <-done; err != nil {
+	if err := recv(t, done, "the push to end"); err != nil {
 		t.Errorf("push failed after a janitor pass: %v", err)
 	}
 }

@@ -547,7 +547,7 @@ func TestCloseGivesUpOnAStuckIndex(t *testing.T) {
 		t.Errorf("Close of a stuck index = %v, want ErrCloseTimeout", err)
 	}
 	// The abandoned close still finishes once the index lets it.
-	if err := <-closed; err != nil {
+	if err := recv(t, closed, "Close to return"); err != nil {
 		t.Errorf("index close after the timeout: %v", err)
 	}
 }

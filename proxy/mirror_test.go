@@ -196,7 +196,7 @@ func TestHerdSharesOneUpstreamDownload(t *testing.T) {
 	waitCtx(t, ctx, firstByte.Wait)
 	close(e.tr.gate)
 	for i := 0; i < clients; i++ {
-		if err := <-errs; err != nil {
+		if err := recv(t, errs, "a client to finish"); err != nil {
 			t.Errorf("client: %v", err)
 		}
 	}
@@ -241,18 +241,14 @@ func TestFirstClientDisconnectDoesNotStopFill(t *testing.T) {
 	if _, err := io.ReadFull(resp.Body, make([]byte, 1024)); err != nil {
 		t.Fatal(err)
 	}
-	<-e.tr.reached
+	recv(t, e.tr.reached, "the upstream download to reach the gate")
 	stop() // the first client goes away mid-fill
 	resp.Body.Close()
 
-	second := make(chan []byte, 1)
-	go func() {
-		_, b := e.get(t, ctx, http.MethodGet, "/v2/app/blobs/"+d.String())
-		second <- b
-	}()
+	second := fetchAsync(ctx, e.srv.URL+"/v2/app/blobs/"+d.String())
 	close(e.tr.gate)
-	if b := <-second; !bytes.Equal(b, content) {
-		t.Fatalf("second client got %d bytes, not the blob", len(b))
+	if r := recv(t, second, "the second client"); r.err != nil || !bytes.Equal(r.body, content) {
+		t.Fatalf("second client got %d bytes (%v), not the blob", len(r.body), r.err)
 	}
 	if got := e.tr.blobGETs.Load(); got != 1 {
 		t.Errorf("upstream blob GETs = %d, want 1 (the fill must survive the first client)", got)
@@ -623,30 +619,18 @@ func TestCrossRepositoryJoinNeedsUpstreamConfirmation(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	first := make(chan []byte, 1)
-	go func() {
-		_, b := e.get(t, ctx, http.MethodGet, "/v2/a/blobs/"+d.String())
-		first <- b
-	}()
-	<-e.tr.reached // the fill for a is in flight, held mid-blob
+	first := fetchAsync(ctx, e.srv.URL+"/v2/a/blobs/"+d.String())
+	recv(t, e.tr.reached, "the fill for a to be in flight, held mid-blob")
 	if resp, b := e.get(t, ctx, http.MethodGet, "/v2/b/blobs/"+d.String()); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("repository b read a's in-flight blob: %d (%d bytes)", resp.StatusCode, len(b))
 	}
-	third := make(chan int, 1)
-	go func() {
-		resp, b := e.get(t, ctx, http.MethodGet, "/v2/c/blobs/"+d.String())
-		if !bytes.Equal(b, content) {
-			third <- -1
-			return
-		}
-		third <- resp.StatusCode
-	}()
+	third := fetchAsync(ctx, e.srv.URL+"/v2/c/blobs/"+d.String())
 	close(e.tr.gate)
-	if b := <-first; !bytes.Equal(b, content) {
-		t.Fatal("first client got wrong bytes")
+	if r := recv(t, first, "the first client"); r.err != nil || !bytes.Equal(r.body, content) {
+		t.Fatalf("first client got wrong bytes (%v)", r.err)
 	}
-	if got := <-third; got != http.StatusOK {
-		t.Errorf("repository c (which has the blob upstream): %d", got)
+	if r := recv(t, third, "the client of c"); r.err != nil || r.status != http.StatusOK || !bytes.Equal(r.body, content) {
+		t.Errorf("repository c (which has the blob upstream): %d, %v", r.status, r.err)
 	}
 	if resp, _ := e.get(t, ctx, http.MethodGet, "/v2/b/blobs/"+d.String()); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("repository b read a's stored blob: %d", resp.StatusCode)

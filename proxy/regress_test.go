@@ -151,19 +151,15 @@ func TestBlobErrorNotSharedAcrossRepositories(t *testing.T) {
 		return false
 	})
 	srv := hookEnv(t, f, time.Minute)
-	evil := make(chan int, 1)
-	go func() {
-		s, _ := call(t, http.MethodGet, srv.URL+"/v2/evil/none/blobs/"+d.String())
-		evil <- s
-	}()
-	<-entered
+	evilDone := fetchAsync(context.Background(), srv.URL+"/v2/evil/none/blobs/"+d.String())
+	recv(t, entered, "evil/none's upstream request")
 	s, body := call(t, http.MethodGet, srv.URL+"/v2/good/app/blobs/"+d.String())
 	close(release)
 	if s != 200 || body != string(content) {
 		t.Errorf("good/app while evil/none waits: %d", s)
 	}
-	if s := <-evil; s != http.StatusNotFound {
-		t.Errorf("evil/none: %d, want 404", s)
+	if r := recv(t, evilDone, "evil/none's answer"); r.err != nil || r.status != http.StatusNotFound {
+		t.Errorf("evil/none: %d (%v), want 404", r.status, r.err)
 	}
 	if s, _ := call(t, http.MethodGet, srv.URL+"/v2/good/app/blobs/"+d.String()); s != 200 {
 		t.Errorf("good/app afterwards: %d", s)

@@ -1,6 +1,9 @@
 package proxy_test
 
 import (
+	"context"
+	"io"
+	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -56,4 +59,48 @@ func startServer(tb testing.TB, so cache.Options, b berth) (*cache.Store, *httpt
 		st.Close()
 	})
 	return st, srv
+}
+
+// recv waits for a value from ch at most a minute, so that a hang fails the
+// test with what it waited for rather than at go test's timeout.
+func recv[T any](t testing.TB, ch <-chan T, what string) T {
+	t.Helper()
+	timer := time.NewTimer(time.Minute)
+	defer timer.Stop()
+	select {
+	case v := <-ch:
+		return v
+	case <-timer.C:
+		t.Fatalf("timed out waiting for %s", what)
+		panic("unreachable")
+	}
+}
+
+// fetched is the outcome of fetchAsync.
+type fetched struct {
+	status int
+	body   []byte
+	err    error
+}
+
+// fetchAsync GETs url on a goroutine of its own (which must not call
+// t.Fatal) and delivers the outcome.
+func fetchAsync(ctx context.Context, url string) <-chan fetched {
+	ch := make(chan fetched, 1)
+	go func() {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			ch <- fetched{err: err}
+			return
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			ch <- fetched{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		ch <- fetched{status: resp.StatusCode, body: b, err: err}
+	}()
+	return ch
 }
