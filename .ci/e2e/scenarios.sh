@@ -73,15 +73,66 @@ sc_docker() {
   bexpect "team/app:1 came from berth's local storage" "$m" '.kind=="manifest" and .repo=="team/app" and .route=="local" and .status==200'
   step "docker run the pulled-back team/app:1" "${DK[@]}" run --rm --network=none "$B/team/app:1" cat /etc/berth-e2e-origin &&
     equal "container output" "$(cat "$OUT")" "docker.io"
-  # deploy/Dockerfile: the image builds offline and serves.
+  DOCKER_UP=1
+  # deploy/Dockerfile: the image builds offline and serves, and is a drop-in
+  # for registry:2. Whatever fails, what it started is removed, so that the
+  # upstream-down scenario finds dockerd with no images of its own.
+  docker_berth_image
+  "${DK[@]}" rm -f berth-e2e berth-e2e-tut berth-e2e-tut2 >/dev/null 2>&1
+  "${DK[@]}" volume rm berth-e2e-data >/dev/null 2>&1
+  "${DK[@]}" rmi berth:e2e "localhost:${TUT_PORT:-0}/my-ubuntu-image" >/dev/null 2>&1
+  check "the berth image, its containers and volume are removed" \
+    '[ -z "$("${DK[@]}" ps -aq)" ] && ! "${DK[@]}" volume inspect berth-e2e-data >/dev/null 2>&1 && ! "${DK[@]}" image inspect berth:e2e >/dev/null 2>&1' \
+    "$("${DK[@]}" ps -a 2>&1; "${DK[@]}" volume ls 2>&1; "${DK[@]}" images 2>&1)"
+}
+# docker_berth_image : build deploy/Dockerfile, run it configured by the
+# environment only, then follow registry:2's tutorial with it.
+docker_berth_image() {
   step "docker build -f deploy/Dockerfile" env DOCKER_BUILDKIT=0 "${DK[@]}" build -q -f "$ROOT/deploy/Dockerfile" -t berth:e2e "$ROOT" || return
   local cport; cport=$(free_port)
-  step "docker run berth:e2e (host network, 127.0.0.1:$cport)" "${DK[@]}" run -d --name berth-e2e --network=host berth:e2e \
-    --addr "127.0.0.1:$cport" --data /data || return
-  check "the berth container answers /v2/" "wait_http http://127.0.0.1:$cport/v2/ 20" "$("${DK[@]}" logs berth-e2e 2>&1 | tail -5)"
+  step "docker run -e BERTH_ADDR=127.0.0.1:$cport berth:e2e (host network)" \
+    "${DK[@]}" run -d --name berth-e2e --network=host -e BERTH_ADDR="127.0.0.1:$cport" berth:e2e || return
+  check "the berth container answers /v2/ on BERTH_ADDR" "wait_http http://127.0.0.1:$cport/v2/ 20" "$("${DK[@]}" logs berth-e2e 2>&1 | tail -5)"
   step "crane copy into the berth container" crane --insecure copy "$B/team/app:1" "127.0.0.1:$cport/team/app:1"
-  step "docker rm -f berth-e2e && docker rmi berth:e2e" bash -c '"$@" rm -f berth-e2e && "$@" rmi berth:e2e' _ "${DK[@]}"
-  DOCKER_UP=1
+  step "docker rm -f berth-e2e" "${DK[@]}" rm -f berth-e2e
+
+  # registry:2's tutorial with berth:e2e in registry:2's place (a free port
+  # rather than 5001, which another run may hold; host network: this dockerd
+  # has no bridge).
+  TUT_PORT=$(free_port)
+  local t=localhost:$TUT_PORT/my-ubuntu-image vol=berth-e2e-data
+  step "docker run --restart unless-stopped -e REGISTRY_HTTP_ADDR=0.0.0.0:$TUT_PORT -v $vol:/data berth:e2e" \
+    "${DK[@]}" run -d --name berth-e2e-tut --network=host --restart unless-stopped \
+    -e REGISTRY_HTTP_ADDR="0.0.0.0:$TUT_PORT" -v "$vol:/data" berth:e2e || return
+  check "berth listens on REGISTRY_HTTP_ADDR's port $TUT_PORT" "wait_http http://127.0.0.1:$TUT_PORT/v2/ 20" \
+    "$("${DK[@]}" logs berth-e2e-tut 2>&1 | tail -5)" || return
+  equal "restart policy" "$("${DK[@]}" inspect -f '{{.HostConfig.RestartPolicy.Name}}' berth-e2e-tut 2>&1)" unless-stopped
+  step "docker tag busybox $t && docker push $t (one-element name)" \
+    bash -c '"$@" tag busybox "$0" && "$@" push "$0"' "$t" "${DK[@]}" || return
+  local pushed; pushed=$(grep -oE 'digest: sha256:[0-9a-f]{64}' "$OUT" | cut -d' ' -f2)
+  check "docker push printed the manifest digest" '[ -n "$pushed" ]' "$(cat "$OUT")"
+  step "docker rmi + docker pull $t" bash -c '"$@" rmi "$0" && "$@" pull "$0"' "$t" "${DK[@]}" || return
+  check "pulled-back digest is the pushed one" \
+    '"${DK[@]}" image inspect "$t" --format "{{json .RepoDigests}}" | grep -qF "\"$t@$pushed\""' \
+    "$("${DK[@]}" image inspect "$t" --format '{{json .RepoDigests}}' 2>&1)"
+  step "GET /v2/_catalog" curl -sf "http://127.0.0.1:$TUT_PORT/v2/_catalog" &&
+    equal "catalog" "$(jq -c .repositories "$OUT")" '["my-ubuntu-image"]'
+  local served; served=$("${DK[@]}" logs berth-e2e-tut 2>&1 | jq -Rrc 'fromjson? | select(.message=="berth serving") | "\(.addr) \(.data)"')
+  # (Go's listener on 0.0.0.0 is dual-stack and calls itself [::])
+  check "berth's start-up line: all addresses, port $TUT_PORT, data in /data" \
+    '[ "$served" = "[::]:$TUT_PORT /data" ] || [ "$served" = "0.0.0.0:$TUT_PORT /data" ]' "$served"
+  local mp; mp=$("${DK[@]}" volume inspect -f '{{.Mountpoint}}' "$vol" 2>&1)
+  check "the pushed manifest is a file in volume $vol" '[ -n "$pushed" ] && [ -s "$mp/blobs/sha256/${pushed:7:2}/${pushed:7}" ]' \
+    "$(ls -R "$mp" 2>&1 | head -20)"
+  # A new container on the same volume, with a CMD of its own that changes
+  # the address: the data is still read from /data.
+  step "docker rm -f berth-e2e-tut" "${DK[@]}" rm -f berth-e2e-tut
+  local p2; p2=$(free_port)
+  step "docker run -v $vol:/data berth:e2e serve --addr 127.0.0.1:$p2" \
+    "${DK[@]}" run -d --name berth-e2e-tut2 --network=host -v "$vol:/data" berth:e2e serve --addr "127.0.0.1:$p2" || return
+  check "the new container answers /v2/" "wait_http http://127.0.0.1:$p2/v2/ 20" "$("${DK[@]}" logs berth-e2e-tut2 2>&1 | tail -5)" || return
+  step "crane digest 127.0.0.1:$p2/my-ubuntu-image (from the volume)" crane --insecure digest "127.0.0.1:$p2/my-ubuntu-image" &&
+    equal "digest served from the volume" "$(cat "$OUT")" "$pushed"
 }
 
 # --- 2. containerd + ctr with hosts.toml -------------------------------------------

@@ -233,6 +233,7 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 	if ready != nil {
 		ready <- ln.Addr().String()
 	}
+	notifyReady(log)
 	g, gctx := errgroup.WithContext(ctx)
 	if cfg.DebugAddr != "" {
 		dbg := &http.Server{Addr: cfg.DebugAddr, Handler: http.DefaultServeMux, ReadHeaderTimeout: 10 * time.Second}
@@ -254,6 +255,7 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info().Dur("timeout", cfg.ShutdownTimeout).Msg("shutting down: finishing in-flight requests")
+		notifyStopping(log)
 		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 		defer cancel()
 		if err := srv.Shutdown(sctx); err != nil {

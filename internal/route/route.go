@@ -147,8 +147,16 @@ func (rt *Router) route(ctx context.Context, repo string, write bool) (registry.
 	}
 	up := mirrored(rt.def, repo)
 	if write {
-		if up != repo || strings.HasPrefix(repo, "library/") {
-			return nil, Target{}, oci.Errorf(oci.CodeDenied, "%s is a %s official image name and cannot be pushed here; push under a namespace such as team/%s", repo, rt.def.Name, repo)
+		if up != repo {
+			// A one-element name under Docker's library rule: as with
+			// registry:2, a push makes it local. It cannot shadow mirror
+			// traffic, since dockerd, containerd and podman mirroring
+			// docker.io always send library/NAME, which stays refused; so
+			// the upstream is not asked.
+			return rt.localTarget(info, repo)
+		}
+		if strings.HasPrefix(repo, "library/") {
+			return nil, Target{}, oci.Errorf(oci.CodeDenied, "%s is a %s official image name and cannot be pushed here; push under a namespace such as team/%s", repo, rt.def.Name, strings.TrimPrefix(repo, "library/"))
 		}
 		if _, err := rt.store.Repository(rt.def.Name + "/" + up); err == nil {
 			return nil, Target{}, oci.Errorf(oci.CodeDenied, "%s is mirrored from %s; a push would shadow it", repo, rt.def.Name)

@@ -61,7 +61,7 @@ func openStore(t *testing.T) *cache.Store {
 // hubTags is the default upstream's answer to "do you have this name?".
 func hubTags(repo string) error {
 	switch repo {
-	case "hub/exists", "hub/asked-once":
+	case "hub/exists", "hub/asked-once", "library/exists":
 		return nil
 	case "hub/unreachable":
 		return errors.New("dial tcp: connection refused")
@@ -175,7 +175,9 @@ func TestRoute(t *testing.T) {
 
 		// 4. writes to unqualified names
 		{name: "library write refused", repo: "library/foo", write: true, denied: true},
-		{name: "one element write refused", repo: "foo", write: true, denied: true},
+		{name: "one element write is local", repo: "foo", write: true, want: local("foo")},
+		{name: "one element write the upstream has is local", repo: "exists", write: true, want: local("exists")},
+		{name: "one element write of a cached image is local", repo: "cached", write: true, want: local("cached")},
 		{name: "cached name write refused", repo: "cachedorg/app", write: true, denied: true},
 		{name: "cached official image write refused", repo: "library/cached", write: true, denied: true},
 		{name: "upstream has name", repo: "hub/exists", write: true, denied: true, asks: 1},
@@ -184,6 +186,7 @@ func TestRoute(t *testing.T) {
 		{name: "upstream unreachable", repo: "hub/unreachable", write: true, want: local("hub/unreachable"), asks: 1},
 		{name: "offline not asked", offline: true, repo: "hub/exists", write: true, want: local("hub/exists")},
 		{name: "offline still refuses library", offline: true, repo: "library/foo", write: true, denied: true},
+		{name: "offline one element write is local", offline: true, repo: "bar", write: true, want: local("bar")},
 		{name: "offline still refuses cached", offline: true, repo: "cachedorg/app", write: true, denied: true},
 		{name: "offline read", offline: true, repo: "busybox", want: hub("library/busybox")},
 	}
@@ -239,6 +242,47 @@ func TestRouteAsksUpstreamOnce(t *testing.T) {
 	}
 	if n := f.hub.askedAbout("hub/asked-once"); n != 1 {
 		t.Errorf("default upstream asked %d times, want 1", n)
+	}
+}
+
+// registry:2's tutorial: a one-element name is pushed, pulled back from
+// local storage, and listed; the default upstream is never asked, and
+// mirror clients, which send library/NAME, still reach the upstream.
+func TestRouteOneElementPushIsLocal(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, false)
+	ctx := context.Background()
+	const repo = "my-ubuntu-image"
+	if got, err := f.rt.Route(ctx, repo, false); err != nil || got != (route.Target{Upstream: "docker.io", Repo: "library/" + repo}) {
+		t.Fatalf("before the push: Route(%q) = %+v, %v; want docker.io library/%s", repo, got, err, repo)
+	}
+	content := []byte("a layer")
+	d := digest.FromBytes(content)
+	if _, err := f.rt.PushBlob(ctx, repo, registry.Descriptor{Digest: d, Size: int64(len(content))}, bytes.NewReader(content)); err != nil {
+		t.Fatalf("PushBlob(%s): %v", repo, err)
+	}
+	for _, tt := range []struct {
+		repo string
+		want route.Target
+	}{
+		{repo, route.Target{Repo: repo}},
+		{"library/" + repo, route.Target{Upstream: "docker.io", Repo: "library/" + repo}},
+		{"other-image", route.Target{Upstream: "docker.io", Repo: "library/other-image"}},
+	} {
+		if got, err := f.rt.Route(ctx, tt.repo, false); err != nil || got != tt.want {
+			t.Errorf("after the push: Route(%q) = %+v, %v; want %+v", tt.repo, got, err, tt.want)
+		}
+	}
+	if _, err := f.rt.ResolveBlob(ctx, repo, d); err != nil {
+		t.Errorf("ResolveBlob(%s) after the push: %v", repo, err)
+	}
+	if _, err := f.rt.Route(ctx, "library/"+repo, true); !errors.Is(err, oci.ErrDenied) {
+		t.Errorf("push to library/%s: %v, want DENIED", repo, err)
+	}
+	for _, name := range []string{repo, "library/" + repo} {
+		if n := f.hub.askedAbout(name); n != 0 {
+			t.Errorf("default upstream asked about %q %d times, want 0", name, n)
+		}
 	}
 }
 
