@@ -155,7 +155,9 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 	if err != nil {
 		return err
 	}
-	store, err := cache.Open(cfg.Data, cache.Options{Logger: log, MaxBytes: cfg.maxCacheBytes})
+	// The index gets a few seconds to close: a data directory removed or
+	// made read-only under berth must not hold its exit for minutes.
+	store, err := cache.Open(cfg.Data, cache.Options{Logger: log, MaxBytes: cfg.maxCacheBytes, CloseTimeout: 5 * time.Second})
 	if err != nil {
 		return err
 	}

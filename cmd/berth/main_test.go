@@ -191,6 +191,17 @@ func TestServeLifecycle(t *testing.T) {
 			t.Errorf("GET /v2/ without Docker-Distribution-API-Version")
 		}
 	}
+	// Header memory is bounded: 100 KiB of headers is refused, not buffered.
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/v2/", nil)
+	req.Header.Set("X-Big", strings.Repeat("a", 100<<10))
+	if resp, err := http.DefaultClient.Do(req); err != nil {
+		t.Errorf("oversized headers: %v", err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+			t.Errorf("oversized headers: %d, want 431", resp.StatusCode)
+		}
+	}
 	cancel()
 	select {
 	case err := <-done:
