@@ -120,7 +120,9 @@ func (s *Store) update(fn func(txn *wtxn) error) error {
 const maxCachedValue = 4 << 10
 
 // cachedGet reads the JSON value of k (nil v: existence only) through the
-// hot cache; ErrNotFound if there is none. Absent keys are not cached.
+// hot cache; ErrNotFound if there is none. Absence is cached too (a mirrored
+// name is looked up as a local repository on every request): a write of k
+// evicts it like any other value, under the same lock.
 func (s *Store) cachedGet(k []byte, v any) error {
 	b, ok := s.hot.Get(string(k))
 	if !ok {
@@ -136,19 +138,30 @@ func (s *Store) cachedGet(k []byte, v any) error {
 			b, err = item.ValueCopy(nil)
 			return err
 		})
-		if err == nil && len(b) <= maxCachedValue {
+		switch {
+		case err == nil && len(b) <= maxCachedValue:
 			s.hot.Add(string(k), b)
+		case errors.Is(err, ErrNotFound):
+			s.hot.Add(string(k), absent)
 		}
 		s.hotMu.RUnlock()
 		if err != nil {
 			return err
 		}
+	} else if isAbsent(b) {
+		return ErrNotFound
 	}
 	if v == nil {
 		return nil
 	}
 	return json.Unmarshal(b, v)
 }
+
+// absent marks a key the hot cache knows is not in the index; it is told
+// apart from every real value by its address.
+var absent = make([]byte, 1)
+
+func isAbsent(b []byte) bool { return len(b) == 1 && &b[0] == &absent[0] }
 
 // --- repositories ------------------------------------------------------------
 
