@@ -3,6 +3,7 @@ package cache
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -119,13 +120,22 @@ func (s *Store) update(fn func(txn *wtxn) error) error {
 // manifest record with huge annotations is read from Badger each time).
 const maxCachedValue = 4 << 10
 
-// cachedGet reads the JSON value of k (nil v: existence only) through the
+// hotValue is an index value in the hot cache: decoded once, so a warm
+// request pays no JSON decoding. Records handed out share their maps
+// (annotations): callers read them, never change them.
+type hotValue struct {
+	absent bool // the key is known not to be in the index
+	val    any  // TagRecord, ManifestRecord, RepoRecord, blobRecord; nil for existence-only keys
+}
+
+// cachedGet reads the value of k into v (nil v: existence only) through the
 // hot cache; ErrNotFound if there is none. Absence is cached too (a mirrored
 // name is looked up as a local repository on every request): a write of k
 // evicts it like any other value, under the same lock.
 func (s *Store) cachedGet(k []byte, v any) error {
-	b, ok := s.hot.Get(string(k))
+	hv, ok := s.hot.Get(string(k))
 	if !ok {
+		var b []byte
 		s.hotMu.RLock()
 		err := s.db.View(func(txn *badger.Txn) error {
 			item, err := txn.Get(k)
@@ -139,29 +149,57 @@ func (s *Store) cachedGet(k []byte, v any) error {
 			return err
 		})
 		switch {
-		case err == nil && len(b) <= maxCachedValue:
-			s.hot.Add(string(k), b)
+		case err == nil && v != nil:
+			if err = json.Unmarshal(b, v); err == nil && len(b) <= maxCachedValue {
+				s.hot.Add(string(k), hotValue{val: record(v)})
+			}
+		case err == nil:
+			s.hot.Add(string(k), hotValue{})
 		case errors.Is(err, ErrNotFound):
-			s.hot.Add(string(k), absent)
+			s.hot.Add(string(k), hotValue{absent: true})
 		}
 		s.hotMu.RUnlock()
-		if err != nil {
-			return err
-		}
-	} else if isAbsent(b) {
+		return err
+	}
+	if hv.absent {
 		return ErrNotFound
 	}
-	if v == nil {
-		return nil
+	if v != nil && !setRecord(v, hv.val) {
+		return fmt.Errorf("hot cache: %T under %q cannot fill %T", hv.val, k, v)
 	}
-	return json.Unmarshal(b, v)
+	return nil
 }
 
-// absent marks a key the hot cache knows is not in the index; it is told
-// apart from every real value by its address.
-var absent = make([]byte, 1)
+// record is the value v points at, for the hot cache.
+func record(v any) any {
+	switch p := v.(type) {
+	case *TagRecord:
+		return *p
+	case *ManifestRecord:
+		return *p
+	case *RepoRecord:
+		return *p
+	case *blobRecord:
+		return *p
+	}
+	return nil
+}
 
-func isAbsent(b []byte) bool { return len(b) == 1 && &b[0] == &absent[0] }
+// setRecord copies a cached record into v; false if the types differ.
+func setRecord(v, val any) bool {
+	var ok bool
+	switch p := v.(type) {
+	case *TagRecord:
+		*p, ok = val.(TagRecord)
+	case *ManifestRecord:
+		*p, ok = val.(ManifestRecord)
+	case *RepoRecord:
+		*p, ok = val.(RepoRecord)
+	case *blobRecord:
+		*p, ok = val.(blobRecord)
+	}
+	return ok
+}
 
 // --- repositories ------------------------------------------------------------
 

@@ -71,7 +71,7 @@ type Store struct {
 	// fills against writes: a write holds it exclusively while it commits
 	// and evicts the keys it touched, so a reader can never put back a
 	// value older than the last write.
-	hot   *lru.Cache[string, []byte]
+	hot   *lru.Cache[string, hotValue]
 	hotMu sync.RWMutex
 
 	uploadMu    sync.Mutex          // guards uploading only, never held across I/O
@@ -131,7 +131,7 @@ func Open(root string, opts Options) (*Store, error) {
 	}
 	sizes, _ := lru.New[digest.Digest, int64](65536)
 	mans, _ := lru.New[digest.Digest, []byte](opts.ManifestCacheEntries)
-	hot, _ := lru.New[string, []byte](65536)
+	hot, _ := lru.New[string, hotValue](65536)
 	small, _ := lru.New[digest.Digest, []byte](smallBlobEntries)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{root: root, db: db, log: opts.Logger, opts: opts, sizes: sizes, manifests: mans, hot: hot, small: small,
