@@ -345,14 +345,17 @@ func (m *Mirror) ResolveBlob(ctx context.Context, repo string, d digest.Digest) 
 		return registry.Descriptor{}, err
 	}
 	if f := m.o.Store.InFlight(d); f != nil && f.HasRepo(sr) {
+		m.met.result(ctx, "blob", "joined")
 		return registry.Descriptor{MediaType: "application/octet-stream", Digest: d, Size: f.Size}, nil
 	}
 	desc, err := m.confirm(ctx, repo, d)
+	if err == nil && m.o.Store.Link(sr, m.name, d) == nil { // stored for another repository
+		m.met.result(ctx, "blob", "hit")
+		return m.local.ResolveBlob(ctx, sr, d)
+	}
+	m.met.result(ctx, "blob", "miss")
 	if err != nil {
 		return registry.Descriptor{}, err
-	}
-	if m.o.Store.Link(sr, m.name, d) == nil { // stored for another repository
-		return m.local.ResolveBlob(ctx, sr, d)
 	}
 	return registry.Descriptor{MediaType: "application/octet-stream", Digest: d, Size: desc.Size}, nil
 }
@@ -405,6 +408,7 @@ func (m *Mirror) GetBlob(ctx context.Context, repo string, d digest.Digest) (reg
 			return nil, err
 		}
 		if m.o.Store.Link(sr, m.name, d) == nil {
+			m.met.result(ctx, "blob", "hit")
 			return m.local.GetBlob(ctx, sr, d)
 		}
 		// Evicted a moment ago: fetch it like any miss.
@@ -420,6 +424,7 @@ func (m *Mirror) fillReader(ctx context.Context, repo string, d digest.Digest) (
 		if try == 0 {
 			if joined {
 				m.met.result(ctx, "blob", "joined")
+				m.met.joinsCounter.Inc()
 			} else {
 				m.met.result(ctx, "blob", "miss")
 			}
@@ -498,7 +503,7 @@ func (m *Mirror) startFill(fctx context.Context, repo string, d digest.Digest) (
 			return nil, err
 		}
 		m.met.inFlight.Inc() // before the fill can end and call onDone
-		f, joined, err := m.o.Store.Fill(d, size, sr, m.name,
+		f, storeJoined, err := m.o.Store.Fill(d, size, sr, m.name,
 			func(context.Context) (io.ReadCloser, error) { return rc, nil },
 			func(res cache.FillResult) {
 				m.met.inFlight.Dec()
@@ -509,20 +514,18 @@ func (m *Mirror) startFill(fctx context.Context, repo string, d digest.Digest) (
 					m.met.fillsOK.Inc()
 				}
 			})
-		if err != nil || joined {
+		if err != nil || storeJoined {
 			m.met.inFlight.Dec() // no fill of ours runs
 			rc.Close()
 		}
+		found = storeJoined // another repository's fill began meanwhile
 		return f, err
 	})
 	if err != nil {
 		return nil, false, err
 	}
 	f = v.(*cache.Fill)
-	if joined = f != nil && (found || !ran); joined {
-		m.met.joinsCounter.Inc()
-	}
-	return f, joined, nil
+	return f, f != nil && (found || !ran), nil
 }
 
 // --- lists -------------------------------------------------------------------
