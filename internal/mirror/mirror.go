@@ -272,6 +272,7 @@ func (m *Mirror) fetch(ctx context.Context, repo, ref, tag string, pull bool) (d
 	m.met.result(ctx, "manifest", "miss")
 	desc, body, err := m.o.Client.GetManifest(ctx, repo, ref)
 	if err != nil {
+		m.met.mismatch("manifest", err)
 		if errors.Is(err, upstream.ErrNotFound) {
 			m.negative.Add(key, struct{}{})
 		}
@@ -378,6 +379,7 @@ func (m *Mirror) confirm(ctx context.Context, repo string, d digest.Digest) (ups
 	defer cancel()
 	desc, err := m.o.Client.HeadBlob(dctx, repo, d)
 	if err != nil {
+		m.met.mismatch("blob", err)
 		if errors.Is(err, upstream.ErrNotFound) {
 			m.negative.Add(m.storeRepo(repo)+"@"+d.String(), struct{}{})
 		}
@@ -500,6 +502,7 @@ func (m *Mirror) startFill(fctx context.Context, repo string, d digest.Digest) (
 		}
 		rc, size, err := m.o.Client.GetBlob(fctx, repo, d, 0)
 		if err != nil {
+			m.met.mismatch("blob", err)
 			return nil, err
 		}
 		m.met.inFlight.Inc() // before the fill can end and call onDone
@@ -510,6 +513,7 @@ func (m *Mirror) startFill(fctx context.Context, repo string, d digest.Digest) (
 				m.met.upstreamBytes.Add(float64(res.Bytes))
 				if res.Err != nil {
 					m.met.fillsFailed.Inc()
+					m.met.mismatch("blob", res.Err)
 				} else {
 					m.met.fillsOK.Inc()
 				}
