@@ -16,13 +16,17 @@ import (
 type metrics struct {
 	requests *prometheus.CounterVec
 	duration [len(kindNames)]prometheus.Observer
-	bytesOut prometheus.Counter
+	bytesOut [len(sources)]prometheus.Counter
 	cells    [len(kindNames)][len(methods) + 1][len(statuses)]atomic.Pointer[prometheus.Counter]
 }
 
 var (
 	methods  = [...]string{http.MethodGet, http.MethodHead, http.MethodPut, http.MethodPost, http.MethodPatch, http.MethodDelete}
 	statuses = [...]int{200, 201, 202, 204, 206, 304, 400, 401, 403, 404, 405, 413, 416, 429, 500, 502, 503}
+	// sources are the values of source(), and "other" for bytes no backend
+	// answered with (the API base, an error before routing), so that the
+	// series add up to every byte sent.
+	sources = [...]string{"cache", "upstream", "local", "other"}
 )
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -31,14 +35,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_http_requests_total",
 			Help: "API requests by kind, method and status."}, []string{"kind", "method", "status"}),
-		bytesOut: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_http_response_bytes_total",
-			Help: "Bytes sent to clients."}),
 	}
+	bytesOut := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_http_response_bytes_total",
+		Help: "Bytes sent to clients by source: cache (mirrored content on disk), upstream (streamed while it downloads), local (pushed content), other."},
+		[]string{"source"})
 	for k := range kindNames {
 		m.duration[k] = duration.WithLabelValues(kindNames[k])
 	}
+	for i, s := range sources {
+		m.bytesOut[i] = bytesOut.WithLabelValues(s)
+	}
 	if reg != nil {
-		reg.MustRegister(m.requests, duration, m.bytesOut)
+		reg.MustRegister(m.requests, duration, bytesOut)
 	}
 	return m
 }
@@ -71,6 +79,6 @@ func (m *metrics) observe(k Kind, method string, status int, bytes int64, source
 	}
 	m.duration[k].Observe(d.Seconds())
 	if bytes > 0 {
-		m.bytesOut.Add(float64(bytes))
+		m.bytesOut[index(sources[:len(sources)-1], source)].Add(float64(bytes))
 	}
 }

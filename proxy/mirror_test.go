@@ -19,6 +19,7 @@ import (
 	"github.com/berth-dev/berth/upstream"
 	"github.com/berth-dev/berth/upstream/upstreamtest"
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // countingTransport counts every request berth sends upstream (a request
@@ -71,6 +72,7 @@ type env struct {
 	tr    *countingTransport
 	store *cache.Store
 	srv   *httptest.Server
+	reg   *prometheus.Registry // the server's metrics
 }
 
 type envOptions struct {
@@ -95,7 +97,8 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, srv := startServer(t, cache.Options{}, berth{Upstream: client, TTL: o.ttl, Prefetch: -1, Offline: o.offline})
+	reg := prometheus.NewRegistry()
+	st, srv := startServer(t, cache.Options{}, berth{Upstream: client, TTL: o.ttl, Prefetch: -1, Offline: o.offline, Registerer: reg})
 	// Registered after startServer, so it runs first: a request held at
 	// the gate must be let go before the server waits for it.
 	t.Cleanup(func() {
@@ -107,7 +110,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 			}
 		}
 	})
-	return &env{up: up, tr: tr, store: st, srv: srv}
+	return &env{up: up, tr: tr, store: st, srv: srv, reg: reg}
 }
 
 func (e *env) get(t *testing.T, ctx context.Context, method, path string, hdr ...string) (*http.Response, []byte) {
@@ -208,6 +211,20 @@ func TestHerdSharesOneUpstreamDownload(t *testing.T) {
 	}
 	if _, err := e.store.StatRepoBlob("docker.io/library/app", d); err != nil {
 		t.Errorf("blob not indexed after the fill: %v", err)
+	}
+	// One client started the download; every other one waited on it.
+	docker := map[string]string{"upstream": "docker.io"}
+	if got := metricValue(t, e.reg, "berth_upstream_fill_joins_total", docker); got != clients-1 {
+		t.Errorf("berth_upstream_fill_joins_total = %v, want %d", got, clients-1)
+	}
+	for result, want := range map[string]float64{"miss": 1, "joined": clients - 1} {
+		l := map[string]string{"upstream": "docker.io", "kind": "blob", "result": result}
+		if got := metricValue(t, e.reg, "berth_cache_requests_total", l); got != want {
+			t.Errorf("berth_cache_requests_total%v = %v, want %v", l, got, want)
+		}
+	}
+	if got := metricValue(t, e.reg, "berth_http_response_bytes_total", map[string]string{"source": "upstream"}); got != clients*size {
+		t.Errorf("bytes served from the upstream stream = %v, want %d", got, clients*size)
 	}
 }
 

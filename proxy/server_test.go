@@ -12,6 +12,7 @@ import (
 	"github.com/berth-dev/berth/internal/mirror"
 	"github.com/berth-dev/berth/internal/route"
 	"github.com/berth-dev/berth/proxy"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
@@ -23,6 +24,8 @@ type berth struct {
 	Offline  bool
 	Local    []string // local patterns
 	Auth     *proxy.Auth
+	// Registerer receives the HTTP and mirror metrics; nil: none exported.
+	Registerer prometheus.Registerer
 }
 
 // localOnly is a berth serving only local repositories.
@@ -46,11 +49,12 @@ func startServer(tb testing.TB, so cache.Options, b berth) (*cache.Store, *httpt
 	var ups []route.Upstream
 	var m *mirror.Mirror
 	if b.Upstream != nil {
-		m = mirror.New(mirror.Options{Store: st, Client: b.Upstream, TagTTL: b.TTL, Offline: b.Offline, Prefetch: b.Prefetch})
+		m = mirror.New(mirror.Options{Store: st, Client: b.Upstream, TagTTL: b.TTL, Offline: b.Offline, Prefetch: b.Prefetch,
+			Metrics: mirror.NewMetrics(b.Registerer)})
 		ups = append(ups, route.Upstream{Name: b.Upstream.Name(), Default: true, Registry: m})
 	}
 	rt := route.New(route.Options{Local: cache.NewLocal(st), Store: st, Upstreams: ups, LocalPatterns: b.Local, Offline: b.Offline})
-	srv := httptest.NewServer(proxy.New(proxy.Options{Registry: rt, Logger: zerolog.Nop(), Auth: b.Auth}))
+	srv := httptest.NewServer(proxy.New(proxy.Options{Registry: rt, Logger: zerolog.Nop(), Auth: b.Auth, Registerer: b.Registerer}))
 	tb.Cleanup(func() {
 		srv.Close()
 		if m != nil {

@@ -169,7 +169,8 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 	var ups []route.Upstream
 	for _, u := range cfg.Upstreams {
 		c, err := upstream.New(upstream.Config{Name: u.Name, URL: u.URL, Username: u.Username, Password: u.Password,
-			ResponseHeaderTimeout: u.Timeout, MaxManifestSize: cfg.MaxManifestBytes}, upstream.WithLogger(log.With().Str("upstream", u.Name).Logger()))
+			ResponseHeaderTimeout: u.Timeout, MaxManifestSize: cfg.MaxManifestBytes}, upstream.WithLogger(log.With().Str("upstream", u.Name).Logger()),
+			upstream.WithObserver(mirrorMetrics))
 		if err != nil {
 			store.Close()
 			return fmt.Errorf("upstream %s: %w", u.Name, err)

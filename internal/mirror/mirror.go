@@ -272,6 +272,7 @@ func (m *Mirror) fetch(ctx context.Context, repo, ref, tag string, pull bool) (d
 	m.met.result(ctx, "manifest", "miss")
 	desc, body, err := m.o.Client.GetManifest(ctx, repo, ref)
 	if err != nil {
+		m.met.mismatch("manifest", err)
 		if errors.Is(err, upstream.ErrNotFound) {
 			m.negative.Add(key, struct{}{})
 		}
@@ -345,14 +346,17 @@ func (m *Mirror) ResolveBlob(ctx context.Context, repo string, d digest.Digest) 
 		return registry.Descriptor{}, err
 	}
 	if f := m.o.Store.InFlight(d); f != nil && f.HasRepo(sr) {
+		m.met.result(ctx, "blob", "joined")
 		return registry.Descriptor{MediaType: "application/octet-stream", Digest: d, Size: f.Size}, nil
 	}
 	desc, err := m.confirm(ctx, repo, d)
+	if err == nil && m.o.Store.Link(sr, m.name, d) == nil { // stored for another repository
+		m.met.result(ctx, "blob", "hit")
+		return m.local.ResolveBlob(ctx, sr, d)
+	}
+	m.met.result(ctx, "blob", "miss")
 	if err != nil {
 		return registry.Descriptor{}, err
-	}
-	if m.o.Store.Link(sr, m.name, d) == nil { // stored for another repository
-		return m.local.ResolveBlob(ctx, sr, d)
 	}
 	return registry.Descriptor{MediaType: "application/octet-stream", Digest: d, Size: desc.Size}, nil
 }
@@ -375,6 +379,7 @@ func (m *Mirror) confirm(ctx context.Context, repo string, d digest.Digest) (ups
 	defer cancel()
 	desc, err := m.o.Client.HeadBlob(dctx, repo, d)
 	if err != nil {
+		m.met.mismatch("blob", err)
 		if errors.Is(err, upstream.ErrNotFound) {
 			m.negative.Add(m.storeRepo(repo)+"@"+d.String(), struct{}{})
 		}
@@ -405,6 +410,7 @@ func (m *Mirror) GetBlob(ctx context.Context, repo string, d digest.Digest) (reg
 			return nil, err
 		}
 		if m.o.Store.Link(sr, m.name, d) == nil {
+			m.met.result(ctx, "blob", "hit")
 			return m.local.GetBlob(ctx, sr, d)
 		}
 		// Evicted a moment ago: fetch it like any miss.
@@ -420,6 +426,7 @@ func (m *Mirror) fillReader(ctx context.Context, repo string, d digest.Digest) (
 		if try == 0 {
 			if joined {
 				m.met.result(ctx, "blob", "joined")
+				m.met.joinsCounter.Inc()
 			} else {
 				m.met.result(ctx, "blob", "miss")
 			}
@@ -495,34 +502,34 @@ func (m *Mirror) startFill(fctx context.Context, repo string, d digest.Digest) (
 		}
 		rc, size, err := m.o.Client.GetBlob(fctx, repo, d, 0)
 		if err != nil {
+			m.met.mismatch("blob", err)
 			return nil, err
 		}
 		m.met.inFlight.Inc() // before the fill can end and call onDone
-		f, joined, err := m.o.Store.Fill(d, size, sr, m.name,
+		f, storeJoined, err := m.o.Store.Fill(d, size, sr, m.name,
 			func(context.Context) (io.ReadCloser, error) { return rc, nil },
 			func(res cache.FillResult) {
 				m.met.inFlight.Dec()
 				m.met.upstreamBytes.Add(float64(res.Bytes))
 				if res.Err != nil {
 					m.met.fillsFailed.Inc()
+					m.met.mismatch("blob", res.Err)
 				} else {
 					m.met.fillsOK.Inc()
 				}
 			})
-		if err != nil || joined {
+		if err != nil || storeJoined {
 			m.met.inFlight.Dec() // no fill of ours runs
 			rc.Close()
 		}
+		found = storeJoined // another repository's fill began meanwhile
 		return f, err
 	})
 	if err != nil {
 		return nil, false, err
 	}
 	f = v.(*cache.Fill)
-	if joined = f != nil && (found || !ran); joined {
-		m.met.joinsCounter.Inc()
-	}
-	return f, joined, nil
+	return f, f != nil && (found || !ran), nil
 }
 
 // --- lists -------------------------------------------------------------------
