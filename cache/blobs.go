@@ -42,7 +42,7 @@ func (s *Store) StatBlob(d digest.Digest) (int64, error) {
 
 // Linked reports whether repo may read blob d (and d is stored).
 func (s *Store) Linked(repo string, d digest.Digest) (bool, error) {
-	err := s.cachedGet(key(kindLink, repo, d.String()), nil)
+	err := s.cachedGet(keyString(kindLink, repo, d.String()), nil)
 	if errors.Is(err, ErrNotFound) {
 		return false, nil
 	}

@@ -132,13 +132,13 @@ type hotValue struct {
 // hot cache; ErrNotFound if there is none. Absence is cached too (a mirrored
 // name is looked up as a local repository on every request): a write of k
 // evicts it like any other value, under the same lock.
-func (s *Store) cachedGet(k []byte, v any) error {
-	hv, ok := s.hot.Get(string(k))
+func (s *Store) cachedGet(k string, v any) error {
+	hv, ok := s.hot.Get(k)
 	if !ok {
 		var b []byte
 		s.hotMu.RLock()
 		err := s.db.View(func(txn *badger.Txn) error {
-			item, err := txn.Get(k)
+			item, err := txn.Get([]byte(k))
 			if errors.Is(err, badger.ErrKeyNotFound) {
 				return ErrNotFound
 			}
@@ -151,12 +151,12 @@ func (s *Store) cachedGet(k []byte, v any) error {
 		switch {
 		case err == nil && v != nil:
 			if err = json.Unmarshal(b, v); err == nil && len(b) <= maxCachedValue {
-				s.hot.Add(string(k), hotValue{val: record(v)})
+				s.hot.Add(k, hotValue{val: record(v)})
 			}
 		case err == nil:
-			s.hot.Add(string(k), hotValue{})
+			s.hot.Add(k, hotValue{})
 		case errors.Is(err, ErrNotFound):
-			s.hot.Add(string(k), hotValue{absent: true})
+			s.hot.Add(k, hotValue{absent: true})
 		}
 		s.hotMu.RUnlock()
 		return err
@@ -206,7 +206,7 @@ func setRecord(v, val any) bool {
 // Repository reports whether repo exists and where it came from.
 func (s *Store) Repository(repo string) (RepoRecord, error) {
 	var r RepoRecord
-	err := s.cachedGet(key(kindRepo, repo), &r)
+	err := s.cachedGet(keyString(kindRepo, repo), &r)
 	return r, err
 }
 

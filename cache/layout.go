@@ -34,6 +34,7 @@ package cache
 
 import (
 	"path/filepath"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -53,20 +54,26 @@ const (
 const sep = "\x00"
 
 // key builds a Badger key of the given kind from its parts.
-func key(kind string, parts ...string) []byte {
+func key(kind string, parts ...string) []byte { return []byte(keyString(kind, parts...)) }
+
+// keyString is the one builder of keys, as a string: the hot cache looks
+// keys up by string, so a warm request builds its key once and converts
+// nothing.
+func keyString(kind string, parts ...string) string {
 	n := len(kind)
 	for _, p := range parts {
 		n += len(p) + 1
 	}
-	b := make([]byte, 0, n)
-	b = append(b, kind...)
+	var b strings.Builder
+	b.Grow(n)
+	b.WriteString(kind)
 	for i, p := range parts {
 		if i > 0 {
-			b = append(b, sep...)
+			b.WriteString(sep)
 		}
-		b = append(b, p...)
+		b.WriteString(p)
 	}
-	return b
+	return b.String()
 }
 
 // prefix is key with a trailing separator, for iterating one repository's records.

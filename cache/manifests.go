@@ -63,7 +63,7 @@ func (s *Store) putManifest(repo, origin string, m ManifestRecord, body []byte, 
 // Manifest returns the record of manifest d in repo, or ErrNotFound.
 func (s *Store) Manifest(repo string, d digest.Digest) (ManifestRecord, error) {
 	var m ManifestRecord
-	err := s.cachedGet(key(kindManifest, repo, d.String()), &m)
+	err := s.cachedGet(keyString(kindManifest, repo, d.String()), &m)
 	return m, err
 }
 
@@ -99,7 +99,7 @@ func (s *Store) cacheManifestBody(d digest.Digest, b []byte) {
 // Tag returns what tag points at in repo, or ErrNotFound.
 func (s *Store) Tag(repo, tag string) (TagRecord, error) {
 	var t TagRecord
-	err := s.cachedGet(key(kindTag, repo, tag), &t)
+	err := s.cachedGet(keyString(kindTag, repo, tag), &t)
 	return t, err
 }
 
