@@ -10,7 +10,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 # Tool versions are pinned in .ci/install-tools.sh.
 
-.PHONY: run build test unit race fuzz conformance mirror-e2e e2e bench bench-smoke lint tools clean
+.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e bench bench-smoke lint tools clean
 
 run: build
 	./$(BIN) serve --addr :5000 --data ./data
@@ -20,8 +20,9 @@ build:
 
 ## test: everything CI runs: vet, unit tests under -race, short fuzzing, the
 ## OCI conformance suite against a real `berth serve`, the mirror e2e, every
-## real client (skipped with a reason where one cannot run; required in CI).
-test: lint race fuzz conformance mirror-e2e e2e bench-smoke
+## real client (skipped with a reason where one cannot run; required in CI),
+## the status page in headless Chromium.
+test: lint race fuzz conformance mirror-e2e status-e2e e2e bench-smoke
 
 unit:
 	$(GO) test ./...
@@ -50,6 +51,11 @@ mirror-e2e: build tools
 
 e2e: build tools
 	@bash .ci/e2e.sh
+
+# The status page at / in headless Chromium (installed with apt-get as root,
+# else skipped); the screenshot is kept (its path is printed).
+status-e2e: build tools
+	@bash .ci/status-e2e.sh
 
 ## bench: berth against distribution's registry (plain and as a proxy) and
 ## nginx, on loopback; prints the table, writes bench/results/latest.* and

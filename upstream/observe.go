@@ -34,9 +34,28 @@ type Observer interface {
 	Observe(Exchange)
 }
 
-// WithObserver has every exchange reported to o.
+// WithObserver has every exchange reported to o. Given more than once, it
+// reports to each, in order (metrics and the status page both listen).
 func WithObserver(o Observer) Option {
-	return func(c *Client) { c.observer = o }
+	return func(c *Client) {
+		switch prev := c.observer.(type) {
+		case nil:
+			c.observer = o
+		case observers:
+			c.observer = append(prev, o)
+		default:
+			c.observer = observers{prev, o}
+		}
+	}
+}
+
+// observers reports an exchange to each of several observers.
+type observers []Observer
+
+func (obs observers) Observe(e Exchange) {
+	for _, o := range obs {
+		o.Observe(e)
+	}
 }
 
 // observing wraps a transport to report each exchange.

@@ -88,3 +88,21 @@ func TestCause(t *testing.T) {
 		t.Errorf("exchanges with a closed port = %+v, want one connection failure", k)
 	}
 }
+
+func TestWithObserverTwice(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	a, b, c := &recordingObserver{}, &recordingObserver{}, &recordingObserver{}
+	cl, err := New(Config{Name: "up", URL: up.URL()}, WithObserver(a), WithObserver(b), WithObserver(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Ping(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for i, o := range []*recordingObserver{a, b, c} {
+		if k := o.kinds()["ping"]; len(k) != 1 || k[0].Upstream != "up" {
+			t.Errorf("observer %d saw pings %+v, want one", i, k)
+		}
+	}
+}

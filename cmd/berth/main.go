@@ -25,6 +25,7 @@ import (
 	"github.com/berth-dev/berth/cache"
 	"github.com/berth-dev/berth/internal/mirror"
 	"github.com/berth-dev/berth/internal/route"
+	"github.com/berth-dev/berth/internal/status"
 	"github.com/berth-dev/berth/proxy"
 	"github.com/berth-dev/berth/upstream"
 	"github.com/mattn/go-isatty"
@@ -165,12 +166,14 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerStore(reg, store)
 	mirrorMetrics := mirror.NewMetrics(reg)
+	page := status.New(status.Options{Version: version, Store: store})
 	var mirrors []*mirror.Mirror
 	var ups []route.Upstream
 	for _, u := range cfg.Upstreams {
 		c, err := upstream.New(upstream.Config{Name: u.Name, URL: u.URL, Username: u.Username, Password: u.Password,
-			ResponseHeaderTimeout: u.Timeout, MaxManifestSize: cfg.MaxManifestBytes}, upstream.WithLogger(log.With().Str("upstream", u.Name).Logger()),
-			upstream.WithObserver(mirrorMetrics))
+			ResponseHeaderTimeout: u.Timeout, MaxManifestSize: cfg.MaxManifestBytes},
+			upstream.WithLogger(log.With().Str("upstream", u.Name).Logger()),
+			upstream.WithObserver(mirrorMetrics), upstream.WithObserver(page))
 		if err != nil {
 			store.Close()
 			return fmt.Errorf("upstream %s: %w", u.Name, err)
@@ -183,12 +186,13 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 	router := route.New(route.Options{Local: cache.NewLocal(store), Store: store, Upstreams: ups,
 		LocalPatterns: cfg.Local, Offline: cfg.Offline})
 	api := proxy.New(proxy.Options{Registry: router, Logger: log, Registerer: reg,
-		MaxManifestSize: cfg.MaxManifestBytes, Auth: auth})
+		MaxManifestSize: cfg.MaxManifestBytes, Auth: auth, OnRequest: page.Request})
 	var handlers sync.WaitGroup // requests running, so the index is never closed under one
 	var running atomic.Int64    // the same, counted: the log is flushed whenever berth falls idle
 	mux := http.NewServeMux()
 	mux.Handle("/v2/", api)
 	mux.Handle("/v2", api)
+	mux.Handle("/", page) // the status page; any other unknown path is 404
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
@@ -230,6 +234,7 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 	for _, u := range cfg.Upstreams {
 		names = append(names, u.Name)
 	}
+	page.SetUpstreams(names)
 	log.Info().Str("addr", ln.Addr().String()).Str("data", cfg.Data).Strs("upstreams", names).
 		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Bool("auth", auth != nil).Int64("max_cache_bytes", cfg.maxCacheBytes).
 		Str("version", version).Msg("berth serving")

@@ -176,7 +176,8 @@ func TestServeLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	// In this order: /metrics shows request counts once /v2/ was asked.
-	for _, pw := range [][2]string{{"/v2/", "{}"}, {"/healthz", "ok"}, {"/readyz", "ok"}, {"/metrics", "berth_http_requests_total"}} {
+	for _, pw := range [][2]string{{"/v2/", "{}"}, {"/healthz", "ok"}, {"/readyz", "ok"}, {"/metrics", "berth_http_requests_total"},
+		{"/", `<strong id="version">` + version + `</strong>`}} {
 		path, want := pw[0], pw[1]
 		resp, err := http.Get("http://" + addr + path)
 		if err != nil {
@@ -201,6 +202,14 @@ func TestServeLifecycle(t *testing.T) {
 		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 			t.Errorf("oversized headers: %d, want 431", resp.StatusCode)
 		}
+	}
+	resp, err := http.Get("http://" + addr + "/nowhere")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET /nowhere: %s, want 404", resp.Status)
 	}
 	cancel()
 	select {
