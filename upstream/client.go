@@ -221,7 +221,7 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 	}
 	rt := c.transport
 	if c.observer != nil {
-		rt = &observing{base: rt, name: c.name, obs: c.observer}
+		rt = &observing{base: rt, name: c.name, obs: c.observer, prefix: strings.TrimSuffix(c.base.Path, "/"), host: c.base.Host}
 	}
 	c.http = &http.Client{Transport: rt, CheckRedirect: checkRedirect}
 	return c, nil

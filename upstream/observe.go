@@ -60,15 +60,17 @@ func (obs observers) Observe(e Exchange) {
 
 // observing wraps a transport to report each exchange.
 type observing struct {
-	base http.RoundTripper
-	name string
-	obs  Observer
+	base   http.RoundTripper
+	name   string
+	obs    Observer
+	prefix string // the upstream URL's own path ("/mirror" in https://host/mirror)
+	host   string // the upstream's host: anything else is a token realm or storage
 }
 
 func (o *observing) RoundTrip(req *http.Request) (*http.Response, error) {
 	start := time.Now()
 	resp, err := o.base.RoundTrip(req)
-	e := Exchange{Upstream: o.name, Kind: exchangeKind(req), Method: req.Method, Duration: time.Since(start)}
+	e := Exchange{Upstream: o.name, Kind: o.kind(req), Method: req.Method, Duration: time.Since(start)}
 	if resp != nil {
 		e.Status = resp.StatusCode
 	}
@@ -77,12 +79,17 @@ func (o *observing) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-// exchangeKind names what a request asks for from its path.
-func exchangeKind(req *http.Request) string {
-	p := req.URL.Path
+// kind names what a request asks for from its path under the upstream's.
+func (o *observing) kind(req *http.Request) string {
+	p, under := strings.CutPrefix(req.URL.Path, o.prefix)
+	if !under || req.URL.Host != o.host || !strings.HasPrefix(p, "/v2/") {
+		q := req.URL.Query()
+		if req.URL.Host == o.host || q.Has("scope") || q.Has("service") {
+			return "token" // a realm
+		}
+		return "blob" // a redirect to storage (a CDN holding the layers)
+	}
 	switch {
-	case !strings.HasPrefix(p, "/v2/"):
-		return "token" // a realm, or a redirect target (storage)
 	case p == "/v2/":
 		return "ping"
 	case strings.Contains(p, "/manifests/"):

@@ -106,3 +106,24 @@ func TestWithObserverTwice(t *testing.T) {
 		}
 	}
 }
+
+func TestExchangeKind(t *testing.T) {
+	t.Parallel()
+	o := &observing{prefix: "/mirror", host: "reg.example"}
+	for _, tt := range []struct{ url, want string }{
+		{"https://reg.example/mirror/v2/", "ping"},
+		{"https://reg.example/mirror/v2/library/a/manifests/1", "manifest"},
+		{"https://reg.example/mirror/v2/library/a/blobs/sha256:x", "blob"},
+		{"https://reg.example/mirror/v2/library/a/tags/list", "tags"},
+		{"https://reg.example/mirror/v2/library/a/referrers/sha256:x", "referrers"},
+		{"https://reg.example/token?service=reg&scope=repository:a:pull", "token"},
+		{"https://auth.example/token?service=reg&scope=repository:a:pull", "token"},
+		{"https://cdn.example/blobs/abc?X-Amz-Signature=s", "blob"},
+		{"https://reg.example/mirror/v2/_catalog", "other"},
+	} {
+		req, _ := http.NewRequest(http.MethodGet, tt.url, nil)
+		if got := o.kind(req); got != tt.want {
+			t.Errorf("kind(%s) = %q, want %q", tt.url, got, tt.want)
+		}
+	}
+}
