@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"io"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ type berth struct {
 	Offline  bool
 	Local    []string // local patterns
 	Auth     *proxy.Auth
+	Log      io.Writer // the request log, as JSON lines; nil: none
 }
 
 // localOnly is a berth serving only local repositories.
@@ -47,7 +49,11 @@ func startServer(tb testing.TB, so cache.Options, b berth) (*cache.Store, *httpt
 		ups = append(ups, route.Upstream{Name: b.Upstream.Name(), Default: true, Registry: m})
 	}
 	rt := route.New(route.Options{Local: cache.NewLocal(st), Store: st, Upstreams: ups, LocalPatterns: b.Local, Offline: b.Offline})
-	srv := httptest.NewServer(proxy.New(proxy.Options{Registry: rt, Logger: zerolog.Nop(), Auth: b.Auth}))
+	log := zerolog.Nop()
+	if b.Log != nil {
+		log = zerolog.New(b.Log)
+	}
+	srv := httptest.NewServer(proxy.New(proxy.Options{Registry: rt, Logger: log, Auth: b.Auth}))
 	tb.Cleanup(func() {
 		srv.Close()
 		if m != nil {
