@@ -94,7 +94,7 @@ func (s *Store) Fill(d digest.Digest, size int64, repo, origin string, fetch Fet
 		return nil, false, err
 	}
 	f = &Fill{Digest: d, Size: size, file: file, store: s, changed: make(chan struct{}), repos: map[string]string{repo: origin},
-		origin: origin, started: time.Now()}
+		origin: origin, started: s.now()}
 	s.fills[d] = f
 	s.wg.Add(1)
 	go func() {
@@ -154,6 +154,7 @@ func (s *Store) runFill(f *Fill, fetch FetchFunc) (int64, error) {
 		defer rc.Close()
 		h := f.Digest.Algorithm().Hash()
 		buf := make([]byte, 256<<10)
+		p := progressLog{at: f.started}
 		for {
 			m, rerr := rc.Read(buf)
 			if m > 0 {
@@ -166,6 +167,7 @@ func (s *Store) runFill(f *Fill, fetch FetchFunc) (int64, error) {
 				h.Write(buf[:m])
 				n += int64(m)
 				f.progress(n)
+				p.log(s, f, n)
 			}
 			if rerr == io.EOF {
 				return s.finishFill(f, h, n)
@@ -185,6 +187,33 @@ func (s *Store) runFill(f *Fill, fetch FetchFunc) (int64, error) {
 	f.finish(err)
 	s.cleanupStaging(f.file)
 	return n, err
+}
+
+// fillLogEvery is how often a long fill logs its progress, at debug level.
+const fillLogEvery = 5 * time.Second
+
+// progressLog is where a fill's progress log stands: the fill goroutine
+// checks the clock after each chunk it writes, so no timer or goroutine of
+// its own is needed.
+type progressLog struct {
+	at      time.Time // of the last line, or the fill's start
+	written int64     // bytes at the last line
+}
+
+func (p *progressLog) log(s *Store, f *Fill, n int64) {
+	now := s.now()
+	elapsed := now.Sub(p.at)
+	if elapsed < fillLogEvery {
+		return
+	}
+	if ev := s.log.Debug(); ev != nil {
+		ev.Str("digest", f.Digest.String()).Str("origin", f.origin).Int64("written", n).Int64("size", f.Size).
+			Float64("percent", float64(n*1000/max(f.Size, 1))/10).
+			Int64("bytes_per_second", int64(float64(n-p.written)/elapsed.Seconds())).
+			Float64("elapsed_s", now.Sub(f.started).Round(time.Millisecond).Seconds()).
+			Msg("fill progress")
+	}
+	p.at, p.written = now, n
 }
 
 func (s *Store) finishFill(f *Fill, h hash.Hash, n int64) error {

@@ -3,12 +3,16 @@ package cache
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/rs/zerolog"
 )
 
 // gatedFetch returns a FetchFunc that waits for release before opening src,
@@ -299,5 +303,81 @@ func TestFillLateJoinerIsLinked(t *testing.T) {
 	f2.AddRepo("late", "up")
 	if ok, _ := st.Linked("late", d2); ok {
 		t.Error("a failed fill linked a late joiner")
+	}
+}
+
+// stepReader hands a fill one chunk per send; a nil chunk is a barrier: the
+// send returns once the fill is done with the chunk before it.
+type stepReader chan []byte
+
+func (r stepReader) Read(p []byte) (int, error) {
+	b, ok := <-r
+	if !ok {
+		return 0, io.EOF
+	}
+	return copy(p, b), nil
+}
+
+func (r stepReader) Close() error { return nil }
+
+// lockedBuffer is a log destination written by the fill goroutine.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// A fill that runs longer than fillLogEvery logs its progress at debug
+// level, from its own goroutine, at most once per fillLogEvery.
+func TestFillLogsProgress(t *testing.T) {
+	t.Parallel()
+	var logs lockedBuffer
+	clock := newClock()
+	st, err := Open(t.TempDir(), Options{Logger: zerolog.New(&logs).Level(zerolog.DebugLevel), Clock: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	content := testContent(4000)
+	d := digest.FromBytes(content)
+	chunks := make(stepReader)
+	done := make(chan FillResult, 1)
+	if _, _, err := st.Fill(d, int64(len(content)), "docker.io/library/app", "docker.io",
+		func(context.Context) (io.ReadCloser, error) { return chunks, nil }, func(r FillResult) { done <- r }); err != nil {
+		t.Fatal(err)
+	}
+	// The clock moves before each 1000-byte chunk: at 0 s and 3 s nothing
+	// is due, at 6 s a line, at 8 s nothing (2 s after that line).
+	for i, step := range []time.Duration{0, 3 * time.Second, 3 * time.Second, 2 * time.Second} {
+		clock.Advance(step)
+		chunks <- content[i*1000 : (i+1)*1000]
+		chunks <- nil
+	}
+	close(chunks)
+	if r := <-done; r.Err != nil {
+		t.Fatalf("fill: %v", r.Err)
+	}
+
+	var lines []map[string]any
+	logs.mu.Lock()
+	for l := range bytes.Lines(logs.b.Bytes()) {
+		var m map[string]any
+		if err := json.Unmarshal(l, &m); err != nil {
+			t.Fatalf("log line %q: %v", l, err)
+		}
+		if m["message"] == "fill progress" {
+			lines = append(lines, m)
+		}
+	}
+	logs.mu.Unlock()
+	want := map[string]any{"level": "debug", "digest": d.String(), "origin": "docker.io", "written": 3000.0, "size": 4000.0,
+		"percent": 75.0, "bytes_per_second": 500.0, "elapsed_s": 6.0, "message": "fill progress"}
+	if len(lines) != 1 || !maps.Equal(lines[0], want) {
+		t.Errorf("progress lines = %v, want one: %v", lines, want)
 	}
 }

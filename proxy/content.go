@@ -223,8 +223,10 @@ func manifestHeaders(w http.ResponseWriter, r *http.Request, desc registry.Descr
 	return r.Method != http.MethodHead
 }
 
-func (h *Handler) putManifest(ctx context.Context, w http.ResponseWriter, r *http.Request, req Request) error {
+func (h *Handler) putManifest(ctx context.Context, w http.ResponseWriter, r *http.Request, st *state) error {
+	req := st.req
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.maxMan))
+	st.bytesIn = int64(len(body))
 	if err != nil {
 		var mb *http.MaxBytesError
 		if errors.As(err, &mb) {

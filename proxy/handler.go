@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/berth-dev/berth/internal/oci"
 	"github.com/berth-dev/berth/internal/registry"
@@ -65,6 +66,7 @@ type Handler struct {
 	onDone  func(Done)
 	bufs    sync.Pool // *[]byte, 256 KiB copy buffers for blob bodies
 	states  sync.Pool // *state, one per request in flight
+	ids     *requestIDs
 }
 
 // New returns the /v2/ handler.
@@ -76,7 +78,8 @@ func New(opts Options) *Handler {
 		opts.BodyIdleTimeout = 30 * time.Second
 	}
 	h := &Handler{reg: opts.Registry, log: opts.Logger, metrics: newMetrics(opts.Registerer),
-		maxMan: opts.MaxManifestSize, auth: opts.Auth, idle: opts.BodyIdleTimeout, onDone: opts.OnRequest}
+		maxMan: opts.MaxManifestSize, auth: opts.Auth, idle: opts.BodyIdleTimeout, onDone: opts.OnRequest,
+		ids: newRequestIDs()}
 	h.bufs.New = func() any { b := make([]byte, 256<<10); return &b }
 	h.states.New = func() any { return new(state) }
 	return h
@@ -87,9 +90,10 @@ func New(opts Options) *Handler {
 // log. Pooled: a warm GET allocates next to nothing of its own.
 type state struct {
 	recorder
-	info  registry.RequestInfo
-	query url.Values
-	req   Request
+	info    registry.RequestInfo
+	query   url.Values
+	req     Request
+	bytesIn int64 // request body bytes read (uploads, manifest pushes)
 }
 
 // errAbort asks ServeHTTP to cut the connection once the request is logged:
@@ -103,7 +107,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	*st = state{recorder: recorder{ResponseWriter: w, status: http.StatusOK}}
 	defer h.states.Put(st)
 	w = &st.recorder
-	w.Header()["Docker-Distribution-Api-Version"] = apiVersion
+	hdr := w.Header()
+	hdr["Docker-Distribution-Api-Version"] = apiVersion
+	id := h.ids.requestID(r.Header["X-Request-Id"])
+	hdr["X-Request-Id"] = id
+	st.info.RequestID = id[0]
 	if r.URL.RawQuery != "" {
 		st.query = r.URL.Query()
 		st.info.Host = st.query.Get("ns")
@@ -156,6 +164,18 @@ func source(info *registry.RequestInfo, bytes int64) string {
 	return ""
 }
 
+// logRequest writes the request's log line. Next to method, path, kind,
+// repo, ref, ns (?ns=), digest, route (local or the upstream's name), status
+// and bytes (of the response body) it carries:
+//
+//   - cache: how the request was answered, see cacheResult
+//   - bytes_in: request body bytes read, on POST, PUT and PATCH
+//   - duration_ms: milliseconds from the request's arrival to its last byte
+//   - client: the peer's address as the server saw it (a reverse proxy in
+//     front is the client: X-Forwarded-For is not trusted)
+//   - user: the authenticated user, absent when anonymous
+//   - user_agent: clipped to 200 bytes
+//   - request_id: also sent as X-Request-Id
 func (h *Handler) logRequest(r *http.Request, st *state, d time.Duration, err error) {
 	var ev *zerolog.Event
 	switch {
@@ -182,10 +202,53 @@ func (h *Handler) logRequest(r *http.Request, st *state, d time.Duration, err er
 	if st.info.Route != "" {
 		ev = ev.Str("route", st.info.Route)
 	}
+	if c := cacheResult(r, st); c != "" {
+		ev = ev.Str("cache", c)
+	}
 	if err == errAbort {
 		ev = ev.Bool("aborted", true)
 	}
-	ev.Int("status", st.status).Int64("bytes", st.bytes).Dur("duration", d).Msg("request")
+	ev = ev.Int("status", st.status).Int64("bytes", st.bytes)
+	switch r.Method {
+	case http.MethodPost, http.MethodPut, http.MethodPatch:
+		ev = ev.Int64("bytes_in", st.bytesIn)
+	}
+	ev = ev.Float64("duration_ms", float64(d.Microseconds())/1000).Str("client", r.RemoteAddr)
+	if st.info.User != "" {
+		ev = ev.Str("user", st.info.User)
+	}
+	if ua := r.Header.Get("User-Agent"); ua != "" {
+		ev = ev.Str("user_agent", clipUTF8(ua, maxUserAgent))
+	}
+	ev.Str("request_id", st.info.RequestID).Msg("request")
+}
+
+// cacheResult is the log's cache field. For a request a mirror answered it
+// is the mirror's word (hit, miss, joined, stale, revalidated, negative); a
+// read (GET or HEAD) that local storage answered with content (status below
+// 400) is "local"; anything else (a push, a delete, a local 404, a request
+// refused before it reached storage) has none.
+func cacheResult(r *http.Request, st *state) string {
+	if st.info.Cache != "" {
+		return st.info.Cache
+	}
+	if st.info.Route == "local" && st.status < 400 && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		return "local"
+	}
+	return ""
+}
+
+const maxUserAgent = 200
+
+// clipUTF8 cuts s to at most n bytes, at a character boundary.
+func clipUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 func (h *Handler) serve(ctx context.Context, w http.ResponseWriter, r *http.Request, st *state) error {
@@ -213,7 +276,7 @@ func (h *Handler) serve(ctx context.Context, w http.ResponseWriter, r *http.Requ
 		case http.MethodGet, http.MethodHead:
 			return h.getManifest(ctx, w, r, req)
 		case http.MethodPut:
-			return h.putManifest(ctx, w, r, req)
+			return h.putManifest(ctx, w, r, st)
 		case http.MethodDelete:
 			return h.deleteManifest(ctx, w, req)
 		}
@@ -249,7 +312,7 @@ func (h *Handler) serve(ctx context.Context, w http.ResponseWriter, r *http.Requ
 			w.WriteHeader(http.StatusNoContent)
 			return nil
 		case http.MethodPatch:
-			return h.patchUpload(ctx, w, r, req)
+			return h.patchUpload(ctx, w, r, st)
 		case http.MethodPut:
 			return h.finishUpload(ctx, w, r, st)
 		case http.MethodDelete:
@@ -311,7 +374,7 @@ func (h *Handler) writeError(ctx context.Context, w http.ResponseWriter, r *http
 		e = oci.Errorf(oci.CodeUnknown, "internal error")
 	}
 	if e.Status() >= 500 {
-		zerolog.Ctx(ctx).Error().Err(err).Str("path", r.URL.Path).Msg("internal error")
+		zerolog.Ctx(ctx).Error().Err(err).Str("path", r.URL.Path).Str("request_id", registry.InfoFrom(ctx).RequestID).Msg("internal error")
 	}
 	b := oci.Body(e)
 	hdr := w.Header()

@@ -26,6 +26,7 @@ type berth struct {
 	Auth     *proxy.Auth
 	// Registerer receives the HTTP and mirror metrics; nil: none exported.
 	Registerer prometheus.Registerer
+	Log        io.Writer // the request log, as JSON lines; nil: none
 }
 
 // localOnly is a berth serving only local repositories.
@@ -54,7 +55,11 @@ func startServer(tb testing.TB, so cache.Options, b berth) (*cache.Store, *httpt
 		ups = append(ups, route.Upstream{Name: b.Upstream.Name(), Default: true, Registry: m})
 	}
 	rt := route.New(route.Options{Local: cache.NewLocal(st), Store: st, Upstreams: ups, LocalPatterns: b.Local, Offline: b.Offline})
-	srv := httptest.NewServer(proxy.New(proxy.Options{Registry: rt, Logger: zerolog.Nop(), Auth: b.Auth, Registerer: b.Registerer}))
+	log := zerolog.Nop()
+	if b.Log != nil {
+		log = zerolog.New(b.Log)
+	}
+	srv := httptest.NewServer(proxy.New(proxy.Options{Registry: rt, Logger: log, Auth: b.Auth, Registerer: b.Registerer}))
 	tb.Cleanup(func() {
 		srv.Close()
 		if m != nil {

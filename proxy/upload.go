@@ -51,7 +51,7 @@ func (h *Handler) startUpload(ctx context.Context, w http.ResponseWriter, r *htt
 			return err
 		}
 		// ContentLength is -1 when unknown: then the digest alone is checked.
-		desc, err := h.reg.PushBlob(ctx, repo, registry.Descriptor{Digest: d, Size: r.ContentLength}, h.body(w, r))
+		desc, err := h.reg.PushBlob(ctx, repo, registry.Descriptor{Digest: d, Size: r.ContentLength}, h.body(w, r, st))
 		if err != nil {
 			return err
 		}
@@ -68,7 +68,8 @@ func (h *Handler) startUpload(ctx context.Context, w http.ResponseWriter, r *htt
 	return nil
 }
 
-func (h *Handler) patchUpload(ctx context.Context, w http.ResponseWriter, r *http.Request, req Request) error {
+func (h *Handler) patchUpload(ctx context.Context, w http.ResponseWriter, r *http.Request, st *state) error {
+	req := st.req
 	start := int64(-1)
 	if cr := r.Header.Get("Content-Range"); cr != "" {
 		s, e, ok := oci.ParseRange(cr)
@@ -80,7 +81,7 @@ func (h *Handler) patchUpload(ctx context.Context, w http.ResponseWriter, r *htt
 		}
 		start = s
 	}
-	u, err := h.reg.AppendUpload(ctx, req.Repo, req.Reference, start, h.body(w, r))
+	u, err := h.reg.AppendUpload(ctx, req.Repo, req.Reference, start, h.body(w, r, st))
 	if errors.Is(err, oci.ErrUploadOffset) {
 		uploadHeaders(w, req.Repo, u)
 		w.Header().Del("Content-Length")
@@ -111,7 +112,7 @@ func (h *Handler) finishUpload(ctx context.Context, w http.ResponseWriter, r *ht
 				return &oci.Error{Code: oci.CodeBlobUploadInvalid, Message: "Content-Range does not continue the upload", HTTPStatus: http.StatusRequestedRangeNotSatisfiable}
 			}
 		}
-		body = h.body(w, r)
+		body = h.body(w, r, st)
 	}
 	desc, err := h.reg.CommitUpload(ctx, req.Repo, req.Reference, d, body)
 	if err != nil {
@@ -125,20 +126,23 @@ func (h *Handler) finishUpload(ctx context.Context, w http.ResponseWriter, r *ht
 // than the idle timeout for the client fails (a stalled upload holds
 // nothing for long), and read errors are the client's (a body shorter than
 // its Content-Length, a broken chunked encoding, a client gone mid-push):
-// BLOB_UPLOAD_INVALID, not an internal error.
-func (h *Handler) body(w http.ResponseWriter, r *http.Request) io.Reader {
-	return &clientBody{r: r.Body, rc: http.NewResponseController(w), idle: h.idle}
+// BLOB_UPLOAD_INVALID, not an internal error. The bytes read are counted
+// in st for the request log.
+func (h *Handler) body(w http.ResponseWriter, r *http.Request, st *state) io.Reader {
+	return &clientBody{r: r.Body, rc: http.NewResponseController(w), idle: h.idle, n: &st.bytesIn}
 }
 
 type clientBody struct {
 	r    io.Reader
 	rc   *http.ResponseController
 	idle time.Duration
+	n    *int64
 }
 
 func (b *clientBody) Read(p []byte) (int, error) {
 	_ = b.rc.SetReadDeadline(time.Now().Add(b.idle)) // unsupported (HTTP/2 in tests): the server's timeouts apply
 	n, err := b.r.Read(p)
+	*b.n += int64(n)
 	if err != nil && err != io.EOF {
 		err = oci.Errorf(oci.CodeBlobUploadInvalid, "reading request body: %v", err)
 	}

@@ -242,7 +242,8 @@ func (m *Mirror) resolveTag(ctx context.Context, repo, tag string, pull bool) (d
 	case errors.Is(err, upstream.ErrNotFound), upstream.IsUnavailable(err), errors.Is(err, upstream.ErrDenied),
 		errors.Is(err, context.DeadlineExceeded):
 		m.met.result(ctx, "tag", "stale")
-		zerolog.Ctx(ctx).Warn().Err(err).Str("repo", sr).Str("tag", tag).Msg("upstream failed; serving cached tag")
+		zerolog.Ctx(ctx).Warn().Err(err).Str("repo", sr).Str("tag", tag).
+			Str("request_id", registry.InfoFrom(ctx).RequestID).Msg("upstream failed; serving cached tag")
 		return rec.Digest, nil
 	}
 	return "", upstreamErr(err, oci.CodeManifestUnknown)
@@ -553,7 +554,8 @@ func (m *Mirror) Tags(ctx context.Context, repo string, n int, last string) ([]s
 		if errors.Is(err, upstream.ErrNotFound) {
 			return nil, "", oci.Errorf(oci.CodeNameUnknown, "repository %s unknown upstream", repo)
 		}
-		zerolog.Ctx(ctx).Warn().Err(err).Str("repo", m.storeRepo(repo)).Msg("upstream tag list failed; serving cached tags")
+		zerolog.Ctx(ctx).Warn().Err(err).Str("repo", m.storeRepo(repo)).
+			Str("request_id", registry.InfoFrom(ctx).RequestID).Msg("upstream tag list failed; serving cached tags")
 		m.met.result(ctx, "tags", "stale")
 	}
 	tags, next, err := m.local.Tags(ctx, m.storeRepo(repo), n, last)
@@ -587,7 +589,8 @@ func (m *Mirror) Referrers(ctx context.Context, repo string, d digest.Digest, ar
 			return descs, artifactType != "", nil
 		}
 		if !errors.Is(err, upstream.ErrNotFound) {
-			zerolog.Ctx(ctx).Warn().Err(err).Str("repo", m.storeRepo(repo)).Msg("upstream referrers failed; serving cached referrers")
+			zerolog.Ctx(ctx).Warn().Err(err).Str("repo", m.storeRepo(repo)).
+				Str("request_id", registry.InfoFrom(ctx).RequestID).Msg("upstream referrers failed; serving cached referrers")
 		}
 	}
 	return m.local.Referrers(ctx, m.storeRepo(repo), d, artifactType)

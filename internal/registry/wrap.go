@@ -79,6 +79,9 @@ type RequestInfo struct {
 	Cache string
 	// User is the authenticated client, "" for anonymous.
 	User string
+	// RequestID names the request in logs (and to the client, as
+	// X-Request-Id): a backend that logs during a request adds it.
+	RequestID string
 }
 
 type infoKey struct{}

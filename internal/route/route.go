@@ -200,7 +200,7 @@ func (rt *Router) claimable(ctx context.Context, repo string) error {
 		case errors.Is(err, oci.ErrNameUnknown), errors.Is(err, oci.ErrDenied):
 			exists = false
 		default:
-			zerolog.Ctx(ctx).Warn().Err(err).Str("repo", repo).
+			zerolog.Ctx(ctx).Warn().Err(err).Str("repo", repo).Str("request_id", registry.InfoFrom(ctx).RequestID).
 				Msg("cannot ask the default upstream whether a pushed name exists there; allowing the push")
 		}
 		rt.claims.Add(repo, exists)
