@@ -102,7 +102,15 @@ upcount() { uplog "$1" "$2" | grep -cE "$3"; }
 # wait_no_fills : wait (up to 30 s) until berth runs no upstream download.
 wait_no_fills() { local i; for i in $(seq 300); do [ "$(metric berth_upstream_fills_in_flight)" = 0 ] && return 0; sleep 0.1; done; return 1; }
 # metric NAME{labels} : value of one series on berth's /metrics (0 if absent).
-metric() { curl -s "http://$B/metrics" | awk -v k="$1" '$1==k {print $2; f=1} END {if (!f) print 0}'; }
+# metric NAME or NAME{l="v",...} : the sum of berth's series of NAME that carry every given label.
+metric() { curl -s "http://$B/metrics" | awk -v k="$1" '
+  BEGIN { name = k; sub(/\{.*/, "", name); n = 0
+          if (match(k, /\{.*\}/)) n = split(substr(k, RSTART+1, RLENGTH-2), want, ",") }
+  /^#/ { next }
+  { m = $1; sub(/\{.*/, "", m); if (m != name) next
+    for (i = 1; i <= n; i++) if (index($1, want[i]) == 0) next
+    sum += $2 }
+  END { printf "%.15g\n", sum + 0 }'; }
 
 # Cleanup on exit: stop daemons (by PID, via lib.sh), unmount what they left under $RT.
 e2e_cleanup() {
