@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	stdlog "log"
@@ -41,7 +42,7 @@ import (
 )
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
+	if err := run(os.Args[1:], os.Stdin, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "berth:", err)
 		os.Exit(1)
 	}
@@ -52,18 +53,35 @@ const usage = `usage: berth <command> [flags]
 commands:
   serve     run the registry and mirror (berth serve --help for flags)
   htpasswd  print an htpasswd line for USER with a bcrypt hash of the password read from stdin
-  version   print the version`
+  version   print the version
+  help      print this, or with a command's name its usage`
+
+const htpasswdUsage = `usage: berth htpasswd USER < password
+
+Prints USER:HASH, the bcrypt hash of the first line of stdin, for the file
+named by auth.htpasswd.`
+
+const versionUsage = `usage: berth version
+
+Prints berth's version.`
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-func run(args []string) error {
+// isHelp reports whether arg asks for help, as -h, --help or -help.
+func isHelp(arg string) bool { return arg == "-h" || arg == "--help" || arg == "-help" }
+
+func run(args []string, stdin io.Reader, stdout io.Writer) error {
 	if len(args) == 0 {
 		return errors.New(usage)
 	}
 	switch args[0] {
 	case "serve":
 		cfg, err := loadConfig(args[1:], os.Getenv)
+		if errors.Is(err, flag.ErrHelp) {
+			serveUsage(stdout)
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -71,20 +89,39 @@ func run(args []string) error {
 		defer stop()
 		return serve(ctx, cfg, nil)
 	case "htpasswd":
-		if len(args) != 2 || args[1] == "" || strings.ContainsAny(args[1], ":\n") {
+		if len(args) == 2 && isHelp(args[1]) {
+			fmt.Fprintln(stdout, htpasswdUsage)
+			return nil
+		}
+		if len(args) != 2 || args[1] == "" || strings.ContainsAny(args[1], ":\n") || strings.HasPrefix(args[1], "-") {
 			return errors.New("usage: berth htpasswd USER < password")
 		}
-		line, err := htpasswdLine(args[1], os.Stdin)
+		line, err := htpasswdLine(args[1], stdin)
 		if err != nil {
 			return err
 		}
-		fmt.Println(line)
+		fmt.Fprintln(stdout, line)
 		return nil
 	case "version", "--version":
-		fmt.Println("berth", version)
+		if len(args) == 2 && isHelp(args[1]) {
+			fmt.Fprintln(stdout, versionUsage)
+			return nil
+		}
+		fmt.Fprintln(stdout, "berth", version)
 		return nil
-	case "help", "-h", "--help":
-		fmt.Println(usage)
+	case "help", "-h", "--help", "-help":
+		switch {
+		case len(args) == 1:
+			fmt.Fprintln(stdout, usage)
+		case args[1] == "serve":
+			serveUsage(stdout)
+		case args[1] == "htpasswd":
+			fmt.Fprintln(stdout, htpasswdUsage)
+		case args[1] == "version":
+			fmt.Fprintln(stdout, versionUsage)
+		default:
+			return fmt.Errorf("unknown command %q\n%s", args[1], usage)
+		}
 		return nil
 	}
 	return fmt.Errorf("unknown command %q\n%s", args[0], usage)
@@ -155,7 +192,7 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 	if err != nil {
 		return err
 	}
-	store, err := cache.Open(cfg.Data, cache.Options{Logger: log, MaxBytes: cfg.maxCacheBytes})
+	store, err := cache.Open(cfg.Data, cache.Options{Logger: log, MaxBytes: cfg.MaxCacheBytes})
 	if err != nil {
 		return err
 	}
@@ -172,8 +209,8 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 			store.Close()
 			return fmt.Errorf("upstream %s: %w", u.Name, err)
 		}
-		m := mirror.New(mirror.Options{Store: store, Client: c, TagTTL: u.TagTTL.Duration, KeepOnNotFound: u.KeepOnNotFound,
-			Offline: cfg.Offline, Prefetch: cfg.Prefetch, Metrics: mirrorMetrics, Logger: log})
+		m := mirror.New(mirror.Options{Store: store, Client: c, TagTTL: u.TagTTL, KeepOnNotFound: u.KeepOnNotFound,
+			Offline: cfg.Offline, Prefetch: prefetch(cfg.Prefetch), Metrics: mirrorMetrics, Logger: log})
 		mirrors = append(mirrors, m)
 		ups = append(ups, route.Upstream{Name: u.Name, Aliases: u.Aliases, Default: u.Default, Registry: m})
 	}
@@ -227,7 +264,7 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 		names = append(names, u.Name)
 	}
 	log.Info().Str("addr", ln.Addr().String()).Str("data", cfg.Data).Strs("upstreams", names).
-		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Bool("auth", auth != nil).Int64("max_cache_bytes", cfg.maxCacheBytes).
+		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Bool("auth", auth != nil).Int64("max_cache_bytes", cfg.MaxCacheBytes).
 		Str("version", version).Msg("berth serving")
 	if ready != nil {
 		ready <- ln.Addr().String()
@@ -277,6 +314,15 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 	}
 	log.Info().Msg("stopped")
 	return err
+}
+
+// prefetch is the key's value as mirror.Options wants it: there 0 is the
+// default and a negative number is off; in the configuration 0 is off too.
+func prefetch(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 // shutdownGrace is how long handlers may take to notice their connection
