@@ -755,6 +755,8 @@ Runs the registry and mirror. Each setting is read from the configuration file,
 then the environment, then a flag: the last one given wins. Booleans are true,
 false, yes, no, on, off, 1 or 0; durations 90s, 10m, 1h30m or a number of
 seconds; sizes bytes or 512KB, 4MiB, 50GiB. upstreams is set in the file only.
+SIGHUP reloads the configuration; addr, data, debug_addr, max_cache_bytes and
+the log settings need a restart.
 
 `)
 	fmt.Fprintf(w, "  --config FILE  (BERTH_CONFIG)\n        the YAML configuration file\n")

@@ -25,9 +25,7 @@ import (
 
 	"github.com/berth-dev/berth/cache"
 	"github.com/berth-dev/berth/internal/mirror"
-	"github.com/berth-dev/berth/internal/route"
 	"github.com/berth-dev/berth/proxy"
-	"github.com/berth-dev/berth/upstream"
 	"github.com/mattn/go-isatty"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -77,7 +75,12 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 	}
 	switch args[0] {
 	case "serve":
-		cfg, err := loadConfig(args[1:], os.Getenv)
+		// Before anything else: SIGHUP's default action ends the process.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		load := func() (Config, error) { return loadConfig(args[1:], os.Getenv) }
+		cfg, err := load()
 		if errors.Is(err, flag.ErrHelp) {
 			serveUsage(stdout)
 			return nil
@@ -87,7 +90,7 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		return serve(ctx, cfg, nil)
+		return serveWith(ctx, cfg, hooks{reload: hup, load: load})
 	case "htpasswd":
 		if len(args) == 2 && isHelp(args[1]) {
 			fmt.Fprintln(stdout, htpasswdUsage)
@@ -167,31 +170,25 @@ func htpasswdLine(user string, r io.Reader) (string, error) {
 	return user + ":" + string(hash), nil
 }
 
-func loadAuth(c AuthConfig) (*proxy.Auth, error) {
-	if c.Htpasswd == "" {
-		return nil, nil
-	}
-	f, err := os.Open(c.Htpasswd)
-	if err != nil {
-		return nil, fmt.Errorf("auth.htpasswd: %w", err)
-	}
-	defer f.Close()
-	anon := c.AnonymousPull == nil || *c.AnonymousPull
-	a, err := proxy.ParseHtpasswd(f, anon)
-	if err != nil {
-		return nil, fmt.Errorf("auth.htpasswd %s: %w", c.Htpasswd, err)
-	}
-	return a, nil
-}
-
 // serve runs berth until ctx ends. ready, if set, receives the bound address.
 func serve(ctx context.Context, cfg Config, ready chan<- string) error {
+	return serveWith(ctx, cfg, hooks{ready: ready})
+}
+
+// hooks connect serve to what surrounds it.
+type hooks struct {
+	ready chan<- string // receives the bound address
+	// reload: each signal reloads the configuration with load (SIGHUP).
+	reload <-chan os.Signal
+	load   func() (Config, error)
+	// reloaded, if set, is told how each reload went (tests wait on it).
+	reloaded chan<- error
+}
+
+// serveWith is serve, with reloads.
+func serveWith(ctx context.Context, cfg Config, h hooks) error {
 	log, logw := newLogger(cfg)
 	defer logw.Close()
-	auth, err := loadAuth(cfg.Auth)
-	if err != nil {
-		return err
-	}
 	store, err := cache.Open(cfg.Data, cache.Options{Logger: log, MaxBytes: cfg.MaxCacheBytes})
 	if err != nil {
 		return err
@@ -199,25 +196,15 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerStore(reg, store)
-	mirrorMetrics := mirror.NewMetrics(reg)
-	var mirrors []*mirror.Mirror
-	var ups []route.Upstream
-	for _, u := range cfg.Upstreams {
-		c, err := upstream.New(upstream.Config{Name: u.Name, URL: u.URL, Username: u.Username, Password: u.Password,
-			ResponseHeaderTimeout: u.Timeout, MaxManifestSize: cfg.MaxManifestBytes}, upstream.WithLogger(log.With().Str("upstream", u.Name).Logger()))
-		if err != nil {
-			store.Close()
-			return fmt.Errorf("upstream %s: %w", u.Name, err)
-		}
-		m := mirror.New(mirror.Options{Store: store, Client: c, TagTTL: u.TagTTL, KeepOnNotFound: u.KeepOnNotFound,
-			Offline: cfg.Offline, Prefetch: prefetch(cfg.Prefetch), Metrics: mirrorMetrics, Logger: log})
-		mirrors = append(mirrors, m)
-		ups = append(ups, route.Upstream{Name: u.Name, Aliases: u.Aliases, Default: u.Default, Registry: m})
+	api := &reloadable{log: log, store: store, mirrorMet: mirror.NewMetrics(reg), httpMet: proxy.NewMetrics(reg),
+		readOnly: new(atomic.Bool)}
+	api.readOnly.Store(cfg.ReadOnly)
+	first, err := api.build(cfg)
+	if err != nil {
+		store.Close()
+		return err
 	}
-	router := route.New(route.Options{Local: cache.NewLocal(store), Store: store, Upstreams: ups,
-		LocalPatterns: cfg.Local, Offline: cfg.Offline})
-	api := proxy.New(proxy.Options{Registry: router, Logger: log, Registerer: reg,
-		MaxManifestSize: cfg.MaxManifestBytes, Auth: auth})
+	api.current.Store(first)
 	var handlers sync.WaitGroup // requests running, so the index is never closed under one
 	var running atomic.Int64    // the same, counted: the log is flushed whenever berth falls idle
 	mux := http.NewServeMux()
@@ -234,6 +221,7 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 	})
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
+		api.stop()
 		store.Close()
 		return fmt.Errorf("addr: %w", err)
 	}
@@ -264,10 +252,13 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 		names = append(names, u.Name)
 	}
 	log.Info().Str("addr", ln.Addr().String()).Str("data", cfg.Data).Strs("upstreams", names).
-		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Bool("auth", auth != nil).Int64("max_cache_bytes", cfg.MaxCacheBytes).
-		Str("version", version).Msg("berth serving")
-	if ready != nil {
-		ready <- ln.Addr().String()
+		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Bool("read_only", cfg.ReadOnly).Bool("auth", cfg.Auth.Htpasswd != "").
+		Int64("max_cache_bytes", cfg.MaxCacheBytes).Str("version", version).Msg("berth serving")
+	for _, w := range advisories(cfg) {
+		log.Warn().Msg(w)
+	}
+	if h.ready != nil {
+		h.ready <- ln.Addr().String()
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	if cfg.DebugAddr != "" {
@@ -288,9 +279,26 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 		return nil
 	})
 	g.Go(func() error {
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-h.reload:
+				err := api.reload(h.load)
+				if h.reloaded != nil {
+					select {
+					case h.reloaded <- err:
+					case <-gctx.Done():
+					}
+				}
+			}
+		}
+	})
+	g.Go(func() error {
 		<-gctx.Done()
-		log.Info().Dur("timeout", cfg.ShutdownTimeout).Msg("shutting down: finishing in-flight requests")
-		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+		timeout := api.current.Load().cfg.ShutdownTimeout
+		log.Info().Dur("timeout", timeout).Msg("shutting down: finishing in-flight requests")
+		sctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
 		if err := srv.Shutdown(sctx); err != nil {
 			log.Warn().Err(err).Msg("requests still running at the shutdown timeout: closing their connections")
@@ -306,9 +314,7 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 		log.Error().Dur("grace", shutdownGrace).Msg("requests still running after the shutdown timeout; exiting without closing the index")
 		return err
 	}
-	for _, m := range mirrors {
-		m.Close()
-	}
+	api.stop()
 	if cerr := store.Close(); cerr != nil {
 		log.Error().Err(cerr).Msg("closing the index")
 	}
