@@ -254,3 +254,38 @@ func TestChangedKeys(t *testing.T) {
 		t.Errorf("changed %v between equal configurations", got)
 	}
 }
+
+// The zero configuration says at start what a push of a new name tells the
+// default upstream, and that anyone may push.
+func TestAdvisories(t *testing.T) {
+	t.Parallel()
+	zero := defaultConfig()
+	zero.Upstreams = defaultUpstreams()
+	withLocal, offline, withAuth, noDefault := zero, zero, zero, zero
+	withLocal.Local = []string{"team/**"}
+	offline.Offline = true
+	withAuth.Auth.Htpasswd = "/etc/berth/htpasswd"
+	noDefault.Upstreams = []UpstreamConfig{{Name: "ghcr.io", URL: "https://ghcr.io"}}
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want []string
+	}{
+		{"zero", zero, []string{`asks the default upstream docker.io whether the name exists there`, "no client authentication: anyone who can reach berth can push"}},
+		{"local patterns", withLocal, []string{"no client authentication"}},
+		{"offline", offline, []string{"no client authentication"}},
+		{"no default upstream", noDefault, []string{"no client authentication"}},
+		{"auth", withAuth, []string{`local: ["team/**"] keeps a team's names from ever leaving the house`}},
+	} {
+		got := advisories(tc.cfg)
+		if len(got) != len(tc.want) {
+			t.Errorf("%s: %q", tc.name, got)
+			continue
+		}
+		for i := range got {
+			if !strings.Contains(got[i], tc.want[i]) {
+				t.Errorf("%s: %q, want %q in it", tc.name, got[i], tc.want[i])
+			}
+		}
+	}
+}
