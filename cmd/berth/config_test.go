@@ -292,3 +292,15 @@ func TestHelp(t *testing.T) {
 		}
 	}
 }
+
+// The sample file in deploy/ reads as it says.
+func TestConfigSampleFile(t *testing.T) {
+	t.Parallel()
+	cfg, err := loadConfig([]string{"--config", "../../deploy/berth.yaml"}, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Upstreams) == 0 || cfg.Upstreams[0].Name != "docker.io" || !cfg.Upstreams[0].Default || cfg.Upstreams[0].TagTTL != 10*time.Minute {
+		t.Errorf("upstreams %+v", cfg.Upstreams)
+	}
+}
