@@ -29,6 +29,9 @@ type Options struct {
 	Logger   zerolog.Logger
 	// Registerer receives the HTTP metrics; nil means none are registered.
 	Registerer prometheus.Registerer
+	// Metrics, if set, are counted instead of new series registered with
+	// Registerer.
+	Metrics *Metrics
 	// MaxManifestSize bounds a manifest body; zero means 4 MiB.
 	MaxManifestSize int64
 	// Auth, if set, requires client credentials (for pushes at least).
@@ -77,7 +80,10 @@ func New(opts Options) *Handler {
 	if opts.BodyIdleTimeout == 0 {
 		opts.BodyIdleTimeout = 30 * time.Second
 	}
-	h := &Handler{reg: opts.Registry, log: opts.Logger, metrics: newMetrics(opts.Registerer),
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics(opts.Registerer)
+	}
+	h := &Handler{reg: opts.Registry, log: opts.Logger, metrics: opts.Metrics.m,
 		maxMan: opts.MaxManifestSize, auth: opts.Auth, idle: opts.BodyIdleTimeout, onDone: opts.OnRequest,
 		ids: newRequestIDs()}
 	h.bufs.New = func() any { b := make([]byte, 256<<10); return &b }

@@ -29,6 +29,15 @@ var (
 	sources = [...]string{"cache", "upstream", "local", "other"}
 )
 
+// Metrics are the HTTP series, shared by handlers that serve one after
+// another (a configuration reload builds a new Handler): registered once,
+// they keep counting across them.
+type Metrics struct{ m *metrics }
+
+// NewMetrics creates the HTTP series and registers them with reg (nil:
+// counted, not exported).
+func NewMetrics(reg prometheus.Registerer) *Metrics { return &Metrics{newMetrics(reg)} }
+
 func newMetrics(reg prometheus.Registerer) *metrics {
 	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "berth_http_request_duration_seconds",
 		Help: "API request latency by kind.", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10)}, []string{"kind"})

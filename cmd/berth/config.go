@@ -1,13 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -16,256 +16,192 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// Config is berth's configuration. Precedence: flag > environment > file > default.
+// Config is berth's configuration. Precedence: flag > environment > file >
+// default. Every key is read by one parser per value type, whatever its
+// source: keys lists them, with their environment variables and flags.
 type Config struct {
-	Addr string `yaml:"addr"`
+	Addr string
 	// DebugAddr, when set, serves net/http/pprof there (keep it on loopback).
-	DebugAddr string           `yaml:"debug_addr"`
-	Data      string           `yaml:"data"`
-	LogLevel  string           `yaml:"log_level"`
-	LogFormat string           `yaml:"log_format"`
-	Offline   bool             `yaml:"offline"`
-	Local     []string         `yaml:"local"`
-	Upstreams []UpstreamConfig `yaml:"upstreams"`
-	// Prefetch bounds background blob fills after a manifest miss (-1 disables).
-	Prefetch int `yaml:"prefetch"`
+	DebugAddr string
+	Data      string
+	LogLevel  string
+	LogFormat string // "" picks console on a terminal, else json
+	Offline   bool
+	// ReadOnly is the maintenance mode: pushes and deletes are refused.
+	ReadOnly  bool
+	Local     []string
+	Upstreams []UpstreamConfig
+	// Prefetch bounds background blob fills after a manifest miss (0 or -1
+	// disables).
+	Prefetch int
 	// ShutdownTimeout bounds how long in-flight requests may finish on SIGTERM.
-	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	ShutdownTimeout time.Duration
 	// Auth enables client authentication.
-	Auth AuthConfig `yaml:"auth"`
+	Auth AuthConfig
 	// MaxManifestBytes bounds a pushed or fetched manifest.
-	MaxManifestBytes int64 `yaml:"max_manifest_bytes"`
-	// MaxCacheBytes bounds the mirrored content kept on disk, as a byte
-	// count or a size such as "50GiB"; "" or 0 is unbounded. Pushed content
-	// is never evicted and does not count.
-	MaxCacheBytes string `yaml:"max_cache_bytes"`
-	maxCacheBytes int64  // MaxCacheBytes, parsed by validate
+	MaxManifestBytes int64
+	// MaxCacheBytes bounds the mirrored content kept on disk; 0 is
+	// unbounded. Pushed content is never evicted and does not count.
+	MaxCacheBytes int64
 }
 
 // AuthConfig is client authentication: an htpasswd file of bcrypt hashes.
 type AuthConfig struct {
-	Htpasswd string `yaml:"htpasswd"`
+	Htpasswd string
 	// AnonymousPull lets clients without credentials pull (default true);
 	// pushes and deletes always need credentials once Htpasswd is set.
-	AnonymousPull *bool `yaml:"anonymous_pull"`
+	AnonymousPull *bool
 }
 
 // UpstreamConfig is one upstream registry.
 type UpstreamConfig struct {
-	Name           string        `yaml:"name"`
-	URL            string        `yaml:"url"`
-	Default        bool          `yaml:"default"`
-	TagTTL         *Duration     `yaml:"tag_ttl"`
-	KeepOnNotFound bool          `yaml:"keep_on_not_found"`
-	Username       string        `yaml:"username"`
-	Password       string        `yaml:"password"`
-	PasswordFile   string        `yaml:"password_file"`
-	PasswordEnv    string        `yaml:"password_env"`
-	Aliases        []string      `yaml:"aliases"`
-	Timeout        time.Duration `yaml:"timeout"`
+	Name           string
+	URL            string
+	Default        bool
+	TagTTL         time.Duration
+	KeepOnNotFound bool
+	Username       string
+	Password       string
+	PasswordFile   string
+	PasswordEnv    string
+	Aliases        []string
+	Timeout        time.Duration
 }
 
-// Duration is a time.Duration that YAML reads as "10m".
-type Duration struct{ time.Duration }
-
-// UnmarshalYAML parses a Go duration string or a number of seconds.
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	if v, err := strconv.ParseInt(n.Value, 10, 64); err == nil {
-		d.Duration = time.Duration(v) * time.Second
-		return nil
-	}
-	v, err := time.ParseDuration(n.Value)
-	if err != nil {
-		return fmt.Errorf("line %d: invalid duration %q", n.Line, n.Value)
-	}
-	d.Duration = v
-	return nil
-}
+// defaultTagTTL is how long a cached tag is served before the upstream is asked.
+const defaultTagTTL = 10 * time.Minute
 
 // defaultUpstreams are the registries berth knows with no configuration.
 func defaultUpstreams() []UpstreamConfig {
-	ttl := &Duration{10 * time.Minute}
 	return []UpstreamConfig{
-		{Name: "docker.io", URL: "https://registry-1.docker.io", Default: true, TagTTL: ttl, Aliases: []string{"index.docker.io", "registry-1.docker.io"}},
-		{Name: "ghcr.io", URL: "https://ghcr.io", TagTTL: ttl},
-		{Name: "quay.io", URL: "https://quay.io", TagTTL: ttl},
-		{Name: "registry.k8s.io", URL: "https://registry.k8s.io", TagTTL: ttl},
-		{Name: "gcr.io", URL: "https://gcr.io", TagTTL: ttl},
-		{Name: "mcr.microsoft.com", URL: "https://mcr.microsoft.com", TagTTL: ttl},
-		{Name: "public.ecr.aws", URL: "https://public.ecr.aws", TagTTL: ttl},
+		{Name: "docker.io", URL: "https://registry-1.docker.io", Default: true, TagTTL: defaultTagTTL, Aliases: []string{"index.docker.io", "registry-1.docker.io"}},
+		{Name: "ghcr.io", URL: "https://ghcr.io", TagTTL: defaultTagTTL},
+		{Name: "quay.io", URL: "https://quay.io", TagTTL: defaultTagTTL},
+		{Name: "registry.k8s.io", URL: "https://registry.k8s.io", TagTTL: defaultTagTTL},
+		{Name: "gcr.io", URL: "https://gcr.io", TagTTL: defaultTagTTL},
+		{Name: "mcr.microsoft.com", URL: "https://mcr.microsoft.com", TagTTL: defaultTagTTL},
+		{Name: "public.ecr.aws", URL: "https://public.ecr.aws", TagTTL: defaultTagTTL},
 	}
 }
 
 func defaultConfig() Config {
 	return Config{Addr: ":5000", Data: "./data", LogLevel: "info", ShutdownTimeout: 30 * time.Second,
-		MaxManifestBytes: 4 << 20}
+		MaxManifestBytes: 4 << 20, Prefetch: 4}
 }
 
-// loadConfig reads file, environment and flags, in rising precedence.
-func loadConfig(args []string, getenv func(string) string) (Config, error) {
-	cfg := defaultConfig()
-	fs := flag.NewFlagSet("berth serve", flag.ContinueOnError)
-	configPath := fs.String("config", getenv("BERTH_CONFIG"), "YAML configuration file")
-	addr := fs.String("addr", "", "listen address (default :5000)")
-	data := fs.String("data", "", "data directory (default ./data)")
-	level := fs.String("log-level", "", "log level: debug, info, warn, error")
-	format := fs.String("log-format", "", "log format: json or console (default: console on a terminal)")
-	offline := fs.Bool("offline", false, "never contact an upstream; serve the cache only")
-	if err := fs.Parse(args); err != nil {
-		return cfg, err
-	}
-	if *configPath != "" {
-		b, err := os.ReadFile(*configPath)
-		if err != nil {
-			return cfg, fmt.Errorf("config: %w", err)
-		}
-		dec := yaml.NewDecoder(bytes.NewReader(b))
-		dec.KnownFields(true)
-		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) { // an empty file is fine
-			return cfg, fmt.Errorf("config %s: %s", *configPath, oneLine(err))
-		}
-	}
-	// Environment.
-	if v := getenv("REGISTRY_HTTP_ADDR"); v != "" {
-		cfg.Addr = v
-	}
-	envStr := map[string]*string{"BERTH_ADDR": &cfg.Addr, "BERTH_DEBUG_ADDR": &cfg.DebugAddr, "BERTH_DATA": &cfg.Data,
-		"BERTH_LOG_LEVEL": &cfg.LogLevel, "BERTH_AUTH_HTPASSWD": &cfg.Auth.Htpasswd, "BERTH_LOG_FORMAT": &cfg.LogFormat,
-		"BERTH_MAX_CACHE_BYTES": &cfg.MaxCacheBytes}
-	for k, p := range envStr {
-		if v := getenv(k); v != "" {
-			*p = v
-		}
-	}
-	if v := getenv("BERTH_OFFLINE"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return cfg, fmt.Errorf("BERTH_OFFLINE: invalid boolean %q", v)
-		}
-		cfg.Offline = b
-	}
-	if v := getenv("BERTH_LOCAL"); v != "" {
-		cfg.Local = strings.Split(v, ",")
-	}
-	// Flags.
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "addr":
-			cfg.Addr = *addr
-		case "data":
-			cfg.Data = *data
-		case "log-level":
-			cfg.LogLevel = *level
-		case "log-format":
-			cfg.LogFormat = *format
-		case "offline":
-			cfg.Offline = *offline
-		}
-	})
-	if cfg.Upstreams == nil {
-		cfg.Upstreams = defaultUpstreams()
-	}
-	return cfg, cfg.validate(getenv)
+// key is one configuration key: its name in the file (dotted when nested),
+// its environment variables (the first one set wins) and flag, and its value.
+type key struct {
+	name  string
+	env   []string
+	flag  string
+	usage string // for --help: what it does, and its default
+	value
 }
 
-// validate checks every key and resolves upstream passwords; the error
-// names the key.
-func (c *Config) validate(getenv func(string) string) error {
-	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
-		return fmt.Errorf("addr: invalid listen address %q (want host:port or :port)", c.Addr)
+// value is how a key's text becomes part of a Config.
+type value struct {
+	// forms says what the value may look like: "a boolean (true, false, ...)".
+	forms string
+	// arg names the value in berth serve --help: "SIZE".
+	arg string
+	// isBool: a flag without a value means true.
+	isBool bool
+	// list: the file may give a YAML sequence; elsewhere, comma-separated.
+	list bool
+	// set parses s and stores it; its error is one line saying why s is
+	// refused, with the accepted forms.
+	set func(s string) error
+}
+
+// keys are c's keys that are not structured: all but upstreams. Setting
+// one writes into c.
+func (c *Config) keys() []key {
+	return []key{
+		{name: "addr", env: []string{"BERTH_ADDR", "REGISTRY_HTTP_ADDR"}, flag: "addr",
+			usage: "listen address (default :5000)", value: addrValue(&c.Addr, false)},
+		{name: "data", env: []string{"BERTH_DATA"}, flag: "data",
+			usage: "data directory (default ./data)", value: dirValue(&c.Data)},
+		{name: "debug_addr", env: []string{"BERTH_DEBUG_ADDR"}, flag: "debug-addr",
+			usage: "serve Go's pprof there, e.g. 127.0.0.1:6060 (default: off)", value: addrValue(&c.DebugAddr, true)},
+		{name: "log_level", env: []string{"BERTH_LOG_LEVEL"}, flag: "log-level",
+			usage: "debug, info, warn or error (default info)", value: choiceValue(&c.LogLevel, "debug", "info", "warn", "error")},
+		{name: "log_format", env: []string{"BERTH_LOG_FORMAT"}, flag: "log-format",
+			usage: "json or console (default: console on a terminal, else json)", value: choiceValue(&c.LogFormat, "json", "console", "")},
+		{name: "offline", env: []string{"BERTH_OFFLINE"}, flag: "offline",
+			usage: "never contact an upstream; serve the cache only (default false)", value: boolValue(&c.Offline)},
+		{name: "read_only", env: []string{"BERTH_READ_ONLY"}, flag: "read-only",
+			usage: "maintenance mode: refuse pushes and deletes, serve pulls (default false)", value: boolValue(&c.ReadOnly)},
+		{name: "local", env: []string{"BERTH_LOCAL"}, flag: "local",
+			usage: "patterns of repositories always local, e.g. team/** (comma-separated)", value: patternsValue(&c.Local)},
+		{name: "prefetch", env: []string{"BERTH_PREFETCH"}, flag: "prefetch",
+			usage: "background layer fills after a manifest miss; 0 or -1: none (default 4)",
+			value: intValue(&c.Prefetch, -1, "-1 or more: 0 and -1 turn prefetching off")},
+		{name: "shutdown_timeout", env: []string{"BERTH_SHUTDOWN_TIMEOUT"}, flag: "shutdown-timeout",
+			usage: "how long in-flight requests may finish on SIGTERM (default 30s)",
+			value: durationValue(&c.ShutdownTimeout, time.Nanosecond, "more than 0")},
+		{name: "max_manifest_bytes", env: []string{"BERTH_MAX_MANIFEST_BYTES"}, flag: "max-manifest-bytes",
+			usage: "largest manifest pushed or fetched (default 4MiB)", value: sizeValue(&c.MaxManifestBytes, 1, "at least 1 byte")},
+		{name: "max_cache_bytes", env: []string{"BERTH_MAX_CACHE_BYTES"}, flag: "max-cache-bytes",
+			usage: "bound on mirrored content on disk, e.g. 50GiB; 0: unbounded (default 0)", value: sizeValue(&c.MaxCacheBytes, 0, "0 or more")},
+		{name: "auth.htpasswd", env: []string{"BERTH_AUTH_HTPASSWD"}, flag: "auth-htpasswd",
+			usage: "htpasswd file (bcrypt): pushes and deletes need credentials (default: none)", value: fileValue(&c.Auth.Htpasswd)},
+		{name: "auth.anonymous_pull", env: []string{"BERTH_AUTH_ANONYMOUS_PULL"}, flag: "auth-anonymous-pull",
+			usage: "with auth.htpasswd, pulls need no credentials (default true)", value: optionalBoolValue(&c.Auth.AnonymousPull)},
 	}
-	if c.DebugAddr != "" {
-		if _, _, err := net.SplitHostPort(c.DebugAddr); err != nil {
-			return fmt.Errorf("debug_addr: invalid listen address %q", c.DebugAddr)
+}
+
+// keys are the keys of one entry of upstreams.
+func (u *UpstreamConfig) keys() []key {
+	return []key{
+		{name: "name", value: hostValue(&u.Name)},
+		{name: "url", value: urlValue(&u.URL)},
+		{name: "default", value: boolValue(&u.Default)},
+		{name: "tag_ttl", value: durationValue(&u.TagTTL, 0, "0 or more: 0 asks the upstream every time")},
+		{name: "keep_on_not_found", value: boolValue(&u.KeepOnNotFound)},
+		{name: "username", value: stringValue(&u.Username, true)},
+		{name: "password", value: stringValue(&u.Password, true)},
+		{name: "password_file", value: stringValue(&u.PasswordFile, true)},
+		{name: "password_env", value: stringValue(&u.PasswordEnv, true)},
+		{name: "aliases", value: listValue(&u.Aliases)},
+		{name: "timeout", value: durationValue(&u.Timeout, 0, "0 or more: 0 is the client's default")},
+	}
+}
+
+// The accepted forms of each value type, said in every error about one.
+const (
+	boolForms     = "a boolean (true, false, yes, no, on, off, 1 or 0)"
+	durationForms = "a duration (a number of seconds, or Go syntax such as 90s, 10m, 1h30m)"
+	sizeForms     = "a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB...)"
+	intForms      = "an integer"
+)
+
+// parseBool reads the booleans YAML 1.1, systemd and most shells agree on.
+func parseBool(s string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "true", "yes", "on", "1":
+		return true, nil
+	case "false", "no", "off", "0":
+		return false, nil
+	}
+	return false, fmt.Errorf("%q is not %s", s, boolForms)
+}
+
+// parseDuration reads Go's syntax ("90s", "10m", "1h30m") or a whole
+// number of seconds.
+func parseDuration(s string) (time.Duration, error) {
+	t := strings.TrimSpace(s)
+	if n, err := strconv.ParseInt(t, 10, 64); err == nil {
+		if d := time.Duration(n) * time.Second; d/time.Second == time.Duration(n) {
+			return d, nil
 		}
+		return 0, fmt.Errorf("%q is too long for a duration", s)
 	}
-	if c.Data == "" {
-		return errors.New("data: must not be empty")
-	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		return fmt.Errorf("log_level: %q is not one of debug, info, warn, error", c.LogLevel)
-	}
-	switch c.LogFormat {
-	case "", "json", "console":
-	default:
-		return fmt.Errorf("log_format: %q is not json or console", c.LogFormat)
-	}
-	for _, p := range c.Local {
-		if strings.Trim(p, "/") == "" || strings.Contains(p, "..") {
-			return fmt.Errorf("local: invalid pattern %q", p)
-		}
-	}
-	if c.ShutdownTimeout <= 0 {
-		return errors.New("shutdown_timeout: must be positive")
-	}
-	if c.MaxManifestBytes <= 0 {
-		return errors.New("max_manifest_bytes: must be positive")
-	}
-	n, err := parseSize(c.MaxCacheBytes)
+	d, err := time.ParseDuration(t)
 	if err != nil {
-		return fmt.Errorf("max_cache_bytes: %w", err)
+		return 0, fmt.Errorf("%q is not %s", s, durationForms)
 	}
-	c.maxCacheBytes = n
-	if c.Auth.Htpasswd != "" {
-		if _, err := os.Stat(c.Auth.Htpasswd); err != nil {
-			return fmt.Errorf("auth.htpasswd: %w", err)
-		}
-	} else if c.Auth.AnonymousPull != nil {
-		return errors.New("auth.anonymous_pull: needs auth.htpasswd")
-	}
-	seen := map[string]bool{}
-	defaults := 0
-	for i := range c.Upstreams {
-		u := &c.Upstreams[i]
-		where := fmt.Sprintf("upstreams[%d]", i)
-		if u.Name == "" {
-			return fmt.Errorf("%s.name: required", where)
-		}
-		if !oci.ValidName(strings.ToLower(u.Name)) || strings.Contains(u.Name, "/") {
-			return fmt.Errorf("%s.name: %q is not a host name", where, u.Name)
-		}
-		if seen[u.Name] {
-			return fmt.Errorf("%s.name: %q configured twice", where, u.Name)
-		}
-		seen[u.Name] = true
-		if u.URL == "" {
-			return fmt.Errorf("%s.url: required", where)
-		}
-		if !strings.HasPrefix(u.URL, "http://") && !strings.HasPrefix(u.URL, "https://") {
-			return fmt.Errorf("%s.url: %q must start with http:// or https://", where, u.URL)
-		}
-		if u.Default {
-			defaults++
-		}
-		if u.TagTTL != nil && u.TagTTL.Duration < 0 {
-			return fmt.Errorf("%s.tag_ttl: must not be negative", where)
-		}
-		if u.TagTTL == nil {
-			u.TagTTL = &Duration{10 * time.Minute}
-		}
-		switch {
-		case u.PasswordFile != "":
-			b, err := os.ReadFile(u.PasswordFile)
-			if err != nil {
-				return fmt.Errorf("%s.password_file: %w", where, err)
-			}
-			u.Password = strings.TrimSpace(string(b))
-		case u.PasswordEnv != "":
-			u.Password = getenv(u.PasswordEnv)
-			if u.Password == "" {
-				return fmt.Errorf("%s.password_env: environment variable %s is empty", where, u.PasswordEnv)
-			}
-		}
-		if u.Password != "" && u.Username == "" {
-			return fmt.Errorf("%s.username: required when a password is set", where)
-		}
-	}
-	if defaults > 1 {
-		return errors.New("upstreams: more than one has default: true")
-	}
-	return nil
+	return d, nil
 }
 
 // sizeUnits are the suffixes parseSize accepts, lower-cased: decimal
@@ -274,13 +210,9 @@ var sizeUnits = map[string]float64{"": 1, "b": 1,
 	"k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
 	"ki": 1 << 10, "kib": 1 << 10, "mi": 1 << 20, "mib": 1 << 20, "gi": 1 << 30, "gib": 1 << 30, "ti": 1 << 40, "tib": 1 << 40}
 
-// parseSize reads a byte count ("1073741824") or a size ("50GiB", "1.5 TB");
-// "" is 0.
-func parseSize(v string) (int64, error) {
-	t := strings.TrimSpace(v)
-	if t == "" {
-		return 0, nil
-	}
+// parseSize reads a byte count ("1073741824") or a size ("50GiB", "1.5 TB").
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
 	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
 	if i < 0 {
 		i = len(t)
@@ -288,13 +220,558 @@ func parseSize(v string) (int64, error) {
 	num, unit := t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
 	mult, ok := sizeUnits[unit]
 	f, err := strconv.ParseFloat(num, 64)
-	if !ok || err != nil || num == "" {
-		return 0, fmt.Errorf("invalid size %q (want bytes, or a number with B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)", v)
+	if !ok || err != nil {
+		return 0, fmt.Errorf("%q is not %s", s, sizeForms)
 	}
 	if n := f * mult; n < 1<<63 {
 		return int64(n), nil
 	}
-	return 0, fmt.Errorf("size %q is too large", v)
+	return 0, fmt.Errorf("%q is too large for a size", s)
+}
+
+// parseInt reads a decimal integer.
+func parseInt(s string) (int, error) {
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil {
+		return 0, fmt.Errorf("%q is not %s", s, intForms)
+	}
+	return n, nil
+}
+
+func outOfRange(s, want string) error {
+	return fmt.Errorf("%s is out of range (%s)", strings.TrimSpace(s), want)
+}
+
+func boolValue(p *bool) value {
+	return value{forms: boolForms, arg: "BOOL", isBool: true, set: func(s string) error {
+		b, err := parseBool(s)
+		if err == nil {
+			*p = b
+		}
+		return err
+	}}
+}
+
+// optionalBoolValue is a boolean whose absence means something else than false.
+func optionalBoolValue(p **bool) value {
+	return value{forms: boolForms, arg: "BOOL", isBool: true, set: func(s string) error {
+		b, err := parseBool(s)
+		if err == nil {
+			*p = &b
+		}
+		return err
+	}}
+}
+
+func durationValue(p *time.Duration, lowest time.Duration, want string) value {
+	return value{forms: durationForms, arg: "DURATION", set: func(s string) error {
+		d, err := parseDuration(s)
+		switch {
+		case err != nil:
+			return err
+		case d < lowest:
+			return outOfRange(s, want)
+		}
+		*p = d
+		return nil
+	}}
+}
+
+func sizeValue(p *int64, lowest int64, want string) value {
+	return value{forms: sizeForms, arg: "SIZE", set: func(s string) error {
+		n, err := parseSize(s)
+		switch {
+		case err != nil:
+			return err
+		case n < lowest:
+			return outOfRange(s, want)
+		}
+		*p = n
+		return nil
+	}}
+}
+
+func intValue(p *int, lowest int, want string) value {
+	return value{forms: intForms, arg: "N", set: func(s string) error {
+		n, err := parseInt(s)
+		switch {
+		case err != nil:
+			return err
+		case n < lowest:
+			return outOfRange(s, want)
+		}
+		*p = n
+		return nil
+	}}
+}
+
+// stringValue is any text; empty only if mayBeEmpty.
+func stringValue(p *string, mayBeEmpty bool) value {
+	return value{forms: "a string", arg: "TEXT", set: func(s string) error {
+		if s == "" && !mayBeEmpty {
+			return errors.New("must not be empty")
+		}
+		*p = s
+		return nil
+	}}
+}
+
+// dirValue is a directory name; it must not be empty.
+func dirValue(p *string) value {
+	v := stringValue(p, false)
+	v.arg = "DIR"
+	return v
+}
+
+// fileValue names a file that must exist; empty is none.
+func fileValue(p *string) value {
+	return value{forms: "a file name", arg: "FILE", set: func(s string) error {
+		if s != "" {
+			if _, err := os.Stat(s); err != nil {
+				return err
+			}
+		}
+		*p = s
+		return nil
+	}}
+}
+
+func choiceValue(p *string, choices ...string) value {
+	forms := strings.Join(nonEmpty(choices), ", ")
+	if i := strings.LastIndex(forms, ", "); i >= 0 {
+		forms = forms[:i] + " or " + forms[i+2:]
+	}
+	return value{forms: forms, arg: "WORD", set: func(s string) error {
+		for _, c := range choices {
+			if s == c {
+				*p = s
+				return nil
+			}
+		}
+		return fmt.Errorf("%q is not %s", s, forms)
+	}}
+}
+
+func nonEmpty(list []string) []string {
+	var out []string
+	for _, s := range list {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// addrValue is a listen address; empty (off) only if optional.
+func addrValue(p *string, optional bool) value {
+	const forms = "a listen address (host:port or :port)"
+	return value{forms: forms, arg: "HOST:PORT", set: func(s string) error {
+		if s == "" && optional {
+			*p = s
+			return nil
+		}
+		if _, _, err := net.SplitHostPort(s); err != nil {
+			return fmt.Errorf("%q is not %s", s, forms)
+		}
+		*p = s
+		return nil
+	}}
+}
+
+// patternsValue is a list of local repository patterns.
+func patternsValue(p *[]string) value {
+	const forms = "a list of repository patterns such as team/* or team/**"
+	return value{forms: forms, arg: "PATTERNS", list: true, set: func(s string) error {
+		list := splitList(s)
+		for _, pat := range list {
+			if strings.Trim(pat, "/") == "" || strings.Contains(pat, "..") {
+				return fmt.Errorf("%q is not %s", pat, forms)
+			}
+		}
+		*p = list
+		return nil
+	}}
+}
+
+func listValue(p *[]string) value {
+	return value{forms: "a list of strings", list: true, set: func(s string) error {
+		*p = splitList(s)
+		return nil
+	}}
+}
+
+// splitList splits a comma-separated list; "" is the empty list.
+func splitList(s string) []string {
+	list := []string{}
+	for _, e := range strings.Split(s, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			list = append(list, e)
+		}
+	}
+	return list
+}
+
+func hostValue(p *string) value {
+	const forms = "a registry host name such as ghcr.io"
+	return value{forms: forms, set: func(s string) error {
+		if !oci.ValidName(strings.ToLower(s)) || strings.Contains(s, "/") {
+			return fmt.Errorf("%q is not %s", s, forms)
+		}
+		*p = s
+		return nil
+	}}
+}
+
+func urlValue(p *string) value {
+	const forms = "a URL starting with http:// or https://"
+	return value{forms: forms, set: func(s string) error {
+		if !strings.HasPrefix(s, "http://") && !strings.HasPrefix(s, "https://") {
+			return fmt.Errorf("%q is not %s", s, forms)
+		}
+		*p = s
+		return nil
+	}}
+}
+
+// keyError is a refused value: "config key NAME (SOURCE): why".
+func keyError(name, source string, err error) error {
+	if source != "" {
+		source = " (" + source + ")"
+	}
+	return fmt.Errorf("config key %s%s: %w", name, source, err)
+}
+
+// rawFlag holds a flag's text until it is parsed with the key's parser,
+// like the same key from the file or the environment.
+type rawFlag struct {
+	v      string
+	isBool bool
+}
+
+func (f *rawFlag) String() string     { return f.v }
+func (f *rawFlag) Set(v string) error { f.v = v; return nil }
+func (f *rawFlag) IsBoolFlag() bool   { return f.isBool }
+
+// loadConfig reads file, environment and flags, in rising precedence. It
+// returns flag.ErrHelp when the flags ask for help (see serveUsage).
+func loadConfig(args []string, getenv func(string) string) (Config, error) {
+	cfg := defaultConfig()
+	keys := cfg.keys()
+	fs := flag.NewFlagSet("berth serve", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are returned; help is printed by run
+	configPath := fs.String("config", getenv("BERTH_CONFIG"), "YAML configuration file")
+	raw := make([]rawFlag, len(keys))
+	for i, k := range keys {
+		raw[i].isBool = k.isBool
+		fs.Var(&raw[i], k.flag, k.usage)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return cfg, err
+		}
+		return cfg, fmt.Errorf("%w (berth serve --help lists the flags)", err)
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q: berth serve takes flags only (berth serve --help lists them)", fs.Arg(0))
+	}
+	if *configPath != "" {
+		if err := cfg.readFile(*configPath, keys); err != nil {
+			return cfg, err
+		}
+	}
+	for _, k := range keys {
+		for _, name := range k.env {
+			if v := getenv(name); v != "" {
+				if err := k.set(v); err != nil {
+					return cfg, keyError(k.name, name, err)
+				}
+				break
+			}
+		}
+	}
+	var err error
+	fs.Visit(func(f *flag.Flag) {
+		for i, k := range keys {
+			if k.flag == f.Name && err == nil {
+				if e := k.set(raw[i].v); e != nil {
+					err = keyError(k.name, "--"+k.flag, e)
+				}
+			}
+		}
+	})
+	if err != nil {
+		return cfg, err
+	}
+	if cfg.Upstreams == nil {
+		cfg.Upstreams = defaultUpstreams()
+	}
+	return cfg, cfg.validate(getenv)
+}
+
+// readFile sets the keys the YAML file at path has. The file is read as
+// text nodes and each value goes through its key's parser, so a value of
+// the wrong type is refused in the same words as from the environment.
+func (c *Config) readFile(path string, keys []key) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return fmt.Errorf("config file %s: %s", path, oneLine(err))
+	}
+	if len(doc.Content) == 0 { // empty, or only comments
+		return nil
+	}
+	root := deref(doc.Content[0])
+	if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
+		return nil
+	}
+	if root.Kind != yaml.MappingNode {
+		return fmt.Errorf("config file %s: line %d: want a mapping of keys (addr: \":5000\", ...), not %s", path, root.Line, kindName(root))
+	}
+	return decodeMapping(root, "", keys, map[string]func(*yaml.Node) error{"upstreams": c.readUpstreams})
+}
+
+// decodeMapping sets keys from mapping n, whose keys are named prefix+name.
+// A name with keys under it ("auth" for auth.htpasswd) is a nested
+// mapping; structured keys are decoded by their own function.
+func decodeMapping(n *yaml.Node, prefix string, keys []key, structured map[string]func(*yaml.Node) error) error {
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		kn, vn := deref(n.Content[i]), deref(n.Content[i+1])
+		name := prefix + kn.Value
+		if kn.Kind != yaml.ScalarNode {
+			return fmt.Errorf("config file: line %d: a key must be a name, not %s", kn.Line, kindName(kn))
+		}
+		if seen[name] {
+			return keyError(name, "", fmt.Errorf("set twice (line %d)", kn.Line))
+		}
+		seen[name] = true
+		if f := structured[name]; f != nil {
+			if err := f(vn); err != nil {
+				return err
+			}
+			continue
+		}
+		if k, ok := findKey(keys, name); ok {
+			if err := setFromNode(k, vn); err != nil {
+				return keyError(name, "", err)
+			}
+			continue
+		}
+		if hasKeysUnder(keys, name) {
+			if isNull(vn) {
+				continue
+			}
+			if vn.Kind != yaml.MappingNode {
+				return keyError(name, "", fmt.Errorf("%s is not a mapping of %s", kindName(vn), strings.Join(keysUnder(keys, name), ", ")))
+			}
+			if err := decodeMapping(vn, name+".", keys, structured); err != nil {
+				return err
+			}
+			continue
+		}
+		return keyError(name, "", fmt.Errorf("unknown key (known here: %s)", strings.Join(known(keys, prefix, structured), ", ")))
+	}
+	return nil
+}
+
+// setFromNode sets k from a YAML value: a scalar's text, or for a list key
+// a sequence of scalars. An explicit null leaves the default.
+func setFromNode(k key, n *yaml.Node) error {
+	switch {
+	case isNull(n):
+		return nil
+	case n.Kind == yaml.ScalarNode:
+		return k.set(n.Value)
+	case n.Kind == yaml.SequenceNode && k.list:
+		items := make([]string, 0, len(n.Content))
+		for _, e := range n.Content {
+			e = deref(e)
+			if e.Kind != yaml.ScalarNode {
+				return fmt.Errorf("%s in the list is not a string (want %s)", kindName(e), k.forms)
+			}
+			if strings.Contains(e.Value, ",") {
+				return fmt.Errorf("%q is not %s", e.Value, k.forms)
+			}
+			items = append(items, e.Value)
+		}
+		return k.set(strings.Join(items, ","))
+	}
+	return fmt.Errorf("%s is not %s", kindName(n), k.forms)
+}
+
+// readUpstreams decodes the upstreams list; it replaces the built-in one.
+func (c *Config) readUpstreams(n *yaml.Node) error {
+	const forms = "a list of upstreams (- name: ghcr.io, url: https://ghcr.io, ...)"
+	if isNull(n) {
+		return nil
+	}
+	if n.Kind != yaml.SequenceNode {
+		return keyError("upstreams", "", fmt.Errorf("%s is not %s", kindName(n), forms))
+	}
+	c.Upstreams = make([]UpstreamConfig, len(n.Content))
+	for i, e := range n.Content {
+		e = deref(e)
+		where := fmt.Sprintf("upstreams[%d]", i)
+		if e.Kind != yaml.MappingNode {
+			return keyError(where, "", fmt.Errorf("%s is not an upstream (name: ghcr.io, url: https://ghcr.io, ...)", kindName(e)))
+		}
+		u := &c.Upstreams[i]
+		u.TagTTL = defaultTagTTL
+		if err := decodeMapping(e, where+".", prefixed(where+".", u.keys()), nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func prefixed(prefix string, keys []key) []key {
+	for i := range keys {
+		keys[i].name = prefix + keys[i].name
+	}
+	return keys
+}
+
+func findKey(keys []key, name string) (key, bool) {
+	for _, k := range keys {
+		if k.name == name {
+			return k, true
+		}
+	}
+	return key{}, false
+}
+
+func keysUnder(keys []key, section string) []string {
+	var names []string
+	for _, k := range keys {
+		if rest, ok := strings.CutPrefix(k.name, section+"."); ok {
+			names = append(names, rest)
+		}
+	}
+	return names
+}
+
+// known lists the key names a mapping under prefix may have.
+func known(keys []key, prefix string, structured map[string]func(*yaml.Node) error) []string {
+	var names []string
+	add := func(full string) {
+		rest, ok := strings.CutPrefix(full, prefix)
+		if !ok {
+			return
+		}
+		rest, _, _ = strings.Cut(rest, ".")
+		if !slices.Contains(names, rest) {
+			names = append(names, rest)
+		}
+	}
+	for _, k := range keys {
+		add(k.name)
+	}
+	for name := range structured {
+		add(name)
+	}
+	return names
+}
+
+func hasKeysUnder(keys []key, section string) bool { return len(keysUnder(keys, section)) > 0 }
+
+// deref follows a YAML alias (*anchor) to its node.
+func deref(n *yaml.Node) *yaml.Node {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n
+}
+
+func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.Tag == "!!null" }
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		return strconv.Quote(n.Value)
+	}
+	return "this value"
+}
+
+// validate checks what no single key can: keys that need each other,
+// upstreams as a whole, files and passwords, which it resolves.
+func (c *Config) validate(getenv func(string) string) error {
+	if c.Auth.Htpasswd == "" && c.Auth.AnonymousPull != nil {
+		return keyError("auth.anonymous_pull", "", errors.New("needs auth.htpasswd"))
+	}
+	seen := map[string]bool{}
+	defaults := 0
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		where := fmt.Sprintf("upstreams[%d]", i)
+		if u.Name == "" {
+			return keyError(where+".name", "", errors.New("required (the registry's host name, such as ghcr.io)"))
+		}
+		if seen[u.Name] {
+			return keyError(where+".name", "", fmt.Errorf("%q configured twice", u.Name))
+		}
+		seen[u.Name] = true
+		if u.URL == "" {
+			return keyError(where+".url", "", errors.New("required (https://...)"))
+		}
+		if u.Default {
+			defaults++
+		}
+		switch {
+		case u.PasswordFile != "":
+			b, err := os.ReadFile(u.PasswordFile)
+			if err != nil {
+				return keyError(where+".password_file", "", err)
+			}
+			u.Password = strings.TrimSpace(string(b))
+		case u.PasswordEnv != "":
+			u.Password = getenv(u.PasswordEnv)
+			if u.Password == "" {
+				return keyError(where+".password_env", "", fmt.Errorf("environment variable %s is empty", u.PasswordEnv))
+			}
+		}
+		if u.Password != "" && u.Username == "" {
+			return keyError(where+".username", "", errors.New("required when a password is set"))
+		}
+	}
+	if defaults > 1 {
+		return keyError("upstreams", "", errors.New("more than one has default: true"))
+	}
+	return nil
+}
+
+// serveUsage is berth serve --help: every flag with its environment
+// variable, from the same table the parser uses.
+func serveUsage(w io.Writer) {
+	fmt.Fprint(w, `usage: berth serve [flags]
+
+Runs the registry and mirror. Each setting is read from the configuration file,
+then the environment, then a flag: the last one given wins. Booleans are true,
+false, yes, no, on, off, 1 or 0; durations 90s, 10m, 1h30m or a number of
+seconds; sizes bytes or 512KB, 4MiB, 50GiB. upstreams is set in the file only.
+SIGHUP reloads the configuration; addr, data, debug_addr, max_cache_bytes and
+the log settings need a restart.
+
+`)
+	fmt.Fprintf(w, "  --config FILE  (BERTH_CONFIG)\n        the YAML configuration file\n")
+	for _, k := range defaultConfigKeys() {
+		arg := " " + k.arg
+		if k.isBool {
+			arg = "[=" + k.arg + "]"
+		}
+		fmt.Fprintf(w, "  --%s%s  (%s)\n        %s: %s\n", k.flag, arg, strings.Join(k.env, ", "), k.name, k.usage)
+	}
+}
+
+func defaultConfigKeys() []key {
+	c := defaultConfig()
+	return c.keys()
 }
 
 // oneLine flattens yaml's multi-line errors so start-up fails with one line.

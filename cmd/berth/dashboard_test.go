@@ -33,7 +33,7 @@ func TestDashboardQueriesExportedSeries(t *testing.T) {
 
 	up := upstreamtest.New(t, upstreamtest.Options{Auth: upstreamtest.AuthBearer})
 	img := up.AddImage("library/app", "1", 1, 8<<10)
-	addr := startServe(t, []UpstreamConfig{{Name: "docker.io", URL: up.URL(), Default: true, TagTTL: &Duration{}}})
+	addr := startServe(t, []UpstreamConfig{{Name: "docker.io", URL: up.URL(), Default: true, TagTTL: 0}})
 	// One pull through the mirror, so that series born on first use (the
 	// HTTP requests by kind and status) exist too.
 	get(t, "http://"+addr+"/v2/app/manifests/1", ocispec.MediaTypeImageManifest)

@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	stdlog "log"
@@ -24,10 +25,8 @@ import (
 
 	"github.com/berth-dev/berth/cache"
 	"github.com/berth-dev/berth/internal/mirror"
-	"github.com/berth-dev/berth/internal/route"
 	"github.com/berth-dev/berth/internal/status"
 	"github.com/berth-dev/berth/proxy"
-	"github.com/berth-dev/berth/upstream"
 	"github.com/mattn/go-isatty"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -42,7 +41,7 @@ import (
 )
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
+	if err := run(os.Args[1:], os.Stdin, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "berth:", err)
 		os.Exit(1)
 	}
@@ -53,39 +52,80 @@ const usage = `usage: berth <command> [flags]
 commands:
   serve     run the registry and mirror (berth serve --help for flags)
   htpasswd  print an htpasswd line for USER with a bcrypt hash of the password read from stdin
-  version   print the version`
+  version   print the version
+  help      print this, or with a command's name its usage`
+
+const htpasswdUsage = `usage: berth htpasswd USER < password
+
+Prints USER:HASH, the bcrypt hash of the first line of stdin, for the file
+named by auth.htpasswd.`
+
+const versionUsage = `usage: berth version
+
+Prints berth's version.`
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-func run(args []string) error {
+// isHelp reports whether arg asks for help, as -h, --help or -help.
+func isHelp(arg string) bool { return arg == "-h" || arg == "--help" || arg == "-help" }
+
+func run(args []string, stdin io.Reader, stdout io.Writer) error {
 	if len(args) == 0 {
 		return errors.New(usage)
 	}
 	switch args[0] {
 	case "serve":
-		cfg, err := loadConfig(args[1:], os.Getenv)
+		// Before anything else: SIGHUP's default action ends the process.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		load := func() (Config, error) { return loadConfig(args[1:], os.Getenv) }
+		cfg, err := load()
+		if errors.Is(err, flag.ErrHelp) {
+			serveUsage(stdout)
+			return nil
+		}
 		if err != nil {
 			return err
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		return serve(ctx, cfg, nil)
+		return serveWith(ctx, cfg, hooks{reload: hup, load: load})
 	case "htpasswd":
-		if len(args) != 2 || args[1] == "" || strings.ContainsAny(args[1], ":\n") {
+		if len(args) == 2 && isHelp(args[1]) {
+			fmt.Fprintln(stdout, htpasswdUsage)
+			return nil
+		}
+		if len(args) != 2 || args[1] == "" || strings.ContainsAny(args[1], ":\n") || strings.HasPrefix(args[1], "-") {
 			return errors.New("usage: berth htpasswd USER < password")
 		}
-		line, err := htpasswdLine(args[1], os.Stdin)
+		line, err := htpasswdLine(args[1], stdin)
 		if err != nil {
 			return err
 		}
-		fmt.Println(line)
+		fmt.Fprintln(stdout, line)
 		return nil
 	case "version", "--version":
-		fmt.Println("berth", version)
+		if len(args) == 2 && isHelp(args[1]) {
+			fmt.Fprintln(stdout, versionUsage)
+			return nil
+		}
+		fmt.Fprintln(stdout, "berth", version)
 		return nil
-	case "help", "-h", "--help":
-		fmt.Println(usage)
+	case "help", "-h", "--help", "-help":
+		switch {
+		case len(args) == 1:
+			fmt.Fprintln(stdout, usage)
+		case args[1] == "serve":
+			serveUsage(stdout)
+		case args[1] == "htpasswd":
+			fmt.Fprintln(stdout, htpasswdUsage)
+		case args[1] == "version":
+			fmt.Fprintln(stdout, versionUsage)
+		default:
+			return fmt.Errorf("unknown command %q\n%s", args[1], usage)
+		}
 		return nil
 	}
 	return fmt.Errorf("unknown command %q\n%s", args[0], usage)
@@ -131,62 +171,44 @@ func htpasswdLine(user string, r io.Reader) (string, error) {
 	return user + ":" + string(hash), nil
 }
 
-func loadAuth(c AuthConfig) (*proxy.Auth, error) {
-	if c.Htpasswd == "" {
-		return nil, nil
-	}
-	f, err := os.Open(c.Htpasswd)
-	if err != nil {
-		return nil, fmt.Errorf("auth.htpasswd: %w", err)
-	}
-	defer f.Close()
-	anon := c.AnonymousPull == nil || *c.AnonymousPull
-	a, err := proxy.ParseHtpasswd(f, anon)
-	if err != nil {
-		return nil, fmt.Errorf("auth.htpasswd %s: %w", c.Htpasswd, err)
-	}
-	return a, nil
-}
-
 // serve runs berth until ctx ends. ready, if set, receives the bound address.
 func serve(ctx context.Context, cfg Config, ready chan<- string) error {
+	return serveWith(ctx, cfg, hooks{ready: ready})
+}
+
+// hooks connect serve to what surrounds it.
+type hooks struct {
+	ready chan<- string // receives the bound address
+	// reload: each signal reloads the configuration with load (SIGHUP).
+	reload <-chan os.Signal
+	load   func() (Config, error)
+	// reloaded, if set, is told how each reload went (tests wait on it).
+	reloaded chan<- error
+}
+
+// serveWith is serve, with reloads.
+func serveWith(ctx context.Context, cfg Config, h hooks) error {
 	log, logw := newLogger(cfg)
 	defer logw.Close()
-	auth, err := loadAuth(cfg.Auth)
-	if err != nil {
-		return err
-	}
 	// The index gets a few seconds to close: a data directory removed or
 	// made read-only under berth must not hold its exit for minutes.
-	store, err := cache.Open(cfg.Data, cache.Options{Logger: log, MaxBytes: cfg.maxCacheBytes, CloseTimeout: 5 * time.Second})
+	store, err := cache.Open(cfg.Data, cache.Options{Logger: log, MaxBytes: cfg.MaxCacheBytes, CloseTimeout: 5 * time.Second})
 	if err != nil {
 		return err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerStore(reg, store)
-	mirrorMetrics := mirror.NewMetrics(reg)
 	page := status.New(status.Options{Version: version, Store: store})
-	var mirrors []*mirror.Mirror
-	var ups []route.Upstream
-	for _, u := range cfg.Upstreams {
-		c, err := upstream.New(upstream.Config{Name: u.Name, URL: u.URL, Username: u.Username, Password: u.Password,
-			ResponseHeaderTimeout: u.Timeout, MaxManifestSize: cfg.MaxManifestBytes},
-			upstream.WithLogger(log.With().Str("upstream", u.Name).Logger()),
-			upstream.WithObserver(mirrorMetrics), upstream.WithObserver(page))
-		if err != nil {
-			store.Close()
-			return fmt.Errorf("upstream %s: %w", u.Name, err)
-		}
-		m := mirror.New(mirror.Options{Store: store, Client: c, TagTTL: u.TagTTL.Duration, KeepOnNotFound: u.KeepOnNotFound,
-			Offline: cfg.Offline, Prefetch: cfg.Prefetch, Metrics: mirrorMetrics, Logger: log})
-		mirrors = append(mirrors, m)
-		ups = append(ups, route.Upstream{Name: u.Name, Aliases: u.Aliases, Default: u.Default, Registry: m})
+	api := &reloadable{log: log, store: store, mirrorMet: mirror.NewMetrics(reg), httpMet: proxy.NewMetrics(reg),
+		readOnly: new(atomic.Bool), page: page}
+	api.readOnly.Store(cfg.ReadOnly)
+	first, err := api.build(cfg)
+	if err != nil {
+		store.Close()
+		return err
 	}
-	router := route.New(route.Options{Local: cache.NewLocal(store), Store: store, Upstreams: ups,
-		LocalPatterns: cfg.Local, Offline: cfg.Offline})
-	api := proxy.New(proxy.Options{Registry: router, Logger: log, Registerer: reg,
-		MaxManifestSize: cfg.MaxManifestBytes, Auth: auth, OnRequest: page.Request})
+	api.current.Store(first)
 	var handlers sync.WaitGroup // requests running, so the index is never closed under one
 	var running atomic.Int64    // the same, counted: the log is flushed whenever berth falls idle
 	mux := http.NewServeMux()
@@ -204,6 +226,7 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 	})
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
+		api.stop()
 		store.Close()
 		return fmt.Errorf("addr: %w", err)
 	}
@@ -230,16 +253,16 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          stdlog.New(io.Discard, "", 0),
 	}
-	names := make([]string, 0, len(cfg.Upstreams))
-	for _, u := range cfg.Upstreams {
-		names = append(names, u.Name)
-	}
+	names := upstreamNames(cfg)
 	page.SetUpstreams(names)
 	log.Info().Str("addr", ln.Addr().String()).Str("data", cfg.Data).Strs("upstreams", names).
-		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Bool("auth", auth != nil).Int64("max_cache_bytes", cfg.maxCacheBytes).
-		Str("version", version).Msg("berth serving")
-	if ready != nil {
-		ready <- ln.Addr().String()
+		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Bool("read_only", cfg.ReadOnly).Bool("auth", cfg.Auth.Htpasswd != "").
+		Int64("max_cache_bytes", cfg.MaxCacheBytes).Str("version", version).Msg("berth serving")
+	for _, w := range advisories(cfg) {
+		log.Warn().Msg(w)
+	}
+	if h.ready != nil {
+		h.ready <- ln.Addr().String()
 	}
 	notifyReady(log)
 	g, gctx := errgroup.WithContext(ctx)
@@ -261,10 +284,27 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 		return nil
 	})
 	g.Go(func() error {
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-h.reload:
+				err := api.reload(h.load)
+				if h.reloaded != nil {
+					select {
+					case h.reloaded <- err:
+					case <-gctx.Done():
+					}
+				}
+			}
+		}
+	})
+	g.Go(func() error {
 		<-gctx.Done()
-		log.Info().Dur("timeout", cfg.ShutdownTimeout).Msg("shutting down: finishing in-flight requests")
+		timeout := api.current.Load().cfg.ShutdownTimeout
+		log.Info().Dur("timeout", timeout).Msg("shutting down: finishing in-flight requests")
 		notifyStopping(log)
-		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+		sctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
 		if err := srv.Shutdown(sctx); err != nil {
 			log.Warn().Err(err).Msg("requests still running at the shutdown timeout: closing their connections")
@@ -280,14 +320,21 @@ func serve(ctx context.Context, cfg Config, ready chan<- string) error {
 		log.Error().Dur("grace", shutdownGrace).Msg("requests still running after the shutdown timeout; exiting without closing the index")
 		return err
 	}
-	for _, m := range mirrors {
-		m.Close()
-	}
+	api.stop()
 	if cerr := store.Close(); cerr != nil {
 		log.Error().Err(cerr).Msg("closing the index")
 	}
 	log.Info().Msg("stopped")
 	return err
+}
+
+// prefetch is the key's value as mirror.Options wants it: there 0 is the
+// default and a negative number is off; in the configuration 0 is off too.
+func prefetch(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 // shutdownGrace is how long handlers may take to notice their connection

@@ -148,8 +148,8 @@ func TestConfigMaxCacheBytes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if cfg.maxCacheBytes != tc.want {
-				t.Errorf("max_cache_bytes = %d, want %d", cfg.maxCacheBytes, tc.want)
+			if cfg.MaxCacheBytes != tc.want {
+				t.Errorf("max_cache_bytes = %d, want %d", cfg.MaxCacheBytes, tc.want)
 			}
 		})
 	}

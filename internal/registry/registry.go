@@ -1,7 +1,8 @@
 // Package registry is the seam between the OCI Distribution API over HTTP
 // (package proxy serves any Interface) and where content comes from: local
 // storage (cache.Local), an upstream mirror (internal/mirror), and the
-// wrappers that compose them (Router in internal/route, ReadOnly here).
+// wrappers that compose them (Router in internal/route, ReadOnly and
+// Maintenance here).
 //
 // Every method returns errors from one vocabulary: *oci.Error values (or
 // errors wrapping them) that carry their OCI code; the sentinels in

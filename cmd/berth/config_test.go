@@ -1,0 +1,306 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// keyCase is one key read from each source: good must be accepted and
+// give want, bad must be refused with an error containing why.
+type keyCase struct {
+	key  string
+	good string
+	get  func(Config) any
+	want any
+	bad  string
+	why  string
+	env  map[string]string // what the key needs besides itself
+}
+
+func keyCases(t *testing.T) []keyCase {
+	htpasswd := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(htpasswd, []byte("ci:$2y$05$abcdefghijklmnopqrstuu5kQ8Oj8Q7QxY2H5Kq9yq4wq5S2bH5W\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return []keyCase{
+		{key: "addr", good: "127.0.0.1:6000", get: func(c Config) any { return c.Addr }, want: "127.0.0.1:6000",
+			bad: "6000", why: `"6000" is not a listen address (host:port or :port)`},
+		{key: "data", good: "/srv/berth", get: func(c Config) any { return c.Data }, want: "/srv/berth",
+			bad: "", why: "must not be empty"},
+		{key: "debug_addr", good: "127.0.0.1:6060", get: func(c Config) any { return c.DebugAddr }, want: "127.0.0.1:6060",
+			bad: "localhost", why: `"localhost" is not a listen address`},
+		{key: "log_level", good: "warn", get: func(c Config) any { return c.LogLevel }, want: "warn",
+			bad: "loud", why: `"loud" is not debug, info, warn or error`},
+		{key: "log_format", good: "console", get: func(c Config) any { return c.LogFormat }, want: "console",
+			bad: "xml", why: `"xml" is not json or console`},
+		{key: "offline", good: "yes", get: func(c Config) any { return c.Offline }, want: true,
+			bad: "perhaps", why: `"perhaps" is not a boolean (true, false, yes, no, on, off, 1 or 0)`},
+		{key: "read_only", good: "on", get: func(c Config) any { return c.ReadOnly }, want: true,
+			bad: "sometimes", why: `"sometimes" is not a boolean`},
+		{key: "local", good: "team/**,ci/*", get: func(c Config) any { return c.Local }, want: []string{"team/**", "ci/*"},
+			bad: "../x", why: `"../x" is not a list of repository patterns`},
+		{key: "prefetch", good: "-1", get: func(c Config) any { return c.Prefetch }, want: -1,
+			bad: "-7", why: "-7 is out of range (-1 or more: 0 and -1 turn prefetching off)"},
+		{key: "shutdown_timeout", good: "90", get: func(c Config) any { return c.ShutdownTimeout }, want: 90 * time.Second,
+			bad: "10 minutes", why: `"10 minutes" is not a duration (a number of seconds, or Go syntax such as 90s, 10m, 1h30m)`},
+		{key: "max_manifest_bytes", good: "8MiB", get: func(c Config) any { return c.MaxManifestBytes }, want: int64(8 << 20),
+			bad: "4 MB?", why: `"4 MB?" is not a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB...)`},
+		{key: "max_cache_bytes", good: "1.5 TB", get: func(c Config) any { return c.MaxCacheBytes }, want: int64(1.5e12),
+			bad: "-1GiB", why: `"-1GiB" is not a size`},
+		{key: "auth.htpasswd", good: htpasswd, get: func(c Config) any { return c.Auth.Htpasswd }, want: htpasswd,
+			bad: htpasswd + ".missing", why: "no such file"},
+		{key: "auth.anonymous_pull", good: "off", get: func(c Config) any { return *c.Auth.AnonymousPull }, want: false,
+			bad: "nope", why: `"nope" is not a boolean`, env: map[string]string{"BERTH_AUTH_HTPASSWD": htpasswd}},
+	}
+}
+
+// yamlFor is key: v as a file, nested for dotted keys.
+func yamlFor(key, v string) string {
+	if section, name, ok := strings.Cut(key, "."); ok {
+		return fmt.Sprintf("%s:\n  %s: %q\n", section, name, v)
+	}
+	return fmt.Sprintf("%s: %q\n", key, v)
+}
+
+// Every key parses the same way from the file, the environment and a flag,
+// and a bad value is refused with one line naming the key and the forms.
+func TestConfigEveryKeyFromEverySource(t *testing.T) {
+	t.Parallel()
+	cases := keyCases(t)
+	keys := defaultConfigKeys()
+	if len(cases) != len(keys) {
+		t.Fatalf("%d cases for %d keys: every key needs one", len(cases), len(keys))
+	}
+	for i, k := range keys {
+		tc := cases[i]
+		if tc.key != k.name {
+			t.Fatalf("case %d is %s, key %s", i, tc.key, k.name)
+		}
+		sources := []struct {
+			name   string
+			source string // as the error names it
+			load   func(v string) (Config, error)
+		}{
+			{"file", "", func(v string) (Config, error) {
+				return loadConfig([]string{"--config", writeFile(t, yamlFor(k.name, v))}, env(tc.env))
+			}},
+			{"env", k.env[0], func(v string) (Config, error) {
+				m := map[string]string{k.env[0]: v}
+				for n, x := range tc.env {
+					m[n] = x
+				}
+				if v == "" { // an empty variable is unset; say it as a flag would
+					return loadConfig([]string{"--" + k.flag + "="}, env(tc.env))
+				}
+				return loadConfig(nil, env(m))
+			}},
+			{"flag", "--" + k.flag, func(v string) (Config, error) {
+				return loadConfig([]string{"--" + k.flag + "=" + v}, env(tc.env))
+			}},
+		}
+		for _, src := range sources {
+			t.Run(k.name+"/"+src.name, func(t *testing.T) {
+				t.Parallel()
+				cfg, err := src.load(tc.good)
+				if err != nil {
+					t.Fatalf("%q refused: %v", tc.good, err)
+				}
+				if got := tc.get(cfg); !reflect.DeepEqual(got, tc.want) {
+					t.Errorf("%q read as %v, want %v", tc.good, got, tc.want)
+				}
+				_, err = src.load(tc.bad)
+				if err == nil {
+					t.Fatalf("%q accepted", tc.bad)
+				}
+				where := src.source
+				if where != "" {
+					where = " (" + where + ")"
+				}
+				if src.name == "env" && tc.bad == "" {
+					where = " (--" + k.flag + ")"
+				}
+				prefix := "config key " + k.name + where + ": "
+				if msg := err.Error(); !strings.HasPrefix(msg, prefix) || !strings.Contains(msg, tc.why) || strings.Contains(msg, "\n") {
+					t.Errorf("error %q, want one line %q...%q", msg, prefix, tc.why)
+				}
+			})
+		}
+	}
+}
+
+// The line the issue asked for, word for word.
+func TestConfigErrorLine(t *testing.T) {
+	t.Parallel()
+	_, err := loadConfig([]string{"--config", writeFile(t, "max_manifest_bytes: 4 MB?\n")}, env(nil))
+	want := `config key max_manifest_bytes: "4 MB?" is not a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB...)`
+	if err == nil || err.Error() != want {
+		t.Errorf("error %v\nwant  %s", err, want)
+	}
+}
+
+// YAML's own types never reach the user: a list, a mapping or a number
+// where another type is wanted is refused in the key's words.
+func TestConfigFileShapes(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		file, want string
+	}{
+		{"max_manifest_bytes: [1, 2]\n", `config key max_manifest_bytes: a list is not a size (bytes, or a number with KB`},
+		{"offline: {a: b}\n", "config key offline: a mapping is not a boolean"},
+		{"auth: yes\n", `config key auth: "yes" is not a mapping of htpasswd, anonymous_pull`},
+		{"auth:\n  htpasswd2: x\n", "config key auth.htpasswd2: unknown key (known here: htpasswd, anonymous_pull)"},
+		{"adress: \":5000\"\n", "config key adress: unknown key (known here: addr,"},
+		{"addr: \":1\"\naddr: \":2\"\n", "config key addr: set twice (line 2)"},
+		{"upstreams: docker.io\n", `config key upstreams: "docker.io" is not a list of upstreams`},
+		{"upstreams:\n  - ghcr.io\n", `config key upstreams[0]: "ghcr.io" is not an upstream`},
+		{"upstreams:\n  - {name: a.io, url: 'https://a.io', tag_ttl: 10 minutes}\n", `config key upstreams[0].tag_ttl: "10 minutes" is not a duration`},
+		{"upstreams:\n  - {name: a.io, url: 'https://a.io', tag_ttl: -1s}\n", "config key upstreams[0].tag_ttl: -1s is out of range (0 or more"},
+		{"upstreams:\n  - {name: a.io, url: 'https://a.io', default: maybe}\n", `config key upstreams[0].default: "maybe" is not a boolean`},
+		{"upstreams:\n  - {name: a.io, url: 'https://a.io', timeout: [1]}\n", "config key upstreams[0].timeout: a list is not a duration"},
+		{"upstreams:\n  - {name: a.io, url: 'https://a.io', ttl: 1}\n", "config key upstreams[0].ttl: unknown key (known here: name, url, default, tag_ttl"},
+		{"upstreams:\n  - {name: a.io, url: 'https://a.io', aliases: [{x: y}]}\n", "config key upstreams[0].aliases: a mapping in the list is not a string"},
+		{"local: [team/**, {a: b}]\n", "config key local: a mapping in the list is not a string"},
+		{"- addr\n", "want a mapping of keys"},
+		{"addr: [\n", "config file"},
+	} {
+		t.Run(tc.want, func(t *testing.T) {
+			t.Parallel()
+			_, err := loadConfig([]string{"--config", writeFile(t, tc.file)}, env(nil))
+			if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+				t.Errorf("error %v, want one line with %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// Upstream keys take the same forms as the top-level ones.
+func TestConfigUpstreamValues(t *testing.T) {
+	t.Parallel()
+	file := writeFile(t, `upstreams:
+  - name: a.io
+    url: https://a.io
+    default: yes
+    tag_ttl: 90
+    keep_on_not_found: on
+    timeout: 1m30s
+    aliases: [b.io, c.io]
+  - name: d.io
+    url: http://d.io
+    aliases: ~
+`)
+	cfg, err := loadConfig([]string{"--config", file}, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []UpstreamConfig{
+		{Name: "a.io", URL: "https://a.io", Default: true, TagTTL: 90 * time.Second, KeepOnNotFound: true,
+			Timeout: 90 * time.Second, Aliases: []string{"b.io", "c.io"}},
+		{Name: "d.io", URL: "http://d.io", TagTTL: defaultTagTTL},
+	}
+	if !reflect.DeepEqual(cfg.Upstreams, want) {
+		t.Errorf("upstreams\n got %+v\nwant %+v", cfg.Upstreams, want)
+	}
+}
+
+func TestParseValues(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+	}{{"0", 0}, {"90", 90 * time.Second}, {"90s", 90 * time.Second}, {"10m", 10 * time.Minute}, {"1h30m", 90 * time.Minute}, {" 5s ", 5 * time.Second}} {
+		if got, err := parseDuration(tc.in); err != nil || got != tc.want {
+			t.Errorf("parseDuration(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+		}
+	}
+	for _, in := range []string{"", "10 minutes", "1.5", "ten", "99999999999999999"} {
+		if _, err := parseDuration(in); err == nil {
+			t.Errorf("parseDuration(%q) accepted", in)
+		}
+	}
+	for in, want := range map[string]bool{"true": true, "YES": true, "on": true, "1": true, "False": false, "no": false, "off": false, "0": false} {
+		if got, err := parseBool(in); err != nil || got != want {
+			t.Errorf("parseBool(%q) = %v, %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"", "y", "2", "enabled"} {
+		if _, err := parseBool(in); err == nil {
+			t.Errorf("parseBool(%q) accepted", in)
+		}
+	}
+	for in, want := range map[string]int64{"0": 0, "4096": 4096, "4MiB": 4 << 20, "4MB": 4e6, "50GiB": 50 << 30, "1.5 TB": 1.5e12, "500mb": 500e6, "2Ti": 2 << 40} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %v, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "4 MB?", "-1", "50 gigs", "MiB", "1e9"} {
+		if _, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q) accepted", in)
+		}
+	}
+}
+
+// Flags: a boolean flag alone is true, a value after = goes through the
+// key's parser, and a stray argument is refused rather than ignored.
+func TestConfigFlags(t *testing.T) {
+	t.Parallel()
+	cfg, err := loadConfig([]string{"--offline", "--read-only=no", "--prefetch", "0"}, env(map[string]string{"BERTH_READ_ONLY": "yes"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Offline || cfg.ReadOnly || cfg.Prefetch != 0 {
+		t.Errorf("offline=%v read_only=%v prefetch=%d", cfg.Offline, cfg.ReadOnly, cfg.Prefetch)
+	}
+	for args, want := range map[string]string{
+		"--read-only false": `unexpected argument "false"`,
+		"--nope":            "flag provided but not defined: -nope (berth serve --help lists the flags)",
+	} {
+		if _, err := loadConfig(strings.Fields(args), env(nil)); err == nil || err.Error() != want && !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%s: error %v, want %q", args, err, want)
+		}
+	}
+}
+
+// --help and -h print the usage and succeed, for every command.
+func TestHelp(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"serve", "--help"}, "--max-manifest-bytes SIZE"},
+		{[]string{"serve", "-h"}, "BERTH_READ_ONLY"},
+		{[]string{"serve", "--addr", ":1", "-help"}, "usage: berth serve"},
+		{[]string{"help", "serve"}, "--read-only[=BOOL]"},
+		{[]string{"htpasswd", "--help"}, "usage: berth htpasswd"},
+		{[]string{"help", "htpasswd"}, "usage: berth htpasswd"},
+		{[]string{"version", "-h"}, "usage: berth version"},
+		{[]string{"--help"}, "commands:"},
+		{[]string{"help"}, "commands:"},
+	} {
+		var out bytes.Buffer
+		if err := run(tc.args, strings.NewReader(""), &out); err != nil {
+			t.Errorf("%v: %v", tc.args, err)
+		}
+		if !strings.Contains(out.String(), tc.want) {
+			t.Errorf("%v printed %q, want %q in it", tc.args, out.String(), tc.want)
+		}
+	}
+}
+
+// The sample file in deploy/ reads as it says.
+func TestConfigSampleFile(t *testing.T) {
+	t.Parallel()
+	cfg, err := loadConfig([]string{"--config", "../../deploy/berth.yaml"}, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Upstreams) == 0 || cfg.Upstreams[0].Name != "docker.io" || !cfg.Upstreams[0].Default || cfg.Upstreams[0].TagTTL != 10*time.Minute {
+		t.Errorf("upstreams %+v", cfg.Upstreams)
+	}
+}
