@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/berth-dev/berth/cache"
+	"github.com/berth-dev/berth/proxy"
 	"github.com/berth-dev/berth/upstream"
 	"github.com/berth-dev/berth/upstream/upstreamtest"
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,7 +57,11 @@ func TestResponseBytesBySource(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	_, srv := startServer(t, cache.Options{}, berth{Upstream: client, Prefetch: -1, Local: []string{"team/*"}, Registerer: reg})
+	// A response reaches the client before its handler has counted it:
+	// each request is waited for through OnRequest, which runs after.
+	finished := make(chan proxy.Done, 16)
+	_, srv := startServer(t, cache.Options{}, berth{Upstream: client, Prefetch: -1, Local: []string{"team/*"}, Registerer: reg,
+		OnRequest: func(d proxy.Done) { finished <- d }})
 	s := &regSrv{srv: srv}
 	bySource := func() map[string]float64 {
 		out := map[string]float64{}
@@ -71,12 +76,14 @@ func TestResponseBytesBySource(t *testing.T) {
 
 	pushed := randomBytes(32 << 10)
 	pd := s.pushBlob(t, "team/app", pushed)
+	recv(t, finished, "the push to be counted")
 	get := func(path string, want []byte) {
 		t.Helper()
 		resp, body := s.do(t, http.MethodGet, path, nil)
 		if resp.StatusCode != http.StatusOK || !bytes.Equal(body, want) {
 			t.Fatalf("GET %s: %d, %d bytes", path, resp.StatusCode, len(body))
 		}
+		recv(t, finished, "GET "+path+" to be counted")
 	}
 	get("/v2/team/app/blobs/"+pd.String(), pushed)
 	get("/v2/library/app/blobs/"+md.String(), mirrored) // a miss: streamed as it arrives
@@ -90,6 +97,7 @@ func TestResponseBytesBySource(t *testing.T) {
 	if resp, _ := s.do(t, http.MethodGet, "/v2/", nil); resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /v2/: %d", resp.StatusCode)
 	}
+	recv(t, finished, "GET /v2/ to be counted")
 	if got := bySource()["other"]; got <= 0 {
 		t.Errorf("bytes of /v2/ counted as other: %v", got)
 	}

@@ -27,6 +27,8 @@ type berth struct {
 	// Registerer receives the HTTP and mirror metrics; nil: none exported.
 	Registerer prometheus.Registerer
 	Log        io.Writer // the request log, as JSON lines; nil: none
+	// OnRequest is told of every finished request (after its metrics).
+	OnRequest func(proxy.Done)
 }
 
 // localOnly is a berth serving only local repositories.
@@ -59,7 +61,7 @@ func startServer(tb testing.TB, so cache.Options, b berth) (*cache.Store, *httpt
 	if b.Log != nil {
 		log = zerolog.New(b.Log)
 	}
-	srv := httptest.NewServer(proxy.New(proxy.Options{Registry: rt, Logger: log, Auth: b.Auth, Registerer: b.Registerer}))
+	srv := httptest.NewServer(proxy.New(proxy.Options{Registry: rt, Logger: log, Auth: b.Auth, Registerer: b.Registerer, OnRequest: b.OnRequest}))
 	tb.Cleanup(func() {
 		srv.Close()
 		if m != nil {
