@@ -264,43 +264,29 @@ func optionalBoolValue(p **bool) value {
 }
 
 func durationValue(p *time.Duration, lowest time.Duration, want string) value {
-	return value{forms: durationForms, arg: "DURATION", set: func(s string) error {
-		d, err := parseDuration(s)
-		switch {
-		case err != nil:
-			return err
-		case d < lowest:
-			return outOfRange(s, want)
-		}
-		*p = d
-		return nil
-	}}
+	return boundedValue(p, lowest, want, durationForms, "DURATION", parseDuration)
 }
 
 func sizeValue(p *int64, lowest int64, want string) value {
-	return value{forms: sizeForms, arg: "SIZE", set: func(s string) error {
-		n, err := parseSize(s)
-		switch {
-		case err != nil:
-			return err
-		case n < lowest:
-			return outOfRange(s, want)
-		}
-		*p = n
-		return nil
-	}}
+	return boundedValue(p, lowest, want, sizeForms, "SIZE", parseSize)
 }
 
 func intValue(p *int, lowest int, want string) value {
-	return value{forms: intForms, arg: "N", set: func(s string) error {
-		n, err := parseInt(s)
+	return boundedValue(p, lowest, want, intForms, "N", parseInt)
+}
+
+// boundedValue is a value parsed by parse and refused below lowest (want
+// says what is accepted).
+func boundedValue[T int | int64 | time.Duration](p *T, lowest T, want, forms, arg string, parse func(string) (T, error)) value {
+	return value{forms: forms, arg: arg, set: func(s string) error {
+		v, err := parse(s)
 		switch {
 		case err != nil:
 			return err
-		case n < lowest:
+		case v < lowest:
 			return outOfRange(s, want)
 		}
-		*p = n
+		*p = v
 		return nil
 	}}
 }
