@@ -146,12 +146,7 @@ func dashboardExprs(t *testing.T, path string) []dashboardExpr {
 // test ends, and returns its address.
 func startServe(t *testing.T, ups []UpstreamConfig) string {
 	t.Helper()
-	cfg := defaultConfig()
-	cfg.Addr = "127.0.0.1:0"
-	cfg.Data = t.TempDir()
-	cfg.LogLevel = "error"
-	cfg.LogFormat = "json"
-	cfg.Upstreams = ups
+	cfg := testConfig(t, ups)
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
 	done := make(chan error, 1)

@@ -159,12 +159,7 @@ func TestConfigMaxCacheBytes(t *testing.T) {
 // closes the index so that it can be opened again.
 func TestServeLifecycle(t *testing.T) {
 	t.Parallel()
-	cfg := defaultConfig()
-	cfg.Addr = "127.0.0.1:0"
-	cfg.Data = t.TempDir()
-	cfg.LogLevel = "error"
-	cfg.LogFormat = "json"
-	cfg.Upstreams = nil
+	cfg := testConfig(t, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
@@ -225,4 +220,16 @@ func TestServeLifecycle(t *testing.T) {
 		t.Fatalf("index not closed cleanly: %v", err)
 	}
 	st.Close()
+}
+
+// testConfig is a configuration for serve in a test: a free loopback port, a
+// fresh data directory, quiet JSON logs, ups as the upstreams.
+func testConfig(t *testing.T, ups []UpstreamConfig) Config {
+	cfg := defaultConfig()
+	cfg.Addr = "127.0.0.1:0"
+	cfg.Data = t.TempDir()
+	cfg.LogLevel = "error"
+	cfg.LogFormat = "json"
+	cfg.Upstreams = ups
+	return cfg
 }

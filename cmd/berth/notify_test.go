@@ -87,12 +87,7 @@ func TestNotifyErrors(t *testing.T) {
 // shutdown begins.
 func TestServeNotifiesSystemd(t *testing.T) {
 	conn := listenNotify(t, filepath.Join(t.TempDir(), "notify"))
-	cfg := defaultConfig()
-	cfg.Addr = "127.0.0.1:0"
-	cfg.Data = t.TempDir()
-	cfg.LogLevel = "error"
-	cfg.LogFormat = "json"
-	cfg.Upstreams = nil
+	cfg := testConfig(t, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ready := make(chan string, 1)
