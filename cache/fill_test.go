@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-dev/berth/internal/testutil"
 	"github.com/opencontainers/go-digest"
 	"github.com/rs/zerolog"
 )
@@ -107,7 +108,7 @@ func TestFillConcurrentReaders(t *testing.T) {
 	if err := f.Wait(ctx); err != nil {
 		t.Fatalf("Wait: %v", err)
 	}
-	if r := recv(t, done, "the fill to end"); r.Err != nil || r.Bytes != int64(len(content)) || r.Digest != d {
+	if r := testutil.Recv(t, done, "the fill to end"); r.Err != nil || r.Bytes != int64(len(content)) || r.Digest != d {
 		t.Errorf("FillResult = %+v", r)
 	}
 	if st.InFlight(d) != nil || len(st.Fills()) != 0 {
@@ -178,7 +179,7 @@ func TestFillFailure(t *testing.T) {
 			if err := f.Wait(ctx); !errors.Is(err, ErrFillFailed) || !errors.Is(err, tt.want) {
 				t.Errorf("Wait = %v", err)
 			}
-			if r := recv(t, done, "the fill to end"); !errors.Is(r.Err, tt.want) {
+			if r := testutil.Recv(t, done, "the fill to end"); !errors.Is(r.Err, tt.want) {
 				t.Errorf("FillResult.Err = %v, want %v", r.Err, tt.want)
 			}
 			// onDone runs after the staging file is gone.
@@ -197,7 +198,7 @@ func TestFillFailure(t *testing.T) {
 				func(r FillResult) { done2 <- r }); err != nil || joined {
 				t.Fatalf("retry Fill = %v, joined %v", err, joined)
 			}
-			if r := recv(t, done2, "the second fill to end"); r.Err != nil {
+			if r := testutil.Recv(t, done2, "the second fill to end"); r.Err != nil {
 				t.Fatalf("retry fill: %v", r.Err)
 			}
 			assertBlob(t, st, "r", d, content)
@@ -251,7 +252,7 @@ func TestFillAbortedByClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	recv(t, started, "the fill to start")
+	testutil.Recv(t, started, "the fill to start")
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -278,7 +279,7 @@ func TestFillLateJoinerIsLinked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := recv(t, done, "the fill to end"); r.Err != nil {
+	if r := testutil.Recv(t, done, "the fill to end"); r.Err != nil {
 		t.Fatal(r.Err)
 	}
 	f.AddRepo("late", "up")
@@ -297,7 +298,7 @@ func TestFillLateJoinerIsLinked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := recv(t, bad, "the corrupt fill to end"); !errors.Is(r.Err, ErrDigestMismatch) {
+	if r := testutil.Recv(t, bad, "the corrupt fill to end"); !errors.Is(r.Err, ErrDigestMismatch) {
 		t.Fatalf("fill of wrong bytes: %v", r.Err)
 	}
 	f2.AddRepo("late", "up")

@@ -4,6 +4,7 @@ import (
 	"io"
 	"testing"
 
+	"github.com/berth-dev/berth/internal/testutil"
 	"github.com/opencontainers/go-digest"
 	"github.com/rs/zerolog"
 )
@@ -32,7 +33,7 @@ func TestCleanIngestKeepsBlobsBeingWritten(t *testing.T) {
 		t.Fatal(err)
 	}
 	pw.Close()
-	if err := recv(t, done, "the push to end"); err != nil {
+	if err := testutil.Recv(t, done, "the push to end"); err != nil {
 		t.Errorf("push failed after a janitor pass: %v", err)
 	}
 }

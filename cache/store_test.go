@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-dev/berth/internal/testutil"
 	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 )
@@ -547,7 +548,7 @@ func TestCloseGivesUpOnAStuckIndex(t *testing.T) {
 		t.Errorf("Close of a stuck index = %v, want ErrCloseTimeout", err)
 	}
 	// The abandoned close still finishes once the index lets it.
-	if err := recv(t, closed, "Close to return"); err != nil {
+	if err := testutil.Recv(t, closed, "Close to return"); err != nil {
 		t.Errorf("index close after the timeout: %v", err)
 	}
 }

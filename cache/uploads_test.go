@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-dev/berth/internal/testutil"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -279,7 +280,7 @@ func stall(t *testing.T, st *Store, repo, id string, start int64, body *stalledB
 		_, err := st.AppendUpload(repo, id, start, body)
 		done <- err
 	}()
-	recv(t, body.reading, "the append to start reading its body")
+	testutil.Recv(t, body.reading, "the append to start reading its body")
 	return done
 }
 
@@ -377,7 +378,7 @@ func TestStalledAppendBlocksOnlyItsUpload(t *testing.T) {
 	// Once the bodies arrive, every stalled upload completes intact.
 	for _, p := range ps {
 		close(p.body.release)
-		if err := recv(t, p.done, "a stalled append to end"); err != nil {
+		if err := testutil.Recv(t, p.done, "a stalled append to end"); err != nil {
 			t.Fatalf("stalled append: %v", err)
 		}
 		d := digest.FromBytes(p.content)
@@ -411,7 +412,7 @@ func TestCancelDuringStalledAppend(t *testing.T) {
 		t.Fatalf("CancelUpload = %v", cancelErr)
 	}
 	close(body.release)
-	if err := recv(t, done, "the stalled append to end"); !errors.Is(err, ErrUploadUnknown) {
+	if err := testutil.Recv(t, done, "the stalled append to end"); !errors.Is(err, ErrUploadUnknown) {
 		t.Errorf("append of a cancelled upload = %v, want ErrUploadUnknown", err)
 	}
 	if _, err := st.GetUpload("a", u.ID); !errors.Is(err, ErrUploadUnknown) {

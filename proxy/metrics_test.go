@@ -6,44 +6,12 @@ import (
 	"testing"
 
 	"github.com/berth-dev/berth/cache"
+	"github.com/berth-dev/berth/internal/testutil"
 	"github.com/berth-dev/berth/proxy"
 	"github.com/berth-dev/berth/upstream"
 	"github.com/berth-dev/berth/upstream/upstreamtest"
 	"github.com/prometheus/client_golang/prometheus"
 )
-
-// metricValue is the value of the one counter or gauge series of name whose
-// labels include want; the test fails if there is none.
-func metricValue(t *testing.T, reg prometheus.Gatherer, name string, want map[string]string) float64 {
-	t.Helper()
-	fams, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range fams {
-		if f.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range f.GetMetric() {
-			have := map[string]string{}
-			for _, l := range m.GetLabel() {
-				have[l.GetName()] = l.GetValue()
-			}
-			for k, v := range want {
-				if have[k] != v {
-					continue next
-				}
-			}
-			if c := m.GetCounter(); c != nil {
-				return c.GetValue()
-			}
-			return m.GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("no series %s%v", name, want)
-	return 0
-}
 
 // Bytes sent are counted by where they came from: a pushed blob is local, a
 // mirrored blob is upstream while it streams in and cache once stored.
@@ -66,7 +34,7 @@ func TestResponseBytesBySource(t *testing.T) {
 	bySource := func() map[string]float64 {
 		out := map[string]float64{}
 		for _, src := range []string{"cache", "upstream", "local", "other"} {
-			out[src] = metricValue(t, reg, "berth_http_response_bytes_total", map[string]string{"source": src})
+			out[src] = testutil.Value(t, reg, "berth_http_response_bytes_total", map[string]string{"source": src})
 		}
 		return out
 	}
@@ -76,14 +44,14 @@ func TestResponseBytesBySource(t *testing.T) {
 
 	pushed := randomBytes(32 << 10)
 	pd := s.pushBlob(t, "team/app", pushed)
-	recv(t, finished, "the push to be counted")
+	testutil.Recv(t, finished, "the push to be counted")
 	get := func(path string, want []byte) {
 		t.Helper()
 		resp, body := s.do(t, http.MethodGet, path, nil)
 		if resp.StatusCode != http.StatusOK || !bytes.Equal(body, want) {
 			t.Fatalf("GET %s: %d, %d bytes", path, resp.StatusCode, len(body))
 		}
-		recv(t, finished, "GET "+path+" to be counted")
+		testutil.Recv(t, finished, "GET "+path+" to be counted")
 	}
 	get("/v2/team/app/blobs/"+pd.String(), pushed)
 	get("/v2/library/app/blobs/"+md.String(), mirrored) // a miss: streamed as it arrives
@@ -97,7 +65,7 @@ func TestResponseBytesBySource(t *testing.T) {
 	if resp, _ := s.do(t, http.MethodGet, "/v2/", nil); resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /v2/: %d", resp.StatusCode)
 	}
-	recv(t, finished, "GET /v2/ to be counted")
+	testutil.Recv(t, finished, "GET /v2/ to be counted")
 	if got := bySource()["other"]; got <= 0 {
 		t.Errorf("bytes of /v2/ counted as other: %v", got)
 	}

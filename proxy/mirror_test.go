@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/cache"
+	"github.com/berth-dev/berth/internal/testutil"
 	"github.com/berth-dev/berth/upstream"
 	"github.com/berth-dev/berth/upstream/upstreamtest"
 	"github.com/opencontainers/go-digest"
@@ -199,7 +200,7 @@ func TestHerdSharesOneUpstreamDownload(t *testing.T) {
 	waitCtx(t, ctx, firstByte.Wait)
 	close(e.tr.gate)
 	for i := 0; i < clients; i++ {
-		if err := recv(t, errs, "a client to finish"); err != nil {
+		if err := testutil.Recv(t, errs, "a client to finish"); err != nil {
 			t.Errorf("client: %v", err)
 		}
 	}
@@ -214,16 +215,16 @@ func TestHerdSharesOneUpstreamDownload(t *testing.T) {
 	}
 	// One client started the download; every other one waited on it.
 	docker := map[string]string{"upstream": "docker.io"}
-	if got := metricValue(t, e.reg, "berth_upstream_fill_joins_total", docker); got != clients-1 {
+	if got := testutil.Value(t, e.reg, "berth_upstream_fill_joins_total", docker); got != clients-1 {
 		t.Errorf("berth_upstream_fill_joins_total = %v, want %d", got, clients-1)
 	}
 	for result, want := range map[string]float64{"miss": 1, "joined": clients - 1} {
 		l := map[string]string{"upstream": "docker.io", "kind": "blob", "result": result}
-		if got := metricValue(t, e.reg, "berth_cache_requests_total", l); got != want {
+		if got := testutil.Value(t, e.reg, "berth_cache_requests_total", l); got != want {
 			t.Errorf("berth_cache_requests_total%v = %v, want %v", l, got, want)
 		}
 	}
-	if got := metricValue(t, e.reg, "berth_http_response_bytes_total", map[string]string{"source": "upstream"}); got != clients*size {
+	if got := testutil.Value(t, e.reg, "berth_http_response_bytes_total", map[string]string{"source": "upstream"}); got != clients*size {
 		t.Errorf("bytes served from the upstream stream = %v, want %d", got, clients*size)
 	}
 }
@@ -258,13 +259,13 @@ func TestFirstClientDisconnectDoesNotStopFill(t *testing.T) {
 	if _, err := io.ReadFull(resp.Body, make([]byte, 1024)); err != nil {
 		t.Fatal(err)
 	}
-	recv(t, e.tr.reached, "the upstream download to reach the gate")
+	testutil.Recv(t, e.tr.reached, "the upstream download to reach the gate")
 	stop() // the first client goes away mid-fill
 	resp.Body.Close()
 
 	second := fetchAsync(ctx, e.srv.URL+"/v2/app/blobs/"+d.String())
 	close(e.tr.gate)
-	if r := recv(t, second, "the second client"); r.err != nil || !bytes.Equal(r.body, content) {
+	if r := testutil.Recv(t, second, "the second client"); r.err != nil || !bytes.Equal(r.body, content) {
 		t.Fatalf("second client got %d bytes (%v), not the blob", len(r.body), r.err)
 	}
 	if got := e.tr.blobGETs.Load(); got != 1 {
@@ -637,16 +638,16 @@ func TestCrossRepositoryJoinNeedsUpstreamConfirmation(t *testing.T) {
 	defer cancel()
 
 	first := fetchAsync(ctx, e.srv.URL+"/v2/a/blobs/"+d.String())
-	recv(t, e.tr.reached, "the fill for a to be in flight, held mid-blob")
+	testutil.Recv(t, e.tr.reached, "the fill for a to be in flight, held mid-blob")
 	if resp, b := e.get(t, ctx, http.MethodGet, "/v2/b/blobs/"+d.String()); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("repository b read a's in-flight blob: %d (%d bytes)", resp.StatusCode, len(b))
 	}
 	third := fetchAsync(ctx, e.srv.URL+"/v2/c/blobs/"+d.String())
 	close(e.tr.gate)
-	if r := recv(t, first, "the first client"); r.err != nil || !bytes.Equal(r.body, content) {
+	if r := testutil.Recv(t, first, "the first client"); r.err != nil || !bytes.Equal(r.body, content) {
 		t.Fatalf("first client got wrong bytes (%v)", r.err)
 	}
-	if r := recv(t, third, "the client of c"); r.err != nil || r.status != http.StatusOK || !bytes.Equal(r.body, content) {
+	if r := testutil.Recv(t, third, "the client of c"); r.err != nil || r.status != http.StatusOK || !bytes.Equal(r.body, content) {
 		t.Errorf("repository c (which has the blob upstream): %d, %v", r.status, r.err)
 	}
 	if resp, _ := e.get(t, ctx, http.MethodGet, "/v2/b/blobs/"+d.String()); resp.StatusCode != http.StatusNotFound {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/cache"
+	"github.com/berth-dev/berth/internal/testutil"
 	"github.com/berth-dev/berth/upstream"
 	"github.com/berth-dev/berth/upstream/upstreamtest"
 	"github.com/opencontainers/go-digest"
@@ -152,13 +153,13 @@ func TestBlobErrorNotSharedAcrossRepositories(t *testing.T) {
 	})
 	srv := hookEnv(t, f, time.Minute)
 	evilDone := fetchAsync(context.Background(), srv.URL+"/v2/evil/none/blobs/"+d.String())
-	recv(t, entered, "evil/none's upstream request")
+	testutil.Recv(t, entered, "evil/none's upstream request")
 	s, body := call(t, http.MethodGet, srv.URL+"/v2/good/app/blobs/"+d.String())
 	close(release)
 	if s != 200 || body != string(content) {
 		t.Errorf("good/app while evil/none waits: %d", s)
 	}
-	if r := recv(t, evilDone, "evil/none's answer"); r.err != nil || r.status != http.StatusNotFound {
+	if r := testutil.Recv(t, evilDone, "evil/none's answer"); r.err != nil || r.status != http.StatusNotFound {
 		t.Errorf("evil/none: %d (%v), want 404", r.status, r.err)
 	}
 	if s, _ := call(t, http.MethodGet, srv.URL+"/v2/good/app/blobs/"+d.String()); s != 200 {

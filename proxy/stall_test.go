@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/internal/registry/regmem"
+	"github.com/berth-dev/berth/internal/testutil"
 	"github.com/berth-dev/berth/proxy"
 	"github.com/rs/zerolog"
 )
@@ -58,7 +59,7 @@ func TestStalledUploadBodyIsCut(t *testing.T) {
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("a PATCH of another upload while one stalls: %d", resp.StatusCode)
 	}
-	if s := recv(t, done, "the stalled PATCH to be cut"); s == http.StatusAccepted {
+	if s := testutil.Recv(t, done, "the stalled PATCH to be cut"); s == http.StatusAccepted {
 		t.Fatalf("the stalled PATCH was accepted")
 	}
 }

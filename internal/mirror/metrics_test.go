@@ -8,47 +8,18 @@ import (
 
 	"github.com/berth-dev/berth/cache"
 	"github.com/berth-dev/berth/internal/mirror"
+	"github.com/berth-dev/berth/internal/testutil"
 	"github.com/berth-dev/berth/upstream"
 	"github.com/berth-dev/berth/upstream/upstreamtest"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 )
-
-// sample finds the series of family name whose labels include want, and
-// reports whether it exists at all (a series not yet created is absent).
-func sample(t *testing.T, reg prometheus.Gatherer, name string, want map[string]string) (*dto.Metric, bool) {
-	t.Helper()
-	fams, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range fams {
-		if f.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range f.GetMetric() {
-			have := map[string]string{}
-			for _, l := range m.GetLabel() {
-				have[l.GetName()] = l.GetValue()
-			}
-			for k, v := range want {
-				if have[k] != v {
-					continue next
-				}
-			}
-			return m, true
-		}
-	}
-	return nil, false
-}
 
 // counter is the value of one counter series, failing if it does not exist.
 func counter(t *testing.T, reg prometheus.Gatherer, name string, labels map[string]string) float64 {
 	t.Helper()
-	m, ok := sample(t, reg, name, labels)
+	m, ok := testutil.Sample(t, reg, name, labels)
 	if !ok {
 		t.Fatalf("no series %s%v", name, labels)
 	}
@@ -58,7 +29,7 @@ func counter(t *testing.T, reg prometheus.Gatherer, name string, labels map[stri
 // observations is the sample count of one histogram series.
 func observations(t *testing.T, reg prometheus.Gatherer, name string, labels map[string]string) uint64 {
 	t.Helper()
-	m, ok := sample(t, reg, name, labels)
+	m, ok := testutil.Sample(t, reg, name, labels)
 	if !ok {
 		t.Fatalf("no series %s%v", name, labels)
 	}
@@ -88,15 +59,15 @@ func TestMetricsObserve(t *testing.T) {
 			met.Observe(upstream.Exchange{Upstream: "ghcr.io", Kind: "manifest", Method: "GET", Status: 200,
 				Duration: 250 * time.Millisecond, Cause: tc.cause})
 			if tc.timed > 0 {
-				m, _ := sample(t, reg, "berth_upstream_request_duration_seconds", map[string]string{"upstream": "ghcr.io", "kind": "manifest"})
+				m, _ := testutil.Sample(t, reg, "berth_upstream_request_duration_seconds", map[string]string{"upstream": "ghcr.io", "kind": "manifest"})
 				if h := m.GetHistogram(); h.GetSampleCount() != 1 || h.GetSampleSum() != 0.25 {
 					t.Errorf("latency: %d samples summing to %v s, want one of 0.25 s", h.GetSampleCount(), h.GetSampleSum())
 				}
-			} else if _, ok := sample(t, reg, "berth_upstream_request_duration_seconds", nil); ok {
+			} else if _, ok := testutil.Sample(t, reg, "berth_upstream_request_duration_seconds", nil); ok {
 				t.Error("a canceled exchange was timed")
 			}
 			labels := map[string]string{"upstream": "ghcr.io", "kind": "manifest", "cause": tc.cause}
-			_, ok := sample(t, reg, "berth_upstream_errors_total", labels)
+			_, ok := testutil.Sample(t, reg, "berth_upstream_errors_total", labels)
 			switch {
 			case tc.failures == 0 && ok:
 				t.Error("a success was counted as an error")
@@ -154,7 +125,7 @@ func TestMetricsPerUpstream(t *testing.T) {
 		}
 	}
 	for _, name := range []string{"berth_upstream_fills_total", "berth_upstream_fill_joins_total", "berth_upstream_fills_in_flight", "berth_upstream_fill_bytes_total"} {
-		if _, ok := sample(t, reg, name, docker); !ok {
+		if _, ok := testutil.Sample(t, reg, name, docker); !ok {
 			t.Errorf("no %s for docker.io before any request", name)
 		}
 	}
