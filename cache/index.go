@@ -116,9 +116,12 @@ func (s *Store) update(fn func(txn *wtxn) error) error {
 	}
 }
 
-// maxCachedValue bounds what the hot cache keeps of one index value (a
-// manifest record with huge annotations is read from Badger each time).
+// maxCachedValue bounds what the hot cache keeps of one index value.
+// Manifest records are kept whatever their stored size: their annotations,
+// the only part that can be large, are dropped when they are read.
 const maxCachedValue = 4 << 10
+
+func isManifestRecord(v any) bool { _, ok := v.(*ManifestRecord); return ok }
 
 // hotValue is an index value in the hot cache: decoded once, so a warm
 // request pays no JSON decoding. Records handed out share their maps
@@ -150,7 +153,11 @@ func (s *Store) cachedGet(k string, v any) error {
 		})
 		switch {
 		case err == nil && v != nil:
-			if err = json.Unmarshal(b, v); err == nil && len(b) <= maxCachedValue {
+			err = json.Unmarshal(b, v)
+			if mr, ok := v.(*ManifestRecord); ok {
+				mr.Annotations = nil // in records written before they were left out
+			}
+			if err == nil && (len(b) <= maxCachedValue || isManifestRecord(v)) {
 				s.hot.Add(k, hotValue{val: record(v)})
 			}
 		case err == nil:

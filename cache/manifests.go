@@ -45,7 +45,11 @@ func (s *Store) putManifest(repo, origin string, m ManifestRecord, body []byte, 
 		if err := txn.Set(key(kindLink, repo, m.Digest.String()), nil); err != nil {
 			return err
 		}
-		if err := setJSON(txn, key(kindManifest, repo, m.Digest.String()), m); err != nil {
+		// Annotations travel in the referrer record only: the manifest
+		// record is read on every pull and stays small.
+		rec := m
+		rec.Annotations = nil
+		if err := setJSON(txn, key(kindManifest, repo, m.Digest.String()), rec); err != nil {
 			return err
 		}
 		if m.Subject != "" {
@@ -60,7 +64,8 @@ func (s *Store) putManifest(repo, origin string, m ManifestRecord, body []byte, 
 	})
 }
 
-// Manifest returns the record of manifest d in repo, or ErrNotFound.
+// Manifest returns the record of manifest d in repo, or ErrNotFound. It
+// has no annotations (Referrers lists them).
 func (s *Store) Manifest(repo string, d digest.Digest) (ManifestRecord, error) {
 	var m ManifestRecord
 	err := s.cachedGet(keyString(kindManifest, repo, d.String()), &m)
