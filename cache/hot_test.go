@@ -3,6 +3,8 @@ package cache
 import (
 	"bytes"
 	"errors"
+	"strings"
+	"time"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -41,5 +43,30 @@ func TestHotCacheAbsenceIsInvalidatedByWrites(t *testing.T) {
 	}
 	if ok, err := st.Linked("team/other", d); ok || err != nil {
 		t.Fatalf("Linked after Unlink = %v, %v", ok, err)
+	}
+}
+
+// A manifest's annotations live in its referrer record only: the manifest
+// record stays small enough for the hot cache whatever they weigh.
+func TestManifestRecordWithoutAnnotations(t *testing.T) {
+	t.Parallel()
+	st := openStore(t)
+	body := []byte(`{"schemaVersion":2}`)
+	subject := digest.FromString("subject")
+	m := ManifestRecord{Digest: digest.FromBytes(body), MediaType: "application/vnd.oci.image.manifest.v1+json",
+		Size: int64(len(body)), Subject: subject, ArtifactType: "application/example",
+		Annotations: map[string]string{"pad": strings.Repeat("a", 8<<10)}}
+	if err := st.PutManifest("team/app", "", m, body, "v1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // from Badger, then from the hot cache
+		got, err := st.Manifest("team/app", m.Digest)
+		if err != nil || got.Annotations != nil || got.MediaType != m.MediaType || got.Size != m.Size {
+			t.Fatalf("Manifest = %+v, %v; want the record without annotations", got, err)
+		}
+	}
+	refs, err := st.Referrers("team/app", subject, "")
+	if err != nil || len(refs) != 1 || refs[0].Annotations["pad"] != m.Annotations["pad"] {
+		t.Fatalf("Referrers lost the annotations: %v, %v", len(refs), err)
 	}
 }
