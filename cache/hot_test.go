@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"strings"
-	"time"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
