@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -329,5 +330,130 @@ func blobIn(t *testing.T, file string, d digest.Digest) []byte {
 			b, _ := io.ReadAll(tr)
 			return b
 		}
+	}
+}
+
+// With client authentication on, an import needs credentials; export and
+// warm take them the same way (--username, --password-stdin).
+func TestImportNeedsCredentials(t *testing.T) {
+	t.Parallel()
+	line, err := htpasswdLine("ci", strings.NewReader("s3cret\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	htpasswd := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(htpasswd, []byte(line+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfgA := testConfig(t, nil)
+	cfgA.Local = []string{"team/**"}
+	cfgA.Auth.Htpasswd = htpasswd
+	a, _ := runServe(t, cfgA)
+	// Push through the API with credentials.
+	push := func(method, path, ct string, body []byte) {
+		req, _ := http.NewRequest(method, "http://"+a+path, bytes.NewReader(body))
+		req.SetBasicAuth("ci", "s3cret")
+		req.Header.Set("Content-Type", ct)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("%s %s: %s", method, path, resp.Status)
+		}
+	}
+	cfgJSON := []byte(`{"architecture":"amd64","os":"linux"}`)
+	push(http.MethodPost, "/v2/team/app/blobs/uploads/?digest="+digest.FromBytes(cfgJSON).String(), "application/octet-stream", cfgJSON)
+	man, _ := json.Marshal(ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest,
+		Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(cfgJSON), Size: int64(len(cfgJSON))},
+		Layers: []ocispec.Descriptor{}})
+	push(http.MethodPut, "/v2/team/app/manifests/1", ocispec.MediaTypeImageManifest, man)
+
+	file := filepath.Join(t.TempDir(), "b.tar")
+	server := "http://" + a
+	if out, err := runCmd(t, "", "export", "--server", server, "--out", file, "--all"); err == nil {
+		t.Errorf("export --all without credentials: accepted\n%s", out)
+	}
+	if out, err := runCmd(t, "s3cret\n", "export", "--server", server, "--username", "ci", "--password-stdin", "--out", file, "--all"); err != nil {
+		t.Fatalf("export with credentials: %v\n%s", err, out)
+	}
+	if !bundleNames(t, file)["team/app:1"] {
+		t.Error("team/app:1 not exported")
+	}
+	cfgB := testConfig(t, nil)
+	cfgB.Auth.Htpasswd = htpasswd
+	b, _ := runServe(t, cfgB)
+	out, err := runCmd(t, "", "import", "--server", "http://"+b, file)
+	if err == nil || !strings.Contains(err.Error(), "401") {
+		t.Errorf("import without credentials: %v\n%s", err, out)
+	}
+	if out, err := runCmd(t, "wrong\n", "import", "--server", "http://"+b, "--username", "ci", "--password-stdin", file); err == nil {
+		t.Errorf("import with a wrong password: accepted\n%s", out)
+	}
+	// The docker config's auths entry for the host is used when present.
+	dockerDir := t.TempDir()
+	auth := base64.StdEncoding.EncodeToString([]byte("ci:s3cret"))
+	os.WriteFile(filepath.Join(dockerDir, "config.json"), []byte(`{"auths":{"`+b+`":{"auth":"`+auth+`"}}}`), 0o600)
+	var o, e bytes.Buffer
+	err = importCmd(context.Background(), []string{"--server", "http://" + b, file}, stdio{in: strings.NewReader(""), out: &o, err: &e,
+		getenv: func(k string) string { return map[string]string{"DOCKER_CONFIG": dockerDir}[k] }})
+	if err != nil {
+		t.Fatalf("import with docker config credentials: %v\n%s%s", err, o.String(), e.String())
+	}
+	if status, _ := fetch(t, b, "/v2/team/app/manifests/1"); status != http.StatusOK {
+		t.Errorf("after the import: %d", status)
+	}
+}
+
+// --platform keeps only some children of an index; the import accepts an
+// index whose other children are left out, and serves the kept ones.
+func TestExportPlatform(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{})
+	amd, arm := up.AddImage("library/multi", "", 1, 4096), up.AddImage("library/multi", "", 1, 4096)
+	body, _ := json.Marshal(ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex,
+		Manifests: []ocispec.Descriptor{
+			{MediaType: ocispec.MediaTypeImageManifest, Digest: amd.Manifest, Size: int64(len(amd.ManifestBody)), Platform: &ocispec.Platform{OS: "linux", Architecture: "amd64"}},
+			{MediaType: ocispec.MediaTypeImageManifest, Digest: arm.Manifest, Size: int64(len(arm.ManifestBody)), Platform: &ocispec.Platform{OS: "linux", Architecture: "arm64"}},
+		}})
+	up.AddManifest("library/multi", "latest", ocispec.MediaTypeImageIndex, body)
+	ups := []UpstreamConfig{{Name: "docker.io", URL: up.URL(), Default: true}}
+	a, _ := runServe(t, testConfig(t, ups))
+	file := filepath.Join(t.TempDir(), "amd64.tar")
+	if out, err := runCmd(t, "", "export", "--server", "http://"+a, "--platform", "linux/amd64", "--out", file, "multi"); err != nil {
+		t.Fatalf("export: %v\n%s", err, out)
+	}
+	blobs := bundleBlobs(t, file)
+	if !blobs[amd.Layers[0]] || blobs[arm.Layers[0]] || blobs[arm.Manifest] {
+		t.Errorf("--platform linux/amd64 bundle: %v", blobs)
+	}
+	cfgB := testConfig(t, ups)
+	cfgB.Offline = true
+	b, _ := runServe(t, cfgB)
+	if out, err := runCmd(t, "", "import", "--server", "http://"+b, file); err != nil {
+		t.Fatalf("import: %v\n%s", err, out)
+	}
+	if status, _ := fetch(t, b, "/v2/library/multi/blobs/"+amd.Layers[0].String()); status != http.StatusOK {
+		t.Errorf("amd64 layer: %d", status)
+	}
+}
+
+// Every client command answers --help with its usage and status 0.
+func TestClientHelp(t *testing.T) {
+	t.Parallel()
+	for name, c := range clientCommands {
+		var out bytes.Buffer
+		if err := run([]string{name, "--help"}, strings.NewReader(""), &out); err != nil || !strings.HasPrefix(out.String(), "usage: berth "+name) {
+			t.Errorf("%s --help: %v %q", name, err, out.String())
+		}
+		out.Reset()
+		if err := run([]string{"help", name}, strings.NewReader(""), &out); err != nil || strings.TrimSpace(out.String()) != c.usage {
+			t.Errorf("help %s: %v", name, err)
+		}
+	}
+	if err := run([]string{"export", "--server", "http://127.0.0.1:1", "busybox"}, strings.NewReader(""), io.Discard); err == nil ||
+		!strings.Contains(err.Error(), "--out") {
+		t.Errorf("export without --out: %v", err)
 	}
 }

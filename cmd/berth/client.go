@@ -48,7 +48,7 @@ func (c *clientFlags) register(fs *flag.FlagSet, getenv func(string) string) {
 // client is the regclient of the flags: credentials from --username and
 // the first line of stdin, else from the docker config's auths for the
 // server's host, else none.
-func (c *clientFlags) client(io stdio) (*regclient.Client, error) {
+func (c *clientFlags) client(s stdio) (*regclient.Client, error) {
 	if c.passwordStdin && c.username == "" {
 		return nil, errors.New("--password-stdin needs --username")
 	}
@@ -57,17 +57,17 @@ func (c *clientFlags) client(io stdio) (*regclient.Client, error) {
 	}
 	o := regclient.Options{UserAgent: "berth/" + version}
 	if c.username != "" {
-		pw, err := bufio.NewReader(io.in).ReadString('\n')
-		if err != nil && !errors.Is(err, os.ErrClosed) && pw == "" {
+		pw, _ := bufio.NewReader(s.in).ReadString('\n')
+		if pw = strings.TrimRight(pw, "\r\n"); pw == "" {
 			return nil, errors.New("--password-stdin: no password on stdin")
 		}
-		o.Username, o.Password = c.username, strings.TrimRight(pw, "\r\n")
+		o.Username, o.Password = c.username, pw
 	}
 	cl, err := regclient.New(c.server, o)
 	if err != nil || c.username != "" {
 		return cl, err
 	}
-	user, pass, ok, err := regclient.DockerCredentials(cl.Host())
+	user, pass, ok, err := regclient.DockerCredentials(cl.Host(), s.getenv)
 	if err != nil {
 		return nil, err
 	}

@@ -11,13 +11,14 @@ import (
 )
 
 // DockerCredentials returns the credentials the docker config file
-// ($DOCKER_CONFIG/config.json, else ~/.docker/config.json) holds for host
-// in its auths, if any. Credential helpers are not run.
-func DockerCredentials(host string) (user, pass string, ok bool, err error) {
-	dir := os.Getenv("DOCKER_CONFIG")
+// ($DOCKER_CONFIG/config.json, else $HOME/.docker/config.json) holds for host
+// in its auths, if any; getenv reads the environment (os.Getenv). Credential
+// helpers are not run.
+func DockerCredentials(host string, getenv func(string) string) (user, pass string, ok bool, err error) {
+	dir := getenv("DOCKER_CONFIG")
 	if dir == "" {
-		home, herr := os.UserHomeDir()
-		if herr != nil {
+		home := getenv("HOME")
+		if home == "" {
 			return "", "", false, nil
 		}
 		dir = filepath.Join(home, ".docker")
