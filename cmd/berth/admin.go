@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -75,7 +76,8 @@ func (a *admin) importBundle(w http.ResponseWriter, r *http.Request, cfg Config)
 	}
 	log := zerolog.Ctx(r.Context())
 	start := time.Now()
-	sum, err := bundle.Import(r.Context(), a.api.store, r.Body, bundle.ImportOptions{Upstream: upstreamOf(cfg)})
+	body := &idleBody{r: r.Body, rc: http.NewResponseController(w)}
+	sum, err := bundle.Import(r.Context(), a.api.store, body, bundle.ImportOptions{Upstream: upstreamOf(cfg)})
 	if err != nil {
 		log.Warn().Err(err).Msg("bundle refused; nothing of it was indexed")
 		return bundleErr(err)
@@ -99,6 +101,21 @@ func bundleErr(err error) error {
 		}
 	}
 	return err
+}
+
+// importIdle is how long an import's client may send nothing before the
+// import is abandoned (and its staged blobs removed).
+const importIdle = 60 * time.Second
+
+// idleBody reads a request body with a deadline renewed on every read.
+type idleBody struct {
+	r  io.Reader
+	rc *http.ResponseController
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	_ = b.rc.SetReadDeadline(time.Now().Add(importIdle)) // unsupported: the server's timeouts apply
+	return b.r.Read(p)
 }
 
 // upstreamOf maps a host to the configured upstream it names, by name or
