@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-dev/berth/cache"
 	"github.com/berth-dev/berth/internal/bundle"
 	"github.com/berth-dev/berth/internal/oci"
 	"github.com/rs/zerolog"
@@ -16,12 +17,21 @@ import (
 // admin serves berth's own endpoints, on the API's port:
 //
 //	POST /admin/import         a bundle as the body; answers its Summary
-//	GET  /admin/tags?repo=NAME the tags berth holds for NAME (mirrored
-//	                           repositories too, without asking upstream)
+//	GET  /admin/inventory?repo=NAME  the tags and manifests berth holds
+//	                           in NAME (mirrored repositories too, without
+//	                           asking their upstream), for export --all
 //
 // With client authentication on, both need valid credentials (an import
 // writes like a push); in read-only maintenance mode an import is refused.
 type admin struct{ api *reloadable }
+
+// inventory is what /admin/inventory answers: a repository's tags and
+// every manifest it holds.
+type inventory struct {
+	Name      string                 `json:"name"`
+	Tags      []string               `json:"tags"`
+	Manifests []cache.ManifestRecord `json:"manifests"`
+}
 
 // codeBundleInvalid answers a bundle refused: tampered, truncated or incomplete.
 const codeBundleInvalid oci.Code = "BUNDLE_INVALID"
@@ -51,7 +61,7 @@ func (a *admin) serve(w http.ResponseWriter, r *http.Request) error {
 	switch {
 	case r.URL.Path == "/admin/import" && r.Method == http.MethodPost:
 		return a.importBundle(w, r, g.cfg)
-	case r.URL.Path == "/admin/tags" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
+	case r.URL.Path == "/admin/inventory" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
 		repo := r.URL.Query().Get("repo")
 		if !oci.ValidName(repo) {
 			return oci.Errorf(oci.CodeNameInvalid, "repo=%q is not a repository name", oci.Clip(repo))
@@ -60,11 +70,12 @@ func (a *admin) serve(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
-		return writeJSON(w, struct {
-			Name string   `json:"name"`
-			Tags []string `json:"tags"`
-		}{repo, tags})
-	case r.URL.Path == "/admin/import" || r.URL.Path == "/admin/tags":
+		ms, err := a.api.store.Manifests(repo)
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, inventory{Name: repo, Tags: tags, Manifests: ms})
+	case r.URL.Path == "/admin/import" || r.URL.Path == "/admin/inventory":
 		return oci.Errorf(oci.CodeUnsupported, "%s is not allowed on %s", r.Method, r.URL.Path).WithStatus(http.StatusMethodNotAllowed)
 	}
 	return oci.Errorf(oci.CodeNameUnknown, "no such endpoint").WithStatus(http.StatusNotFound)

@@ -128,6 +128,7 @@ func TestAirGap(t *testing.T) {
 		}})
 	multi := up.AddManifest("library/multi", "latest", ocispec.MediaTypeImageIndex, multiBody)
 	later := up.AddImage("library/later", "1", 1, 32<<10)
+	byDigest := up.AddImage("library/bydigest", "", 1, 1024)
 	ups := []UpstreamConfig{{Name: "docker.io", URL: up.URL(), Default: true, Aliases: []string{"index.docker.io"}}}
 
 	cfgA := testConfig(t, ups)
@@ -181,14 +182,18 @@ func TestAirGap(t *testing.T) {
 		}
 	}
 	// A week later one more image was pulled: the second bundle holds only it.
-	if out, err := runCmd(t, "", "warm", "--server", "http://"+a, "later:1"); err != nil {
+	if out, err := runCmd(t, "", "warm", "--server", "http://"+a, "later:1", "bydigest@"+byDigest.Manifest.String()); err != nil {
 		t.Fatalf("warm: %v\n%s", err, out)
 	}
 	if out, err := runCmd(t, "", "export", "--server", "http://"+a, "--out", second, "--since", first, "--all"); err != nil {
 		t.Fatalf("export --since: %v\n%s", err, out)
 	}
 	blobs2 := bundleBlobs(t, second)
-	want2 := map[digest.Digest]bool{later.Manifest: true, later.Config: true, later.Layers[0]: true}
+	want2 := map[digest.Digest]bool{later.Manifest: true, later.Config: true, later.Layers[0]: true,
+		byDigest.Manifest: true, byDigest.Config: true, byDigest.Layers[0]: true}
+	if names := bundleNames(t, second); !names["docker.io/library/bydigest@"+byDigest.Manifest.String()] || len(names) != 7 {
+		t.Errorf("--all names: %v", names)
+	}
 	if len(blobs2) != len(want2) {
 		t.Errorf("the incremental bundle carries %d blobs, want the %d new ones", len(blobs2), len(want2))
 	}
@@ -244,6 +249,7 @@ func TestAirGap(t *testing.T) {
 		{"/v2/library/multi/manifests/" + arm.Manifest.String(), arm.Manifest.String()},
 		{"/v2/library/multi/blobs/" + arm.Layers[0].String(), arm.Layers[0].String()},
 		{"/v2/library/later/manifests/1", later.Manifest.String()},
+		{"/v2/library/bydigest/manifests/" + byDigest.Manifest.String(), byDigest.Manifest.String()},
 		{"/v2/team/app/manifests/1", app.Digest.String()},
 		{"/v2/team/app/blobs/" + layer.Digest.String(), layer.Digest.String()},
 	} {
