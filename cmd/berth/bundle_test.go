@@ -427,8 +427,10 @@ func TestExportPlatform(t *testing.T) {
 	ups := []UpstreamConfig{{Name: "docker.io", URL: up.URL(), Default: true}}
 	a, _ := runServe(t, testConfig(t, ups))
 	file := filepath.Join(t.TempDir(), "amd64.tar")
-	if out, err := runCmd(t, "", "export", "--server", "http://"+a, "--platform", "linux/amd64", "--out", file, "multi"); err != nil {
-		t.Fatalf("export: %v\n%s", err, out)
+	var eout bytes.Buffer
+	if err := exportCmd(context.Background(), []string{"--server", "http://" + a, "--platform", "linux/amd64", "--out", file, "multi"},
+		stdio{in: strings.NewReader(""), out: &eout, err: &eout, getenv: func(string) string { return "" }, tty: true}); err != nil {
+		t.Fatalf("export: %v\n%s", err, eout.String())
 	}
 	blobs := bundleBlobs(t, file)
 	if !blobs[amd.Layers[0]] || blobs[arm.Layers[0]] || blobs[arm.Manifest] {
@@ -437,8 +439,16 @@ func TestExportPlatform(t *testing.T) {
 	cfgB := testConfig(t, ups)
 	cfgB.Offline = true
 	b, _ := runServe(t, cfgB)
-	if out, err := runCmd(t, "", "import", "--server", "http://"+b, file); err != nil {
-		t.Fatalf("import: %v\n%s", err, out)
+	// From a pipe, with progress bars as on a terminal.
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	err = importCmd(context.Background(), []string{"--server", "http://" + b, "-"}, stdio{in: bytes.NewReader(raw), out: &out, err: &errOut,
+		getenv: func(string) string { return "" }, tty: true})
+	if err != nil || !strings.Contains(out.String(), "imported -: 1 images") {
+		t.Fatalf("import -: %v\n%s%s", err, out.String(), errOut.String())
 	}
 	if status, _ := fetch(t, b, "/v2/library/multi/blobs/"+amd.Layers[0].String()); status != http.StatusOK {
 		t.Errorf("amd64 layer: %d", status)

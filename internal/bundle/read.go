@@ -57,6 +57,9 @@ func read(r io.Reader, blob BlobFunc, calleeVerifies bool) (*Index, error) {
 			break
 		}
 		if err != nil {
+			if !layout && last == "" {
+				return nil, fmt.Errorf("%w: %v", ErrNotBundle, err)
+			}
 			if errors.Is(err, io.ErrUnexpectedEOF) {
 				return nil, truncated(last)
 			}
