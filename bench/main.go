@@ -46,6 +46,9 @@ type options struct {
 	warmReps int
 	conns    int
 	dur      time.Duration
+	// The air-gap bundle: an image of bundleLayers layers, bundleSize in all.
+	bundleSize   int64
+	bundleLayers int
 }
 
 const (
@@ -79,6 +82,7 @@ func main() {
 		o.layerSize, o.nLayers = 256*kib, 10
 		o.herdSize, o.herdClients = 4*mib, 32
 		o.warmClients, o.conns, o.dur, o.warmReps = 4, 16, 300*time.Millisecond, 1
+		o.bundleSize, o.bundleLayers = 16*mib, 4
 		if !flagSet("rounds") {
 			o.rounds = 1
 		}
@@ -87,6 +91,7 @@ func main() {
 		o.layerSize, o.nLayers = 10*mib, 10
 		o.herdSize, o.herdClients = 256*mib, 32
 		o.warmClients, o.conns, o.dur, o.warmReps = 16, 64, 5*time.Second, 5
+		o.bundleSize, o.bundleLayers = 2*gib, 4
 	}
 	if *dur > 0 {
 		o.dur = *dur
