@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,9 @@ var (
 	// ErrCloseTimeout: Close gave up waiting after Options.CloseTimeout; the
 	// index may not have been closed cleanly.
 	ErrCloseTimeout = errors.New("store did not close in time")
+	// ErrInUse: Open found the index locked by another process (a running
+	// berth holds its data directory).
+	ErrInUse = errors.New("data directory in use by another process")
 )
 
 // Options tune a Store.
@@ -126,6 +130,11 @@ func Open(root string, opts Options) (*Store, error) {
 		WithIndexCacheSize(8 << 20).
 		WithCompactL0OnClose(true)
 	db, err := badger.Open(bopts)
+	// Badger formats the flock error with %+v instead of wrapping it, so
+	// its message is all there is to recognise a held lock by.
+	if err != nil && strings.Contains(err.Error(), "Cannot acquire directory lock") {
+		return nil, fmt.Errorf("open index %s: %w", bopts.Dir, ErrInUse)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open index %s: %w", bopts.Dir, err)
 	}

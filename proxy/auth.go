@@ -89,6 +89,23 @@ func (a *Auth) check(r *http.Request) (present, valid bool) {
 	return true, true
 }
 
+// Authenticate requires valid credentials, whatever the request: berth's
+// own endpoints (import writes like a push) use it. The error is
+// UNAUTHORIZED; w gets the challenge.
+func (a *Auth) Authenticate(w http.ResponseWriter, r *http.Request) (user string, err error) {
+	present, valid := a.check(r)
+	if valid {
+		user, _, _ = r.BasicAuth()
+		return user, nil
+	}
+	w.Header().Set("WWW-Authenticate", `Basic realm="berth"`)
+	msg := "authentication required"
+	if present {
+		msg = "invalid credentials"
+	}
+	return "", &oci.Error{Code: oci.CodeUnauthorized, Message: msg}
+}
+
 // authorize returns an UNAUTHORIZED error when the request needs
 // credentials it does not carry, or carries wrong ones.
 // authorize checks a request's credentials; user is the authenticated

@@ -44,6 +44,13 @@ func (h *Handler) headBlob(ctx context.Context, w http.ResponseWriter, r *http.R
 	hdr := w.Header()
 	etag := blobHeaders(hdr, desc)
 	hdr["Content-Length"] = []string{strconv.FormatInt(desc.Size, 10)}
+	// Whether berth holds the blob (berth warm asks, to fetch only what is
+	// not cached): a mirror's hit, miss or joined fill, or local content.
+	if info := registry.InfoFrom(ctx); info.Cache != "" {
+		hdr["X-Berth-Cache"] = []string{info.Cache}
+	} else if info.Route == "local" {
+		hdr["X-Berth-Cache"] = []string{"local"}
+	}
 	if notModified(r, etag) {
 		w.WriteHeader(http.StatusNotModified)
 		return nil

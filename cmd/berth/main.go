@@ -2,6 +2,9 @@
 // and a private OCI registry in one endpoint.
 //
 //	berth serve [--config berth.yaml] [--addr :5000] [--data ./data]
+//	berth warm [--server URL] [--platform os/arch,... | --all-platforms] (IMAGE... | -f LIST)
+//	berth export [--server URL] --out FILE (IMAGE... | -f LIST | --all) [--since PREVIOUS]
+//	berth import (--server URL | --data DIR) FILE
 package main
 
 import (
@@ -51,6 +54,9 @@ const usage = `usage: berth <command> [flags]
 
 commands:
   serve     run the registry and mirror (berth serve --help for flags)
+  warm      pull images through a running berth so that they are cached
+  export    write images berth holds to a bundle file (an OCI layout tar)
+  import    import a bundle into a running berth, or a stopped one's data
   htpasswd  print an htpasswd line for USER with a bcrypt hash of the password read from stdin
   version   print the version
   help      print this, or with a command's name its usage`
@@ -66,6 +72,16 @@ Prints berth's version.`
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
+
+// clientCommands are the commands that talk to a berth (or its data).
+var clientCommands = map[string]struct {
+	run   func(context.Context, []string, stdio) error
+	usage string
+}{
+	"warm":   {warmCmd, warmUsage},
+	"export": {exportCmd, exportUsage},
+	"import": {importCmd, importUsage},
+}
 
 // isHelp reports whether arg asks for help, as -h, --help or -help.
 func isHelp(arg string) bool { return arg == "-h" || arg == "--help" || arg == "-help" }
@@ -92,6 +108,11 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		return serveWith(ctx, cfg, hooks{reload: hup, load: load})
+	case "warm", "export", "import":
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		s := stdio{in: stdin, out: stdout, err: os.Stderr, getenv: os.Getenv, tty: isatty.IsTerminal(os.Stderr.Fd())}
+		return clientCommands[args[0]].run(ctx, args[1:], s)
 	case "htpasswd":
 		if len(args) == 2 && isHelp(args[1]) {
 			fmt.Fprintln(stdout, htpasswdUsage)
@@ -123,6 +144,8 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 			fmt.Fprintln(stdout, htpasswdUsage)
 		case args[1] == "version":
 			fmt.Fprintln(stdout, versionUsage)
+		case clientCommands[args[1]].usage != "":
+			fmt.Fprintln(stdout, clientCommands[args[1]].usage)
 		default:
 			return fmt.Errorf("unknown command %q\n%s", args[1], usage)
 		}
@@ -214,6 +237,7 @@ func serveWith(ctx context.Context, cfg Config, h hooks) error {
 	mux := http.NewServeMux()
 	mux.Handle("/v2/", api)
 	mux.Handle("/v2", api)
+	mux.Handle("/admin/", &admin{api: api})
 	mux.Handle("/", page) // the status page; any other unknown path is 404
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })

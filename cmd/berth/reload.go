@@ -32,6 +32,7 @@ type generation struct {
 	api     http.Handler
 	mirrors []*mirror.Mirror
 	authSum [sha256.Size]byte // of the htpasswd file, to tell that it changed
+	auth    *proxy.Auth       // nil: no client authentication
 	// refs counts the requests running on this generation, plus one while
 	// it is current; at zero it is closed and takes no more requests.
 	refs atomic.Int64
@@ -93,7 +94,7 @@ func (a *reloadable) build(cfg Config) (*generation, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &generation{cfg: cfg, authSum: sum, idle: make(chan struct{})}
+	g := &generation{cfg: cfg, authSum: sum, auth: auth, idle: make(chan struct{})}
 	g.refs.Store(1)
 	var ups []route.Upstream
 	for _, u := range cfg.Upstreams {

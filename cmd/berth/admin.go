@@ -1,0 +1,130 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/berth-dev/berth/internal/bundle"
+	"github.com/berth-dev/berth/internal/oci"
+	"github.com/rs/zerolog"
+)
+
+// admin serves berth's own endpoints, on the API's port:
+//
+//	POST /admin/import         a bundle as the body; answers its Summary
+//	GET  /admin/tags?repo=NAME the tags berth holds for NAME (mirrored
+//	                           repositories too, without asking upstream)
+//
+// With client authentication on, both need valid credentials (an import
+// writes like a push); in read-only maintenance mode an import is refused.
+type admin struct{ api *reloadable }
+
+// codeBundleInvalid answers a bundle refused: tampered, truncated or incomplete.
+const codeBundleInvalid oci.Code = "BUNDLE_INVALID"
+
+func (a *admin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	err := a.serve(w, r)
+	if err == nil {
+		return
+	}
+	var oe *oci.Error
+	if !errors.As(err, &oe) {
+		zerolog.Ctx(r.Context()).Error().Err(err).Str("path", r.URL.Path).Msg("admin request failed")
+		oe = &oci.Error{Code: oci.CodeUnknown, Message: err.Error()}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(oe.Status())
+	_, _ = w.Write(oci.Body(oe))
+}
+
+func (a *admin) serve(w http.ResponseWriter, r *http.Request) error {
+	g := a.api.current.Load()
+	if g.auth != nil {
+		if _, err := g.auth.Authenticate(w, r); err != nil {
+			return err
+		}
+	}
+	switch {
+	case r.URL.Path == "/admin/import" && r.Method == http.MethodPost:
+		return a.importBundle(w, r, g.cfg)
+	case r.URL.Path == "/admin/tags" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
+		repo := r.URL.Query().Get("repo")
+		if !oci.ValidName(repo) {
+			return oci.Errorf(oci.CodeNameInvalid, "repo=%q is not a repository name", oci.Clip(repo))
+		}
+		tags, _, err := a.api.store.Tags(repo, 0, "")
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, struct {
+			Name string   `json:"name"`
+			Tags []string `json:"tags"`
+		}{repo, tags})
+	case r.URL.Path == "/admin/import" || r.URL.Path == "/admin/tags":
+		return oci.Errorf(oci.CodeUnsupported, "%s is not allowed on %s", r.Method, r.URL.Path).WithStatus(http.StatusMethodNotAllowed)
+	}
+	return oci.Errorf(oci.CodeNameUnknown, "no such endpoint").WithStatus(http.StatusNotFound)
+}
+
+func (a *admin) importBundle(w http.ResponseWriter, r *http.Request, cfg Config) error {
+	if a.api.readOnly.Load() {
+		return oci.Errorf(oci.CodeUnsupported, "read-only maintenance mode: imports are refused")
+	}
+	log := zerolog.Ctx(r.Context())
+	start := time.Now()
+	sum, err := bundle.Import(r.Context(), a.api.store, r.Body, bundle.ImportOptions{Upstream: upstreamOf(cfg)})
+	if err != nil {
+		log.Warn().Err(err).Msg("bundle refused; nothing of it was indexed")
+		return bundleErr(err)
+	}
+	log.Info().Int("images", sum.Images).Int("blobs", sum.Blobs).Int64("bytes", sum.Bytes).Int("skipped", sum.Skipped).
+		Int("tags", sum.Tags).Int("tags_kept", sum.TagsKept).Dur("took", time.Since(start)).Msg("bundle imported")
+	return writeJSON(w, sum)
+}
+
+// bundleErr is how a refused bundle is answered: 400 naming the first bad or
+// missing digest. Other errors (the disk) stay internal.
+func bundleErr(err error) error {
+	for _, target := range []error{bundle.ErrCorrupt, bundle.ErrMissing, bundle.ErrTruncated, bundle.ErrNotBundle} {
+		if errors.Is(err, target) {
+			e := &oci.Error{Code: codeBundleInvalid, Message: err.Error(), HTTPStatus: http.StatusBadRequest, Cause: err}
+			var de *bundle.DigestError
+			if errors.As(err, &de) {
+				e.Detail = map[string]string{"digest": de.Digest.String()}
+			}
+			return e
+		}
+	}
+	return err
+}
+
+// upstreamOf maps a host to the configured upstream it names, by name or
+// alias.
+func upstreamOf(cfg Config) func(string) (string, bool) {
+	return func(host string) (string, bool) {
+		for _, u := range cfg.Upstreams {
+			if strings.EqualFold(host, u.Name) {
+				return u.Name, true
+			}
+			for _, al := range u.Aliases {
+				if strings.EqualFold(host, al) {
+					return u.Name, true
+				}
+			}
+		}
+		return "", false
+	}
+}
+
+func writeJSON(w http.ResponseWriter, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, err = w.Write(append(b, '\n'))
+	return err
+}

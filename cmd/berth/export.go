@@ -1,0 +1,266 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/berth-dev/berth/internal/bundle"
+	"github.com/berth-dev/berth/internal/imageref"
+	"github.com/berth-dev/berth/internal/regclient"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+const exportUsage = `usage: berth export [--server URL] --out FILE (IMAGE... | -f LIST | --all) [--since PREVIOUS] [--platform os/arch,...]
+
+Writes images berth holds to FILE, one OCI image layout as a tar
+(oci-layout, blobs/<alg>/<hex>, index.json last), through berth's HTTP API.
+Each image is listed in index.json under its full reference
+(org.opencontainers.image.ref.name: docker.io/library/busybox:latest; an
+image pushed to berth under its bare name, team/app:1), with its referrers
+(signatures, SBOMs). FILE.digests, written beside it, lists every blob the
+other side holds once FILE is imported. The bundle is written to
+FILE.partial and renamed at the end: an interrupted export leaves no FILE.
+
+  --server URL        the berth (BERTH_SERVER; default http://127.0.0.1:5000)
+  --out FILE          the bundle to write
+  --all               every image berth holds: each tag of each repository
+                      of its catalog (mirrored repositories as <upstream>/<name>)
+  -f LIST             read IMAGEs from the file LIST (- for stdin), one a line
+  --since PREVIOUS    leave out the blobs an earlier bundle carried
+                      (PREVIOUS is that bundle or its .digests file)
+  --platform LIST     only these platforms of multi-platform images
+                      (os/arch[/variant], comma-separated; default: all)
+  --username USER     with --password-stdin: credentials for berth (default:
+                      the docker config's auths entry for the server's host)
+  --password-stdin    read the password from the first line of stdin`
+
+// exportItem is one image to export: where berth serves it and the name
+// the bundle gives it.
+type exportItem struct {
+	name    string // repository on berth
+	ref     string // tag or digest
+	refName string // org.opencontainers.image.ref.name
+}
+
+func exportCmd(ctx context.Context, args []string, s stdio) error {
+	fs := flag.NewFlagSet("berth export", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var cf clientFlags
+	cf.register(fs, s.getenv)
+	out := fs.String("out", "", "")
+	all := fs.Bool("all", false, "")
+	list := fs.String("f", "", "")
+	since := fs.String("since", "", "")
+	platform := fs.String("platform", "", "")
+	images, err := parseArgs(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(s.out, exportUsage)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%w (berth export --help lists the flags)", err)
+	}
+	if *out == "" {
+		return errors.New("--out FILE is required\n" + exportUsage)
+	}
+	keep, err := parsePlatforms(*platform)
+	if err != nil {
+		return err
+	}
+	if *list != "" {
+		more, err := readList(*list, s.in)
+		if err != nil {
+			return err
+		}
+		images = append(images, more...)
+	}
+	if *all == (len(images) > 0) {
+		return errors.New("name images (IMAGE... or -f LIST) or give --all, not both\n" + exportUsage)
+	}
+	if *list == "-" && cf.passwordStdin {
+		return errors.New("-f - and --password-stdin both read stdin")
+	}
+	opts := bundle.Options{Platforms: keep}
+	if *since != "" {
+		set, err := bundle.ReadDigests(*since)
+		if err != nil {
+			return fmt.Errorf("--since: %w", err)
+		}
+		opts.Since, opts.SinceName = set, filepath.Base(strings.TrimSuffix(*since, bundle.SidecarSuffix))
+	}
+	c, err := cf.client(s)
+	if err != nil {
+		return err
+	}
+	var items []exportItem
+	if *all {
+		if items, err = inventory(ctx, c); err != nil {
+			return err
+		}
+	}
+	for _, image := range images {
+		ref, err := imageref.Parse(image)
+		if err != nil {
+			return err
+		}
+		it := exportItem{name: c.Name(ref), ref: ref.Reference(), refName: ref.String()}
+		if it.name == ref.Repository { // pushed to berth itself: its bare name
+			it.refName = strings.TrimPrefix(ref.String(), ref.Registry+"/")
+		}
+		items = append(items, it)
+	}
+	return writeBundle(ctx, c, items, *out, opts, keep, s)
+}
+
+// inventory lists every image berth holds: each tag of each repository of
+// its catalog, as berth itself holds them (/admin/tags: a mirrored
+// repository's tags are not asked of its upstream).
+func inventory(ctx context.Context, c *regclient.Client) ([]exportItem, error) {
+	repos, err := c.Catalog(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("catalog: %w", err)
+	}
+	var items []exportItem
+	for _, repo := range repos {
+		var tl struct {
+			Tags []string `json:"tags"`
+		}
+		if err := c.Get(ctx, "/admin/tags", url.Values{"repo": {repo}}, &tl); err != nil {
+			return nil, fmt.Errorf("tags of %s: %w", repo, err)
+		}
+		for _, tag := range tl.Tags {
+			items = append(items, exportItem{name: repo, ref: tag, refName: repo + ":" + tag})
+		}
+	}
+	return items, nil
+}
+
+// writeBundle walks every item, then streams their blobs into FILE.partial,
+// renamed to FILE once whole; FILE.digests is written beside it.
+func writeBundle(ctx context.Context, c *regclient.Client, items []exportItem, out string, opts bundle.Options, keep []string, s stdio) (err error) {
+	// First every manifest (small): the total is known before the bytes flow.
+	imgs := make([]*remoteImage, len(items))
+	for i, it := range items {
+		img, err := walkImage(ctx, c, it.name, it.ref, keep)
+		if err != nil {
+			return fmt.Errorf("%s: %w", it.refName, err)
+		}
+		imgs[i] = img
+	}
+	partial := out + ".partial"
+	f, err := os.Create(partial)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			// Interrupted, FILE.partial stays (without index.json, no import
+			// takes it); any other failure leaves nothing.
+			if ctx.Err() == nil {
+				os.Remove(partial)
+			}
+		}
+	}()
+	w, err := bundle.NewWriter(f, opts)
+	if err != nil {
+		return err
+	}
+	m := newMeter(s, "export")
+	defer m.close()
+	planned := map[digest.Digest]bool{}
+	sizes := make([]int64, len(imgs))
+	for i, img := range imgs {
+		for _, b := range img.Blobs {
+			if w.Need(b.Digest) && !planned[b.Digest] {
+				planned[b.Digest] = true
+				sizes[i] += b.Size
+			}
+		}
+		for _, mf := range img.Manifests {
+			if w.Need(mf.Desc.Digest) && !planned[mf.Desc.Digest] {
+				planned[mf.Desc.Digest] = true
+				sizes[i] += mf.Desc.Size
+			}
+		}
+		m.grow(sizes[i])
+	}
+	for i, img := range imgs {
+		t := m.task(items[i].refName, sizes[i])
+		if err := exportImage(ctx, c, w, img, t); err != nil {
+			t.finish(err)
+			return fmt.Errorf("%s: %w", items[i].refName, err)
+		}
+		t.finish(nil)
+		top := img.Top
+		top.Annotations = map[string]string{bundle.AnnotationRefName: items[i].refName}
+		w.AddEntry(top)
+		// A referrer is named by its repository and digest: it has no tag.
+		repo, _, _, _ := bundle.SplitRef(items[i].refName)
+		for _, r := range img.Referrers {
+			r.Annotations = map[string]string{bundle.AnnotationRefName: repo + "@" + r.Digest.String(), bundle.AnnotationReferrer: "true"}
+			w.AddEntry(r)
+		}
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	side, err := os.Create(out + bundle.SidecarSuffix)
+	if err != nil {
+		return err
+	}
+	if err := bundle.WriteDigests(side, filepath.Base(out), w.Digests()); err != nil {
+		side.Close()
+		return err
+	}
+	if err := side.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(partial, out); err != nil {
+		return err
+	}
+	m.printf("%s: %d images, %d blobs, %s", out, len(items), len(w.Carried()), humanBytes(w.Bytes()))
+	return nil
+}
+
+// exportImage writes img's blobs and manifests that the bundle still needs.
+func exportImage(ctx context.Context, c *regclient.Client, w *bundle.Writer, img *remoteImage, t *task) error {
+	for _, b := range img.Blobs {
+		if !w.Need(b.Digest) {
+			continue
+		}
+		rc, _, err := c.Blob(ctx, img.Name, b.Digest)
+		if err != nil {
+			return fmt.Errorf("blob %s: %w", b.Digest, err)
+		}
+		err = w.AddBlob(ocispec.Descriptor{Digest: b.Digest, Size: b.Size}, t.reader(rc))
+		rc.Close()
+		if err != nil {
+			return err
+		}
+	}
+	for _, mf := range img.Manifests {
+		if !w.Need(mf.Desc.Digest) {
+			continue
+		}
+		if err := w.AddManifest(mf.Desc, mf.Body); err != nil {
+			return err
+		}
+		t.add(len(mf.Body))
+	}
+	return nil
+}
