@@ -62,7 +62,7 @@ func (b *bench) measureBundles(ctx context.Context) error {
 		return err
 	}
 	defer src.stop()
-	b.logf("bundles: berth warm %s (%s) through bundle-src", ref, size(imageBytes(im)))
+	b.logf("bundles: berth warm %s (%s in %d layers) through bundle-src", ref, size(b.o.bundleSize), len(im.Layers))
 	if _, _, err := b.runCLI(ctx, "bundle-warm", "warm", "--server", srcURL, ref); err != nil {
 		return err
 	}

@@ -69,6 +69,7 @@ func main() {
 	flag.StringVar(&o.nginx, "nginx", "", "nginx binary (default: PATH, /usr/sbin; apt-get installed if missing, skipped with -smoke)")
 	flag.Float64Var(&o.rateMBps, "upstream-rate", 100, "throttle between the proxies and the upstream, MB/s (0: none)")
 	dur := flag.Duration("duration", 0, "duration of each request-rate run (default 5s, 300ms with -smoke)")
+	bundleMiB := flag.Int64("bundle-mib", 0, "size of the image exported and imported, MiB (default 2048, 16 with -smoke)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "berthbench: unexpected arguments", flag.Args())
@@ -95,6 +96,9 @@ func main() {
 	}
 	if *dur > 0 {
 		o.dur = *dur
+	}
+	if *bundleMiB > 0 {
+		o.bundleSize = *bundleMiB * mib
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
