@@ -135,6 +135,26 @@ func (s *Store) Tags(repo string, n int, last string) (tags []string, more bool,
 	return tags, more, err
 }
 
+// Manifests lists the records of every manifest repo holds, tagged or not
+// (without annotations), in digest order.
+func (s *Store) Manifests(repo string) ([]ManifestRecord, error) {
+	out := []ManifestRecord{}
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix(kindManifest, repo), PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var m ManifestRecord
+			if err := it.Item().Value(func(b []byte) error { return json.Unmarshal(b, &m) }); err != nil {
+				return err
+			}
+			m.Annotations = nil
+			out = append(out, m)
+		}
+		return nil
+	})
+	return out, err
+}
+
 // DeleteManifest removes manifest d from repo with every tag pointing at it
 // and its referrer entry; ErrNotFound if repo did not hold it.
 func (s *Store) DeleteManifest(repo string, d digest.Digest) error {

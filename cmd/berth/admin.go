@@ -3,10 +3,12 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"strings"
 	"time"
 
+	"github.com/berth-dev/berth/cache"
 	"github.com/berth-dev/berth/internal/bundle"
 	"github.com/berth-dev/berth/internal/oci"
 	"github.com/rs/zerolog"
@@ -15,12 +17,21 @@ import (
 // admin serves berth's own endpoints, on the API's port:
 //
 //	POST /admin/import         a bundle as the body; answers its Summary
-//	GET  /admin/tags?repo=NAME the tags berth holds for NAME (mirrored
-//	                           repositories too, without asking upstream)
+//	GET  /admin/inventory?repo=NAME  the tags and manifests berth holds
+//	                           in NAME (mirrored repositories too, without
+//	                           asking their upstream), for export --all
 //
 // With client authentication on, both need valid credentials (an import
 // writes like a push); in read-only maintenance mode an import is refused.
 type admin struct{ api *reloadable }
+
+// inventory is what /admin/inventory answers: a repository's tags and
+// every manifest it holds.
+type inventory struct {
+	Name      string                 `json:"name"`
+	Tags      []string               `json:"tags"`
+	Manifests []cache.ManifestRecord `json:"manifests"`
+}
 
 // codeBundleInvalid answers a bundle refused: tampered, truncated or incomplete.
 const codeBundleInvalid oci.Code = "BUNDLE_INVALID"
@@ -50,7 +61,7 @@ func (a *admin) serve(w http.ResponseWriter, r *http.Request) error {
 	switch {
 	case r.URL.Path == "/admin/import" && r.Method == http.MethodPost:
 		return a.importBundle(w, r, g.cfg)
-	case r.URL.Path == "/admin/tags" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
+	case r.URL.Path == "/admin/inventory" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
 		repo := r.URL.Query().Get("repo")
 		if !oci.ValidName(repo) {
 			return oci.Errorf(oci.CodeNameInvalid, "repo=%q is not a repository name", oci.Clip(repo))
@@ -59,11 +70,12 @@ func (a *admin) serve(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
-		return writeJSON(w, struct {
-			Name string   `json:"name"`
-			Tags []string `json:"tags"`
-		}{repo, tags})
-	case r.URL.Path == "/admin/import" || r.URL.Path == "/admin/tags":
+		ms, err := a.api.store.Manifests(repo)
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, inventory{Name: repo, Tags: tags, Manifests: ms})
+	case r.URL.Path == "/admin/import" || r.URL.Path == "/admin/inventory":
 		return oci.Errorf(oci.CodeUnsupported, "%s is not allowed on %s", r.Method, r.URL.Path).WithStatus(http.StatusMethodNotAllowed)
 	}
 	return oci.Errorf(oci.CodeNameUnknown, "no such endpoint").WithStatus(http.StatusNotFound)
@@ -75,7 +87,8 @@ func (a *admin) importBundle(w http.ResponseWriter, r *http.Request, cfg Config)
 	}
 	log := zerolog.Ctx(r.Context())
 	start := time.Now()
-	sum, err := bundle.Import(r.Context(), a.api.store, r.Body, bundle.ImportOptions{Upstream: upstreamOf(cfg)})
+	body := &idleBody{r: r.Body, rc: http.NewResponseController(w)}
+	sum, err := bundle.Import(r.Context(), a.api.store, body, bundle.ImportOptions{Upstream: upstreamOf(cfg)})
 	if err != nil {
 		log.Warn().Err(err).Msg("bundle refused; nothing of it was indexed")
 		return bundleErr(err)
@@ -99,6 +112,21 @@ func bundleErr(err error) error {
 		}
 	}
 	return err
+}
+
+// importIdle is how long an import's client may send nothing before the
+// import is abandoned (and its staged blobs removed).
+const importIdle = 60 * time.Second
+
+// idleBody reads a request body with a deadline renewed on every read.
+type idleBody struct {
+	r  io.Reader
+	rc *http.ResponseController
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	_ = b.rc.SetReadDeadline(time.Now().Add(importIdle)) // unsupported: the server's timeouts apply
+	return b.r.Read(p)
 }
 
 // upstreamOf maps a host to the configured upstream it names, by name or

@@ -128,6 +128,7 @@ func TestAirGap(t *testing.T) {
 		}})
 	multi := up.AddManifest("library/multi", "latest", ocispec.MediaTypeImageIndex, multiBody)
 	later := up.AddImage("library/later", "1", 1, 32<<10)
+	byDigest := up.AddImage("library/bydigest", "", 1, 1024)
 	ups := []UpstreamConfig{{Name: "docker.io", URL: up.URL(), Default: true, Aliases: []string{"index.docker.io"}}}
 
 	cfgA := testConfig(t, ups)
@@ -181,14 +182,18 @@ func TestAirGap(t *testing.T) {
 		}
 	}
 	// A week later one more image was pulled: the second bundle holds only it.
-	if out, err := runCmd(t, "", "warm", "--server", "http://"+a, "later:1"); err != nil {
+	if out, err := runCmd(t, "", "warm", "--server", "http://"+a, "later:1", "bydigest@"+byDigest.Manifest.String()); err != nil {
 		t.Fatalf("warm: %v\n%s", err, out)
 	}
 	if out, err := runCmd(t, "", "export", "--server", "http://"+a, "--out", second, "--since", first, "--all"); err != nil {
 		t.Fatalf("export --since: %v\n%s", err, out)
 	}
 	blobs2 := bundleBlobs(t, second)
-	want2 := map[digest.Digest]bool{later.Manifest: true, later.Config: true, later.Layers[0]: true}
+	want2 := map[digest.Digest]bool{later.Manifest: true, later.Config: true, later.Layers[0]: true,
+		byDigest.Manifest: true, byDigest.Config: true, byDigest.Layers[0]: true}
+	if names := bundleNames(t, second); !names["docker.io/library/bydigest@"+byDigest.Manifest.String()] || len(names) != 7 {
+		t.Errorf("--all names: %v", names)
+	}
 	if len(blobs2) != len(want2) {
 		t.Errorf("the incremental bundle carries %d blobs, want the %d new ones", len(blobs2), len(want2))
 	}
@@ -244,6 +249,7 @@ func TestAirGap(t *testing.T) {
 		{"/v2/library/multi/manifests/" + arm.Manifest.String(), arm.Manifest.String()},
 		{"/v2/library/multi/blobs/" + arm.Layers[0].String(), arm.Layers[0].String()},
 		{"/v2/library/later/manifests/1", later.Manifest.String()},
+		{"/v2/library/bydigest/manifests/" + byDigest.Manifest.String(), byDigest.Manifest.String()},
 		{"/v2/team/app/manifests/1", app.Digest.String()},
 		{"/v2/team/app/blobs/" + layer.Digest.String(), layer.Digest.String()},
 	} {
@@ -421,8 +427,10 @@ func TestExportPlatform(t *testing.T) {
 	ups := []UpstreamConfig{{Name: "docker.io", URL: up.URL(), Default: true}}
 	a, _ := runServe(t, testConfig(t, ups))
 	file := filepath.Join(t.TempDir(), "amd64.tar")
-	if out, err := runCmd(t, "", "export", "--server", "http://"+a, "--platform", "linux/amd64", "--out", file, "multi"); err != nil {
-		t.Fatalf("export: %v\n%s", err, out)
+	var eout bytes.Buffer
+	if err := exportCmd(context.Background(), []string{"--server", "http://" + a, "--platform", "linux/amd64", "--out", file, "multi"},
+		stdio{in: strings.NewReader(""), out: &eout, err: &eout, getenv: func(string) string { return "" }, tty: true}); err != nil {
+		t.Fatalf("export: %v\n%s", err, eout.String())
 	}
 	blobs := bundleBlobs(t, file)
 	if !blobs[amd.Layers[0]] || blobs[arm.Layers[0]] || blobs[arm.Manifest] {
@@ -431,8 +439,16 @@ func TestExportPlatform(t *testing.T) {
 	cfgB := testConfig(t, ups)
 	cfgB.Offline = true
 	b, _ := runServe(t, cfgB)
-	if out, err := runCmd(t, "", "import", "--server", "http://"+b, file); err != nil {
-		t.Fatalf("import: %v\n%s", err, out)
+	// From a pipe, with progress bars as on a terminal.
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	err = importCmd(context.Background(), []string{"--server", "http://" + b, "-"}, stdio{in: bytes.NewReader(raw), out: &out, err: &errOut,
+		getenv: func(string) string { return "" }, tty: true})
+	if err != nil || !strings.Contains(out.String(), "imported -: 1 images") {
+		t.Fatalf("import -: %v\n%s%s", err, out.String(), errOut.String())
 	}
 	if status, _ := fetch(t, b, "/v2/library/multi/blobs/"+amd.Layers[0].String()); status != http.StatusOK {
 		t.Errorf("amd64 layer: %d", status)

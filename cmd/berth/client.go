@@ -167,6 +167,7 @@ type remoteImage struct {
 	Manifests []remoteManifest
 	Blobs     []ocispec.Descriptor // each once
 	Referrers []ocispec.Descriptor // top-level entries of their own
+	Listed    []digest.Digest      // every child its indexes list, kept or not
 	bytes     int64                // of Blobs and Manifests
 }
 
@@ -200,6 +201,7 @@ func walkImage(ctx context.Context, c *regclient.Client, name, ref string, keep 
 		}
 		desc.MediaType = m.Desc.MediaType
 		for _, ch := range m.Children {
+			img.Listed = append(img.Listed, ch.Digest)
 			if !platformKept(keep, ch.Platform) {
 				continue
 			}

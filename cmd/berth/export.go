@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -9,8 +10,10 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
+	"github.com/berth-dev/berth/cache"
 	"github.com/berth-dev/berth/internal/bundle"
 	"github.com/berth-dev/berth/internal/imageref"
 	"github.com/berth-dev/berth/internal/regclient"
@@ -100,9 +103,9 @@ func exportCmd(ctx context.Context, args []string, s stdio) error {
 	if err != nil {
 		return err
 	}
-	var items []exportItem
+	var items, untagged []exportItem
 	if *all {
-		if items, err = inventory(ctx, c); err != nil {
+		if items, untagged, err = listAll(ctx, c); err != nil {
 			return err
 		}
 	}
@@ -117,44 +120,91 @@ func exportCmd(ctx context.Context, args []string, s stdio) error {
 		}
 		items = append(items, it)
 	}
-	return writeBundle(ctx, c, items, *out, opts, keep, s)
-}
-
-// inventory lists every image berth holds: each tag of each repository of
-// its catalog, as berth itself holds them (/admin/tags: a mirrored
-// repository's tags are not asked of its upstream).
-func inventory(ctx context.Context, c *regclient.Client) ([]exportItem, error) {
-	repos, err := c.Catalog(ctx)
+	items, imgs, err := walkAll(ctx, c, items, untagged, keep)
 	if err != nil {
-		return nil, fmt.Errorf("catalog: %w", err)
+		return err
 	}
-	var items []exportItem
-	for _, repo := range repos {
-		var tl struct {
-			Tags []string `json:"tags"`
-		}
-		if err := c.Get(ctx, "/admin/tags", url.Values{"repo": {repo}}, &tl); err != nil {
-			return nil, fmt.Errorf("tags of %s: %w", repo, err)
-		}
-		for _, tag := range tl.Tags {
-			items = append(items, exportItem{name: repo, ref: tag, refName: repo + ":" + tag})
-		}
-	}
-	return items, nil
+	return writeBundle(ctx, c, items, imgs, *out, opts, s)
 }
 
-// writeBundle walks every item, then streams their blobs into FILE.partial,
-// renamed to FILE once whole; FILE.digests is written beside it.
-func writeBundle(ctx context.Context, c *regclient.Client, items []exportItem, out string, opts bundle.Options, keep []string, s stdio) (err error) {
-	// First every manifest (small): the total is known before the bytes flow.
-	imgs := make([]*remoteImage, len(items))
-	for i, it := range items {
+// walkAll walks every item, then those of untagged that no item holds.
+func walkAll(ctx context.Context, c *regclient.Client, items, untagged []exportItem, keep []string) ([]exportItem, []*remoteImage, error) {
+	imgs := make([]*remoteImage, 0, len(items))
+	seen := map[string]bool{} // repo@digest of every manifest walked
+	add := func(it exportItem) error {
 		img, err := walkImage(ctx, c, it.name, it.ref, keep)
 		if err != nil {
 			return fmt.Errorf("%s: %w", it.refName, err)
 		}
-		imgs[i] = img
+		for _, m := range img.Manifests {
+			seen[it.name+"@"+m.Desc.Digest.String()] = true
+		}
+		for _, d := range img.Listed { // children of platforms left out too
+			seen[it.name+"@"+d.String()] = true
+		}
+		imgs = append(imgs, img)
+		return nil
 	}
+	for _, it := range items {
+		if err := add(it); err != nil {
+			return nil, nil, err
+		}
+	}
+	for _, it := range untagged {
+		if seen[it.name+"@"+it.ref] {
+			continue
+		}
+		if err := add(it); err != nil {
+			return nil, nil, err
+		}
+		items = append(items, it)
+	}
+	return items, imgs, nil
+}
+
+// listAll lists every image berth holds: each tag of each repository of
+// its catalog, as berth itself holds them (/admin/inventory: a mirrored
+// repository's tags are not asked of its upstream), and the manifests no
+// tag names (an image pulled by digest), which writeBundle adds unless
+// they are part of another image.
+func listAll(ctx context.Context, c *regclient.Client) (items, untagged []exportItem, err error) {
+	repos, err := c.Catalog(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("catalog: %w", err)
+	}
+	for _, repo := range repos {
+		var inv inventory
+		if err := c.Get(ctx, "/admin/inventory", url.Values{"repo": {repo}}, &inv); err != nil {
+			return nil, nil, fmt.Errorf("inventory of %s: %w", repo, err)
+		}
+		for _, tag := range inv.Tags {
+			items = append(items, exportItem{name: repo, ref: tag, refName: repo + ":" + tag})
+		}
+		// Indexes first: their children are then known as parts of them.
+		slices.SortStableFunc(inv.Manifests, func(a, b cache.ManifestRecord) int {
+			return cmp.Compare(rank(b.MediaType), rank(a.MediaType))
+		})
+		for _, m := range inv.Manifests {
+			if m.Subject == "" { // a referrer travels with its subject
+				untagged = append(untagged, exportItem{name: repo, ref: m.Digest.String(), refName: repo + "@" + m.Digest.String()})
+			}
+		}
+	}
+	return items, untagged, nil
+}
+
+// rank orders indexes before manifests.
+func rank(mediaType string) int {
+	if mediaType == ocispec.MediaTypeImageIndex || mediaType == "application/vnd.docker.distribution.manifest.list.v2+json" {
+		return 1
+	}
+	return 0
+}
+
+// writeBundle streams the blobs of the walked images (imgs[i] is items[i]: its
+// manifests are known, so is the total) into FILE.partial,
+// renamed to FILE once whole; FILE.digests is written beside it.
+func writeBundle(ctx context.Context, c *regclient.Client, items []exportItem, imgs []*remoteImage, out string, opts bundle.Options, s stdio) (err error) {
 	partial := out + ".partial"
 	f, err := os.Create(partial)
 	if err != nil {

@@ -111,6 +111,7 @@ type Writer struct {
 	bytes   int64
 	entries []ocispec.Descriptor
 	err     error // sticky: a failed write leaves the tar unusable
+	buf     []byte
 }
 
 // NewWriter writes the start of a bundle (oci-layout) to w.
@@ -237,7 +238,13 @@ func (w *Writer) file(name string, size int64, r io.Reader) error {
 		w.err = err
 		return err
 	}
-	n, err := io.CopyN(w.tw, r, size)
+	if w.buf == nil {
+		w.buf = make([]byte, 1<<20)
+	}
+	n, err := io.CopyBuffer(w.tw, io.LimitReader(r, size), w.buf)
+	if err == nil && n < size {
+		err = io.EOF
+	}
 	if err == io.EOF {
 		err = fmt.Errorf("%s: the source ended after %d of %d bytes: %w", name, n, size, io.ErrUnexpectedEOF)
 	}

@@ -59,7 +59,8 @@ func Import(ctx context.Context, st *cache.Store, r io.Reader, opts ImportOption
 	if opts.Progress != nil {
 		in = &progressReader{r: in, fn: opts.Progress}
 	}
-	idx, err := Read(in, func(d digest.Digest, size int64, br io.Reader) error {
+	// Stage verifies what it stores: each blob is hashed once.
+	idx, err := ReadInto(in, func(d digest.Digest, size int64, br io.Reader) error {
 		if staged[d] != nil || held[d] {
 			return nil // Read drains and verifies it
 		}

@@ -38,7 +38,15 @@ type BlobFunc func(d digest.Digest, size int64, r io.Reader) error
 // order, and returns its index. A blob whose content does not match its
 // name, a stream cut short or without index.json is an error naming what
 // was wrong.
-func Read(r io.Reader, blob BlobFunc) (*Index, error) {
+func Read(r io.Reader, blob BlobFunc) (*Index, error) { return read(r, blob, false) }
+
+// ReadInto is Read for a BlobFunc that verifies, itself, every blob it
+// reads to its end (cache.Store.Stage does): those are hashed once, there.
+// A blob it returns from without reading is read and verified by ReadInto;
+// one it reads only part of is an error.
+func ReadInto(r io.Reader, blob BlobFunc) (*Index, error) { return read(r, blob, true) }
+
+func read(r io.Reader, blob BlobFunc, calleeVerifies bool) (*Index, error) {
 	tr := tar.NewReader(r)
 	var idx *Index
 	layout := false
@@ -49,6 +57,9 @@ func Read(r io.Reader, blob BlobFunc) (*Index, error) {
 			break
 		}
 		if err != nil {
+			if !layout && last == "" {
+				return nil, fmt.Errorf("%w: %v", ErrNotBundle, err)
+			}
 			if errors.Is(err, io.ErrUnexpectedEOF) {
 				return nil, truncated(last)
 			}
@@ -83,7 +94,7 @@ func Read(r io.Reader, blob BlobFunc) (*Index, error) {
 				return nil, err
 			}
 			last = d
-			vr := &verifier{r: tr, d: d, h: d.Algorithm().Hash(), left: hdr.Size, size: hdr.Size}
+			vr := &verifier{r: tr, d: d, h: d.Algorithm().Hash(), left: hdr.Size, size: hdr.Size, skipHash: calleeVerifies}
 			if blob != nil {
 				if err := blob(d, hdr.Size, vr); err != nil {
 					if errors.Is(err, io.ErrUnexpectedEOF) {
@@ -91,6 +102,13 @@ func Read(r io.Reader, blob BlobFunc) (*Index, error) {
 					}
 					return nil, err
 				}
+			}
+			switch {
+			case !calleeVerifies:
+			case vr.left == vr.size:
+				vr.skipHash = false // not read: verified here
+			case vr.left > 0:
+				return nil, fmt.Errorf("blob %s: read only %d of %d bytes", d, vr.size-vr.left, vr.size)
 			}
 			if _, err := io.Copy(io.Discard, vr); err != nil {
 				if errors.Is(err, io.ErrUnexpectedEOF) {
@@ -167,6 +185,7 @@ type verifier struct {
 	h          hash.Hash
 	left, size int64
 	err        error
+	skipHash   bool // the reader's caller verifies the content itself
 }
 
 func (v *verifier) Read(p []byte) (int, error) {
@@ -175,6 +194,9 @@ func (v *verifier) Read(p []byte) (int, error) {
 	}
 	if v.left == 0 {
 		v.err = io.EOF
+		if v.skipHash {
+			return 0, v.err
+		}
 		if got := digest.NewDigest(v.d.Algorithm(), v.h); got != v.d {
 			v.err = &DigestError{Digest: v.d, Err: ErrCorrupt, Detail: "its content hashes to " + got.String()}
 		}
@@ -184,7 +206,9 @@ func (v *verifier) Read(p []byte) (int, error) {
 		p = p[:v.left]
 	}
 	n, err := v.r.Read(p)
-	v.h.Write(p[:n])
+	if !v.skipHash {
+		v.h.Write(p[:n])
+	}
 	v.left -= int64(n)
 	if err == io.EOF {
 		if v.left > 0 {
