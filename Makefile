@@ -10,7 +10,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 # Tool versions are pinned in .ci/install-tools.sh.
 
-.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e bench bench-smoke lint tools clean
+.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e bench bench-smoke lint tools clean
 
 run: build
 	./$(BIN) serve --addr :5000 --data ./data
@@ -21,8 +21,8 @@ build:
 ## test: everything CI runs: vet, unit tests under -race, short fuzzing, the
 ## OCI conformance suite against a real `berth serve`, the mirror e2e, every
 ## real client (skipped with a reason where one cannot run; required in CI),
-## the status page in headless Chromium.
-test: lint race fuzz conformance mirror-e2e status-e2e e2e bench-smoke
+## the status page in headless Chromium, the air-gap bundle workflow.
+test: lint race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e bench-smoke
 
 unit:
 	$(GO) test ./...
@@ -51,6 +51,13 @@ mirror-e2e: build tools
 
 e2e: build tools
 	@bash .ci/e2e.sh
+
+# Air-gapped build farms: berth warm/export through an online berth, import
+# into an offline one (running, and stopped with --data), tampered and
+# incremental bundles; dockerd, ctr, crane, oras, skopeo through or on the
+# result (dockerd/containerd skipped with a reason when not root).
+airgap-e2e: build tools
+	@bash .ci/airgap-e2e.sh
 
 # The status page at / in headless Chromium (installed with apt-get as root,
 # else skipped); the screenshot is kept (its path is printed).

@@ -51,6 +51,8 @@ type content struct {
 	big   image // one big layer: warm throughput
 	small image // many small layers: request rate
 	ten   image // nLayers layers: manifest by tag, and priming
+	// bundle is exported and imported (bundle.go).
+	bundle image
 	// Per server and round: distinct, so that every cold run is cold.
 	cold   map[string][]image
 	herd   map[string][]blob // in repository herdRepo
@@ -128,6 +130,7 @@ func (b *bench) plan() *content {
 		big:    p.image("library/big", "latest", 1, b.o.bigSize),
 		small:  p.image("library/small", "latest", b.o.nSmall, b.o.smallSize),
 		ten:    p.image("library/ten", "latest", b.o.nLayers, b.o.layerSize),
+		bundle: p.image("library/bundle", "latest", b.o.bundleLayers, b.o.bundleSize/int64(b.o.bundleLayers)),
 		cold:   map[string][]image{},
 		herd:   map[string][]blob{},
 		single: map[string][]blob{},
@@ -147,7 +150,7 @@ func (b *bench) plan() *content {
 }
 
 func (c *content) images() []*image {
-	out := []*image{&c.big, &c.small, &c.ten}
+	out := []*image{&c.big, &c.small, &c.ten, &c.bundle}
 	for _, s := range sortedKeys(c.cold) {
 		for i := range c.cold[s] {
 			out = append(out, &c.cold[s][i])

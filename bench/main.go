@@ -46,6 +46,9 @@ type options struct {
 	warmReps int
 	conns    int
 	dur      time.Duration
+	// The air-gap bundle: an image of bundleLayers layers, bundleSize in all.
+	bundleSize   int64
+	bundleLayers int
 }
 
 const (
@@ -66,6 +69,7 @@ func main() {
 	flag.StringVar(&o.nginx, "nginx", "", "nginx binary (default: PATH, /usr/sbin; apt-get installed if missing, skipped with -smoke)")
 	flag.Float64Var(&o.rateMBps, "upstream-rate", 100, "throttle between the proxies and the upstream, MB/s (0: none)")
 	dur := flag.Duration("duration", 0, "duration of each request-rate run (default 5s, 300ms with -smoke)")
+	bundleMiB := flag.Int64("bundle-mib", 0, "size of the image exported and imported, MiB (default 2048, 16 with -smoke)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "berthbench: unexpected arguments", flag.Args())
@@ -79,6 +83,7 @@ func main() {
 		o.layerSize, o.nLayers = 256*kib, 10
 		o.herdSize, o.herdClients = 4*mib, 32
 		o.warmClients, o.conns, o.dur, o.warmReps = 4, 16, 300*time.Millisecond, 1
+		o.bundleSize, o.bundleLayers = 16*mib, 4
 		if !flagSet("rounds") {
 			o.rounds = 1
 		}
@@ -87,9 +92,13 @@ func main() {
 		o.layerSize, o.nLayers = 10*mib, 10
 		o.herdSize, o.herdClients = 256*mib, 32
 		o.warmClients, o.conns, o.dur, o.warmReps = 16, 64, 5*time.Second, 5
+		o.bundleSize, o.bundleLayers = 2*gib, 4
 	}
 	if *dur > 0 {
 		o.dur = *dur
+	}
+	if *bundleMiB > 0 {
+		o.bundleSize = *bundleMiB * mib
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -201,7 +201,12 @@ func (b *bench) measure(ctx context.Context) error {
 		}
 	}
 
-	// 5. The request logs berth and nginx wrote: a log that stayed empty
+	// 5. The air-gap bundle: export and import against cp (bundle.go).
+	if err := b.measureBundles(ctx); err != nil {
+		return fmt.Errorf("bundles: %w", err)
+	}
+
+	// 6. The request logs berth and nginx wrote: a log that stayed empty
 	// would mean one side ran without the cost the other paid.
 	for _, l := range []struct{ name, path string }{
 		{srvBerth, filepath.Join(b.tmp, srvBerth+".log")},
@@ -219,7 +224,7 @@ func (b *bench) measure(ctx context.Context) error {
 		b.logf("  request log %-18s %6.1f MiB so far (%s)", serverLabels[name], float64(fi.Size())/mib, path)
 	}
 
-	// 6. Peak RSS of every server process over the whole run.
+	// 7. Peak RSS of every server process over the whole run.
 	for _, name := range sortedKeys(b.servers) {
 		s := b.servers[name]
 		if s.proc == nil {

@@ -122,7 +122,8 @@ func (b *bench) report() *report {
 			"image_layers": o.nLayers, "layer_bytes": o.layerSize, "herd_blob_bytes": o.herdSize,
 			"herd_clients": o.herdClients, "warm_clients": o.warmClients, "connections": o.conns,
 			"rate_duration_s": o.dur.Seconds(), "upstream_rate_MBps": o.rateMBps,
-			"request_logs": requestLogs,
+			"request_logs":       requestLogs,
+			"bundle_image_bytes": o.bundleSize, "bundle_layers": o.bundleLayers,
 		},
 	}
 	for metric, byServer := range b.samples {
@@ -287,6 +288,31 @@ func (b *bench) report() *report {
 	be, ok1 = med(mRSS, srvBerth)
 	judge(&rw, be/100, ok1, "berth / 100 MiB", "<= 100 MiB", "peak RSS / 100 MiB", 1, false)
 	r.Rows = append(r.Rows, rw)
+
+	// The air-gap bundle (bundle.go): each command against cp of the bundle
+	// file, and the peak RSS of the server and of the CLI during each.
+	bundleName := size(o.bundleSize)
+	cp, okCp := med(mBundleCp, srvCp)
+	for _, x := range []struct{ what, metric string }{{"export", mBundleExport}, {"import", mBundleImport}} {
+		rw = mk(fmt.Sprintf("berth %s, bundle of a %s image (s)", x.what, bundleName), x.metric, srvBerth)
+		be, ok1 = med(x.metric, srvBerth)
+		v, ok = div(be, cp, ok1, okCp)
+		judge(&rw, v, ok, "berth "+x.what+" / cp of the bundle", "<= 1.5x", "bundle "+x.what+" vs cp", 1.5, false)
+		if okCp {
+			rw.Other = "cp " + num(cp) + " s"
+		}
+		r.Rows = append(r.Rows, rw)
+	}
+	for _, x := range []struct{ who, export, imp string }{
+		{"berth", mBundleExportRSS, mBundleImportRSS},
+		{"CLI", mBundleExportCLI, mBundleImportCLI},
+	} {
+		rw = pair(fmt.Sprintf("peak RSS of the %s, export / import (MiB)", x.who), x.export, x.imp, srvBerth)
+		e, ok1 := med(x.export, srvBerth)
+		i, ok2 := med(x.imp, srvBerth)
+		judge(&rw, max(e, i)/100, ok1 && ok2, x.who+" / 100 MiB", "<= 100 MiB", "bundle: peak RSS of the "+x.who+" / 100 MiB", 1, false)
+		r.Rows = append(r.Rows, rw)
+	}
 	return r
 }
 
@@ -316,8 +342,8 @@ func (r *report) table() string {
 		ratio := ""
 		if rw.hasRatio {
 			ratio = ratioText(rw.Ratio)
-			if rw.RatioOf == "berth / 100 MiB" {
-				ratio = num(rw.Values[srvBerth]) + " MiB"
+			if strings.HasSuffix(rw.RatioOf, " / 100 MiB") {
+				ratio = num(rw.Ratio*100) + " MiB"
 			}
 			if rw.Other != "" {
 				ratio += " (" + rw.Other + ")"

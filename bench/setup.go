@@ -61,6 +61,8 @@ func (b *bench) setup(ctx context.Context) error {
 	b.servers = map[string]*server{}
 	b.content = b.plan()
 	need := b.content.totalBytes()*3 + b.o.bigSize*2
+	// The bundle, its copy and the berth it is imported into.
+	need += b.o.bundleSize * 3
 	// The request logs: berth and nginx together, two rate measurements per
 	// round, at most ~100k requests/s of ~400 bytes of log lines.
 	need += int64(2 * float64(b.o.rounds) * (b.o.dur * 6 / 5).Seconds() * 100e3 * 400)
