@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/berth-dev/berth/upstream/upstreamtest"
 	"github.com/opencontainers/go-digest"
+	specs "github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 type recordingObserver struct {
@@ -125,5 +128,27 @@ func TestExchangeKind(t *testing.T) {
 		if got := o.kind(req); got != tt.want {
 			t.Errorf("kind(%s) = %q, want %q", tt.url, got, tt.want)
 		}
+	}
+}
+
+// An upstream without the referrers API (distribution's registry) is asked
+// for the spec's fallback tag, where oras pushes its referrers index.
+func TestReferrersFallbackTag(t *testing.T) {
+	t.Parallel()
+	up := upstreamtest.New(t, upstreamtest.Options{Auth: upstreamtest.AuthBearer})
+	img := up.AddImage("library/app", "1", 1, 100)
+	sbom := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString("sbom"), Size: 42, ArtifactType: "application/spdx+json"}
+	idx, _ := json.Marshal(ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{sbom}})
+	c, err := New(Config{Name: "docker.io", URL: up.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.Referrers(t.Context(), "library/app", img.Manifest, ""); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Referrers without the API or the tag: %v, want ErrNotFound", err)
+	}
+	up.AddManifest("library/app", "sha256-"+img.Manifest.Encoded(), ocispec.MediaTypeImageIndex, idx)
+	descs, filtered, err := c.Referrers(t.Context(), "library/app", img.Manifest, "")
+	if err != nil || filtered || len(descs) != 1 || descs[0].Digest != sbom.Digest || descs[0].ArtifactType != sbom.ArtifactType {
+		t.Fatalf("Referrers through the fallback tag = %v, %v, %v", descs, filtered, err)
 	}
 }

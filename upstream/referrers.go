@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
@@ -17,8 +18,26 @@ const maxReferrersBody = 4 << 20
 // Referrers asks the OCI 1.1 referrers API for the manifests whose subject
 // is d, filtered by artifactType when it is set. filtered reports whether
 // the upstream applied that filter (OCI-Filters-Applied); if it did not,
-// the caller filters. An upstream without the API answers 404: ErrNotFound.
+// the caller filters. An upstream without the API (404) is asked for the
+// spec's fallback tag instead, "<alg>-<hex>", an index of the referrers
+// that clients such as oras push there; ErrNotFound if it has neither.
 func (c *Client) Referrers(ctx context.Context, repo string, d digest.Digest, artifactType string) (descs []ocispec.Descriptor, filtered bool, err error) {
+	descs, filtered, err = c.referrersAPI(ctx, repo, d, artifactType)
+	if !errors.Is(err, ErrNotFound) {
+		return descs, filtered, err
+	}
+	_, body, ferr := c.GetManifest(ctx, repo, d.Algorithm().String()+"-"+d.Encoded())
+	if ferr != nil {
+		return nil, false, err // the API's 404: neither way has referrers
+	}
+	var idx ocispec.Index
+	if json.Unmarshal(body, &idx) != nil || idx.Manifests == nil {
+		return []ocispec.Descriptor{}, false, nil
+	}
+	return idx.Manifests, false, nil
+}
+
+func (c *Client) referrersAPI(ctx context.Context, repo string, d digest.Digest, artifactType string) (descs []ocispec.Descriptor, filtered bool, err error) {
 	op := "GET referrers " + repo + "@" + d.String()
 	if err := c.checkRepo(op, repo); err != nil {
 		return nil, false, err
