@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"io"
 	"sync"
 	"time"
@@ -9,20 +8,28 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// logBatch is how many bytes of lines gather before they are written.
+const logBatch = 64 << 10
+
 // logWriter batches log lines as nginx's `access_log ... buffer=64k
 // flush=1s` does: lines go out when 64 KiB have gathered, at the latest a
 // second after they were written, at once for warnings and errors, and on
-// Close. One request line then costs a copy, not a write(2).
+// Close. One request line then costs a copy, not a write(2); and the
+// write(2) of a batch happens outside the lock that requests append under,
+// so no request waits for the disk.
 type logWriter struct {
-	mu    sync.Mutex
-	buf   *bufio.Writer
-	dirty bool
+	mu    sync.Mutex // guards buf and spare
+	buf   []byte
+	spare []byte
+	wmu   sync.Mutex // taken before mu is released: batches go out in order
+	out   io.Writer
 	stop  chan struct{}
 	done  chan struct{}
 }
 
 func newLogWriter(w io.Writer, every time.Duration) *logWriter {
-	l := &logWriter{buf: bufio.NewWriterSize(w, 64<<10), stop: make(chan struct{}), done: make(chan struct{})}
+	l := &logWriter{out: w, buf: make([]byte, 0, logBatch), spare: make([]byte, 0, logBatch),
+		stop: make(chan struct{}), done: make(chan struct{})}
 	go l.flusher(every)
 	return l
 }
@@ -32,18 +39,33 @@ func (l *logWriter) Write(p []byte) (int, error) { return l.WriteLevel(zerolog.I
 // WriteLevel implements zerolog.LevelWriter.
 func (l *logWriter) WriteLevel(level zerolog.Level, p []byte) (int, error) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	n, err := l.buf.Write(p)
-	l.dirty = true
-	if err == nil && level >= zerolog.WarnLevel {
-		err = l.flushLocked()
+	l.buf = append(l.buf, p...)
+	if len(l.buf) < logBatch && level < zerolog.WarnLevel {
+		l.mu.Unlock()
+		return len(p), nil
 	}
-	return n, err
+	return len(p), l.writeOut()
 }
 
-func (l *logWriter) flushLocked() error {
-	l.dirty = false
-	return l.buf.Flush()
+// writeOut writes the gathered lines; it is called with mu held and
+// releases it before the write(2).
+func (l *logWriter) writeOut() error {
+	batch := l.buf
+	l.buf, l.spare = l.spare[:0], nil
+	l.wmu.Lock()
+	l.mu.Unlock()
+	var err error
+	if len(batch) > 0 {
+		_, err = l.out.Write(batch)
+	}
+	// wmu first: the next batch's writer may hold mu while it waits for wmu.
+	l.wmu.Unlock()
+	l.mu.Lock()
+	if l.spare == nil && cap(batch) <= 4*logBatch { // a huge line's buffer is let go
+		l.spare = batch[:0]
+	}
+	l.mu.Unlock()
+	return err
 }
 
 func (l *logWriter) flusher(every time.Duration) {
@@ -66,10 +88,11 @@ func (l *logWriter) Flush() {
 		return
 	}
 	l.mu.Lock()
-	if l.dirty {
-		_ = l.flushLocked()
+	if len(l.buf) == 0 {
+		l.mu.Unlock()
+		return
 	}
-	l.mu.Unlock()
+	_ = l.writeOut()
 }
 
 // Close stops the flusher and writes what is buffered. A nil writer does nothing.
@@ -80,6 +103,5 @@ func (l *logWriter) Close() error {
 	close(l.stop)
 	<-l.done
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.flushLocked()
+	return l.writeOut()
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -51,5 +53,49 @@ func TestLogWriterBatches(t *testing.T) {
 	nilw.Flush()
 	if err := nilw.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Lines from many goroutines all arrive, whole and each writer's in order,
+// however batches are cut and flushed.
+func TestLogWriterConcurrent(t *testing.T) {
+	t.Parallel()
+	var out syncBuffer
+	w := newLogWriter(&out, time.Millisecond)
+	var wg sync.WaitGroup
+	const writers, lines = 8, 2000
+	for g := range writers {
+		wg.Go(func() {
+			for i := range lines {
+				level := zerolog.InfoLevel
+				if i%500 == 0 {
+					level = zerolog.WarnLevel
+				}
+				if _, err := w.WriteLevel(level, []byte(fmt.Sprintf("%d %d\n", g, i))); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	next := make([]int, writers)
+	for _, line := range strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n") {
+		var g, i int
+		if _, err := fmt.Sscanf(line, "%d %d", &g, &i); err != nil {
+			t.Fatalf("torn line %q", line)
+		}
+		if i != next[g] {
+			t.Fatalf("writer %d: line %d after %d", g, i, next[g]-1)
+		}
+		next[g]++
+	}
+	for g, n := range next {
+		if n != lines {
+			t.Errorf("writer %d: %d lines, want %d", g, n, lines)
+		}
 	}
 }
