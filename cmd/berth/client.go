@@ -98,6 +98,22 @@ func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
+// withList adds the images of -f LIST (if given) to those named on the
+// command line. LIST "-" is stdin, which --password-stdin cannot share.
+func withList(images []string, list string, s stdio, cf clientFlags) ([]string, error) {
+	if list == "" {
+		return images, nil
+	}
+	if list == "-" && cf.passwordStdin {
+		return nil, errors.New("-f - and --password-stdin both read stdin")
+	}
+	more, err := readList(list, s.in)
+	if err != nil {
+		return nil, err
+	}
+	return append(images, more...), nil
+}
+
 // readList reads image references from a file (- is stdin): one a line,
 // blank lines and # comments skipped.
 func readList(name string, stdin io.Reader) ([]string, error) {

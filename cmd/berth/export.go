@@ -78,18 +78,11 @@ func exportCmd(ctx context.Context, args []string, s stdio) error {
 	if err != nil {
 		return err
 	}
-	if *list != "" {
-		more, err := readList(*list, s.in)
-		if err != nil {
-			return err
-		}
-		images = append(images, more...)
+	if images, err = withList(images, *list, s, cf); err != nil {
+		return err
 	}
 	if *all == (len(images) > 0) {
 		return errors.New("name images (IMAGE... or -f LIST) or give --all, not both\n" + exportUsage)
-	}
-	if *list == "-" && cf.passwordStdin {
-		return errors.New("-f - and --password-stdin both read stdin")
 	}
 	opts := bundle.Options{Platforms: keep}
 	if *since != "" {

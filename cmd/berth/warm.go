@@ -58,18 +58,11 @@ func warmCmd(ctx context.Context, args []string, s stdio) error {
 	if err != nil {
 		return err
 	}
-	if *list != "" {
-		more, err := readList(*list, s.in)
-		if err != nil {
-			return err
-		}
-		images = append(images, more...)
+	if images, err = withList(images, *list, s, cf); err != nil {
+		return err
 	}
 	if len(images) == 0 {
 		return errors.New("no image: name one or more, or give -f LIST\n" + warmUsage)
-	}
-	if *list == "-" && cf.passwordStdin {
-		return errors.New("-f - and --password-stdin both read stdin")
 	}
 	c, err := cf.client(s)
 	if err != nil {
