@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/berth-dev/berth/upstream/upstreamtest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -146,29 +144,8 @@ func dashboardExprs(t *testing.T, path string) []dashboardExpr {
 // test ends, and returns its address.
 func startServe(t *testing.T, ups []UpstreamConfig) string {
 	t.Helper()
-	cfg := testConfig(t, ups)
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, ready) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("serve: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("serve did not stop")
-		}
-	})
-	select {
-	case addr := <-ready:
-		return addr
-	case err := <-done:
-		t.Fatal(err)
-	}
-	return ""
+	addr, _ := runServe(t, testConfig(t, ups))
+	return addr
 }
 
 func get(t *testing.T, url, accept string) []byte {
