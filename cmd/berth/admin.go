@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/cache"
+	"github.com/berth-dev/berth/internal/bucket"
 	"github.com/berth-dev/berth/internal/bundle"
 	"github.com/berth-dev/berth/internal/oci"
 	"github.com/rs/zerolog"
@@ -66,6 +68,17 @@ func (a *admin) serve(w http.ResponseWriter, r *http.Request) error {
 		if !oci.ValidName(repo) {
 			return oci.Errorf(oci.CodeNameInvalid, "repo=%q is not a repository name", oci.Clip(repo))
 		}
+		if b, ok := a.api.local.(*bucket.Registry); ok {
+			if pushed, err := b.Pushed(r.Context(), repo); err != nil {
+				return err
+			} else if pushed {
+				tags, ms, err := b.Inventory(r.Context(), repo)
+				if err != nil {
+					return err
+				}
+				return writeJSON(w, inventory{Name: repo, Tags: tags, Manifests: ms})
+			}
+		}
 		tags, _, err := a.api.store.Tags(repo, 0, "")
 		if err != nil {
 			return err
@@ -81,6 +94,13 @@ func (a *admin) serve(w http.ResponseWriter, r *http.Request) error {
 	return oci.Errorf(oci.CodeNameUnknown, "no such endpoint").WithStatus(http.StatusNotFound)
 }
 
+// publishTo publishes imported local images to the bucket of a cluster.
+func publishTo(b *bucket.Registry) func(ctx context.Context, repo, tag string, img bundle.Image, created time.Time) error {
+	return func(ctx context.Context, repo, tag string, img bundle.Image, created time.Time) error {
+		return b.ImportImage(ctx, repo, tag, img.Desc.Digest, img.Blobs, img.Manifests, created)
+	}
+}
+
 func (a *admin) importBundle(w http.ResponseWriter, r *http.Request, cfg Config) error {
 	if a.api.readOnly.Load() {
 		return oci.Errorf(oci.CodeUnsupported, "read-only maintenance mode: imports are refused")
@@ -88,7 +108,11 @@ func (a *admin) importBundle(w http.ResponseWriter, r *http.Request, cfg Config)
 	log := zerolog.Ctx(r.Context())
 	start := time.Now()
 	body := &idleBody{r: r.Body, rc: http.NewResponseController(w)}
-	sum, err := bundle.Import(r.Context(), a.api.store, body, bundle.ImportOptions{Upstream: upstreamOf(cfg)})
+	opts := bundle.ImportOptions{Upstream: upstreamOf(cfg)}
+	if b, ok := a.api.local.(*bucket.Registry); ok {
+		opts.Publish = publishTo(b)
+	}
+	sum, err := bundle.Import(r.Context(), a.api.store, body, opts)
 	if err != nil {
 		log.Warn().Err(err).Msg("bundle refused; nothing of it was indexed")
 		return bundleErr(err)

@@ -130,7 +130,16 @@ func importData(ctx context.Context, dir, config string, in io.Reader, size int6
 	m := newMeter(s, "import")
 	m.grow(size)
 	t := m.task("bundle", size)
-	sum, err = bundle.Import(ctx, st, in, bundle.ImportOptions{Upstream: upstreamOf(cfg), Progress: t.add})
+	opts := bundle.ImportOptions{Upstream: upstreamOf(cfg), Progress: t.add}
+	if cfg.Storage.Driver == "s3" {
+		sh, err := openShared(ctx, Config{Storage: cfg.Storage, MaxManifestBytes: cfg.MaxManifestBytes}, st, nil, zerolog.Nop())
+		if err != nil {
+			st.Close()
+			return sum, err
+		}
+		opts.Publish = publishTo(sh.registry)
+	}
+	sum, err = bundle.Import(ctx, st, in, opts)
 	t.finish(err)
 	m.close()
 	if cerr := st.Close(); err == nil && cerr != nil {
