@@ -386,6 +386,9 @@ func (h *Handler) writeError(ctx context.Context, w http.ResponseWriter, r *http
 	hdr := w.Header()
 	hdr["Content-Type"] = jsonType
 	hdr["Content-Length"] = []string{strconv.Itoa(len(b))}
+	if e.RetryAfter > 0 {
+		hdr.Set("Retry-After", strconv.FormatInt(int64((e.RetryAfter+time.Second-1)/time.Second), 10))
+	}
 	w.WriteHeader(e.Status())
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(b)

@@ -185,7 +185,7 @@ func (c *Client) handleChallenge(ctx context.Context, r *request, hdr http.Heade
 			c.log.Warn().Str("upstream", c.name).Str("reason", err.Error()).
 				Msg("refusing the upstream's token realm; nothing was sent there")
 			return false, c.newError(r.op, ErrMisconfigured,
-				"its token realm is refused: "+err.Error(), nil)
+				"its token realm is on a host berth may not send credentials to (see berth's log)", err)
 		}
 		bc := bearerChallenge{realm: realm, service: ch.params["service"]}
 		c.auth.mu.Lock()
