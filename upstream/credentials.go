@@ -178,17 +178,19 @@ type helperCmd struct{ cmd *exec.Cmd }
 func (h *helperCmd) Output() ([]byte, error) { return h.cmd.Output() }
 func (h *helperCmd) Input(in io.Reader)      { h.cmd.Stdin = in }
 
-// DockerConfig reads host's credential from a docker config.json at path,
-// as docker does: credHelpers[host] names a helper to run, else
+// DockerConfig reads an upstream's credential from a docker config.json at
+// path, as docker does, under the first of hosts (the names the upstream
+// goes by) the file knows: credHelpers[host] names a helper to run, else
 // auths[host] holds auth (base64 user:password), username and password, or
-// identitytoken, else credsStore names a helper. The file is read again
-// (and the helper run again) after ttl or when the upstream rejected the
-// credential. An entry for no host is an anonymous credential.
-func DockerConfig(path, host string, timeout, ttl time.Duration) Credentials {
+// identitytoken; else credsStore names a helper, asked about hosts[0]. The
+// file is read again (and the helper run again) after ttl (zero:
+// DefaultCredentialTTL) or when the upstream rejected the credential. A
+// file that knows none of the hosts is an anonymous credential.
+func DockerConfig(path string, hosts []string, timeout, ttl time.Duration) Credentials {
 	timeout = orDefault(timeout, DefaultHelperTimeout)
 	return &cachedCredentials{ttl: orDefault(ttl, DefaultCredentialTTL), now: time.Now,
 		fetch: func(ctx context.Context) (Credential, error) {
-			helper, cred, err := readDockerConfig(path, host)
+			helper, host, cred, err := readDockerConfig(path, hosts)
 			if err != nil || helper == "" {
 				return cred, err
 			}
@@ -238,41 +240,44 @@ func parseDockerConfig(path string) (*dockerConfigFile, error) {
 	return &f, nil
 }
 
-// readDockerConfig returns the helper to run for host, or its credential.
-func readDockerConfig(path, host string) (helper string, cred Credential, err error) {
+// readDockerConfig returns the helper to run and the host to ask it about,
+// or the credential.
+func readDockerConfig(path string, hosts []string) (helper, host string, cred Credential, err error) {
 	f, err := parseDockerConfig(path)
 	if err != nil {
-		return "", Credential{}, err
+		return "", "", Credential{}, err
 	}
-	if h := f.CredHelpers[host]; h != "" {
-		return h, Credential{}, nil
-	}
-	for k, a := range f.Auths {
-		// Keys are hosts, or URLs of them (https://index.docker.io/v1/).
-		h := strings.TrimPrefix(strings.TrimPrefix(k, "https://"), "http://")
-		h, _, _ = strings.Cut(h, "/")
-		if !strings.EqualFold(h, host) {
-			continue
+	for _, host := range hosts {
+		if h := f.CredHelpers[host]; h != "" {
+			return h, host, Credential{}, nil
 		}
-		switch {
-		case a.IdentityToken != "":
-			return "", Credential{Username: a.Username, IdentityToken: a.IdentityToken}, nil
-		case a.Auth != "":
-			raw, err := base64.StdEncoding.DecodeString(a.Auth)
-			if err != nil {
-				return "", Credential{}, fmt.Errorf("%s: auths[%q].auth is not base64", path, k)
+		for k, a := range f.Auths {
+			// Keys are hosts, or URLs of them (https://index.docker.io/v1/).
+			h := strings.TrimPrefix(strings.TrimPrefix(k, "https://"), "http://")
+			h, _, _ = strings.Cut(h, "/")
+			if !strings.EqualFold(h, host) {
+				continue
 			}
-			u, p, ok := strings.Cut(string(raw), ":")
-			if !ok {
-				return "", Credential{}, fmt.Errorf("%s: auths[%q].auth is not user:password", path, k)
+			switch {
+			case a.IdentityToken != "":
+				return "", "", Credential{Username: a.Username, IdentityToken: a.IdentityToken}, nil
+			case a.Auth != "":
+				raw, err := base64.StdEncoding.DecodeString(a.Auth)
+				if err != nil {
+					return "", "", Credential{}, fmt.Errorf("%s: auths[%q].auth is not base64", path, k)
+				}
+				u, p, ok := strings.Cut(string(raw), ":")
+				if !ok {
+					return "", "", Credential{}, fmt.Errorf("%s: auths[%q].auth is not user:password", path, k)
+				}
+				return "", "", Credential{Username: u, Password: p}, nil
+			case a.Username != "":
+				return "", "", Credential{Username: a.Username, Password: a.Password}, nil
 			}
-			return "", Credential{Username: u, Password: p}, nil
-		case a.Username != "":
-			return "", Credential{Username: a.Username, Password: a.Password}, nil
 		}
 	}
-	if f.CredsStore != "" {
-		return f.CredsStore, Credential{}, nil
+	if f.CredsStore != "" && len(hosts) > 0 {
+		return f.CredsStore, hosts[0], Credential{}, nil
 	}
-	return "", Credential{}, nil
+	return "", "", Credential{}, nil
 }
