@@ -114,7 +114,7 @@ func (a *reloadable) build(cfg Config) (*generation, error) {
 		}
 		m := mirror.New(mirror.Options{Store: a.store, Client: c, TagTTL: u.TagTTL, KeepOnNotFound: u.KeepOnNotFound,
 			StaleIfDenied: u.staleOnDenied(),
-			Offline: cfg.Offline, Prefetch: prefetch(cfg.Prefetch), Metrics: a.mirrorMet, Logger: a.log})
+			Offline:       cfg.Offline, Prefetch: prefetch(cfg.Prefetch), Metrics: a.mirrorMet, Logger: a.log})
 		g.mirrors = append(g.mirrors, m)
 		ups = append(ups, route.Upstream{Name: u.Name, Aliases: u.Aliases, Default: u.Default, Registry: m})
 	}
