@@ -259,8 +259,8 @@ func (e *Error) reason() string {
 		return "TLS: its certificate is not valid (expired, not yet valid, or not for serving)"
 	case errors.As(e.Err, &record):
 		return "TLS: it did not answer with TLS (is its url http://?)"
-	case errors.As(e.Err, &alert):
-		return "TLS: it refused the handshake (" + alert.Error() + "; a client certificate required?)"
+	case errors.As(e.Err, &alert) || isRemoteAlert(e.Err):
+		return "TLS: it refused the handshake (a client certificate missing or not accepted?)"
 	case errors.As(e.Err, &verify):
 		return "TLS: its certificate could not be verified"
 	case errors.As(e.Err, &dns):
@@ -295,7 +295,14 @@ func IsTLS(err error) bool {
 		verify    *tls.CertificateVerificationError
 	)
 	return errors.As(err, &unknownCA) || errors.As(err, &hostErr) || errors.As(err, &invalid) ||
-		errors.As(err, &record) || errors.As(err, &alert) || errors.As(err, &verify)
+		errors.As(err, &record) || errors.As(err, &alert) || errors.As(err, &verify) || isRemoteAlert(err)
+}
+
+// isRemoteAlert reports a TLS alert the upstream sent (crypto/tls reports
+// it as a *net.OpError "remote error" around an unexported type).
+func isRemoteAlert(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "remote error"
 }
 
 // classify maps an HTTP status and distribution error code to a sentinel.
