@@ -379,7 +379,9 @@ func (h *Handler) writeError(ctx context.Context, w http.ResponseWriter, r *http
 	default:
 		e = oci.Errorf(oci.CodeUnknown, "internal error")
 	}
-	if e.Status() >= 500 {
+	// An upstream's failure is logged with its cause where it is
+	// translated (mirror.upstreamErr): it is not an internal error.
+	if e.Status() >= 500 && e.Upstream == "" {
 		zerolog.Ctx(ctx).Error().Err(err).Str("path", r.URL.Path).Str("request_id", registry.InfoFrom(ctx).RequestID).Msg("internal error")
 	}
 	b := oci.Body(e)

@@ -681,6 +681,6 @@ func (m *Mirror) upstreamErr(ctx context.Context, err error, notFound oci.Code) 
 		zerolog.Ctx(ctx).Warn().Err(err).Str("upstream", name).Str("code", string(e.Code)).Int("status", e.Status()).
 			Str("request_id", registry.InfoFrom(ctx).RequestID).Msg("upstream request failed")
 	}
-	e.Cause = err
+	e.Cause, e.Upstream = err, name
 	return e
 }

@@ -78,6 +78,9 @@ type Error struct {
 	// RetryAfter, when positive, is sent as the Retry-After header (a
 	// rate-limited upstream's wait, passed on).
 	RetryAfter time.Duration `json:"-"`
+	// Upstream names the upstream whose failure this is, when it is one;
+	// the mirror has logged its cause, so it is not an internal error.
+	Upstream string `json:"-"`
 	// Cause is what led to this error (an upstream failure, say), for
 	// errors.Is/As and logs; it is never sent to the client.
 	Cause error `json:"-"`
