@@ -816,6 +816,11 @@ func (u *UpstreamConfig) validateSecurity(where string) error {
 			return keyError(where+".client_cert_file", "", fmt.Errorf("with client_key_file: %w", err))
 		}
 	}
+	if u.TokenRealms == nil && strings.EqualFold(u.credentialHosts()[0], "registry-1.docker.io") {
+		// Docker Hub's token service is on another host; a configuration
+		// written before token_realms existed keeps working.
+		u.TokenRealms = []string{"auth.docker.io"}
+	}
 	for _, r := range u.TokenRealms {
 		if strings.Contains(r, "/") || r == "" {
 			return keyError(where+".token_realms", "", fmt.Errorf("%q is not a host name (auth.docker.io, or host:port)", r))

@@ -78,6 +78,20 @@ func TestConfigUpstreamSecurity(t *testing.T) { // not parallel: sets PATH
 		t.Errorf("built-in %s token_realms = %v", cfg.Upstreams[0].Name, got)
 	}
 
+	// So does a docker.io listed in the file without token_realms; an
+	// explicit empty list is kept.
+	file = writeFile(t, "upstreams:\n  - name: docker.io\n    url: https://registry-1.docker.io\n  - name: hub.io\n    url: https://registry-1.docker.io\n    token_realms: []\n")
+	cfg, err = loadConfig([]string{"--config", file}, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Upstreams[0].TokenRealms; !reflect.DeepEqual(got, []string{"auth.docker.io"}) {
+		t.Errorf("listed docker.io token_realms = %v, want [auth.docker.io]", got)
+	}
+	if got := cfg.Upstreams[1].TokenRealms; len(got) != 0 {
+		t.Errorf("token_realms: [] became %v", got)
+	}
+
 	for _, tt := range []struct{ keys, want string }{
 		{"ca_file: " + filepath.Join(dir, "none.crt"), "upstreams[0].ca_file: open "},
 		{"ca_file: " + keyFile, "upstreams[0].ca_file: " + keyFile + " holds no PEM certificate"},

@@ -669,6 +669,7 @@ func (m *Mirror) upstreamErr(ctx context.Context, err error, notFound oci.Code) 
 	case errors.Is(err, upstream.ErrDigestMismatch), errors.Is(err, cache.ErrDigestMismatch):
 		e = badGateway("upstream " + name + " sent content that does not match its digest")
 	case errors.Is(err, upstream.ErrMisconfigured):
+		m.met.refused.Inc()
 		e = badGateway("berth's configuration of upstream " + name + " refused the request")
 	case upstream.IsTLS(err):
 		e = badGateway("upstream " + name + " failed the TLS handshake or certificate check")

@@ -17,9 +17,11 @@ import (
 
 	"github.com/berth-dev/berth/internal/mirror"
 	"github.com/berth-dev/berth/internal/oci"
+	"github.com/berth-dev/berth/internal/testutil"
 	"github.com/berth-dev/berth/upstream"
 	"github.com/berth-dev/berth/upstream/upstreamtest"
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
@@ -252,11 +254,16 @@ func TestRefusedRealmIsBadGateway(t *testing.T) {
 	o, img := warmTag(t)
 	evil := &scripted{status: http.StatusUnauthorized, header: map[string]string{"WWW-Authenticate": `Bearer realm="https://elsewhere.invalid/token"`}}
 	o.Client = newClient(t, upstream.Config{URL: evil.start(t, false).URL, Username: "robot", Password: "pw"})
+	reg := prometheus.NewRegistry()
+	o.Metrics = mirror.NewMetrics(reg)
 	m := newMirror(t, *o)
 	ctx := testContext(t)
 	e := ociError(t, second(m.GetTag(ctx, "library/other", "1")))
 	if e.Status() != http.StatusBadGateway || strings.Contains(fmt.Sprint(e.Detail), "elsewhere") {
 		t.Errorf("uncached tag: %d %v, want 502 without the realm's host", e.Status(), e.Detail)
+	}
+	if s, ok := testutil.Sample(t, reg, "berth_upstream_errors_total", map[string]string{"upstream": "docker.io", "kind": "auth", "cause": "config"}); !ok || s.GetCounter().GetValue() != 1 {
+		t.Errorf("berth_upstream_errors_total{kind=auth,cause=config} = %v, want 1", s)
 	}
 	rd, err := m.GetTag(ctx, "library/app", "latest")
 	if got := readAll(t, rd, err); !bytes.Equal(got, img.ManifestBody) {
