@@ -1,13 +1,20 @@
 package main
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 
+	"github.com/berth-dev/berth/cache"
+	"github.com/berth-dev/berth/internal/mirror"
+	"github.com/berth-dev/berth/internal/status"
 	"github.com/berth-dev/berth/internal/testpki"
+	"github.com/berth-dev/berth/proxy"
+	"github.com/rs/zerolog"
 )
 
 // The per-upstream TLS and credential keys are read as written, and a bad
@@ -116,5 +123,42 @@ func TestConfigUpstreamSecurity(t *testing.T) { // not parallel: sets PATH
 		if msg := err.Error(); strings.Contains(msg, "\n") || strings.Contains(msg, "c2VjcmV0") || strings.Contains(msg, "BEGIN") {
 			t.Errorf("%q: error is not one line or quotes a secret: %s", tt.keys, msg)
 		}
+	}
+}
+
+// insecure_skip_verify is said loudly, naming the upstream, every time a
+// configuration is built: at start and at each reload.
+func TestInsecureSkipVerifyWarned(t *testing.T) {
+	t.Parallel()
+	store, err := cache.Open(t.TempDir(), cache.Options{Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	var logs bytes.Buffer
+	a := &reloadable{log: zerolog.New(&logs), store: store, mirrorMet: mirror.NewMetrics(nil), httpMet: proxy.NewMetrics(nil),
+		page: status.New(status.Options{Store: store}), readOnly: new(atomic.Bool)}
+	cfg := defaultConfig()
+	cfg.Upstreams = []UpstreamConfig{{Name: "lab.test", URL: "https://lab.test", InsecureSkipVerify: true}, {Name: "ok.test", URL: "https://ok.test"}}
+	first, err := a.build(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.current.Store(first)
+	if err := a.reload(func() (Config, error) { return cfg, nil }); err != nil {
+		t.Fatal(err)
+	}
+	a.stop()
+	var warns int
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "insecure_skip_verify") {
+			warns++
+			if !strings.Contains(line, `"level":"warn"`) || !strings.Contains(line, `"upstream":"lab.test"`) {
+				t.Errorf("warning line: %s", line)
+			}
+		}
+	}
+	if warns != 2 {
+		t.Errorf("%d insecure_skip_verify warnings for a start and a reload, want 2:\n%s", warns, logs.String())
 	}
 }
