@@ -7,8 +7,12 @@
 //
 //   - the authentication dance (Bearer token challenges with a bounded
 //     per-scope token cache and one shared fetch per scope, or Basic), with
-//     credentials sent only to the upstream host and its token realm, never
-//     to redirect targets such as storage CDNs;
+//     credentials (fixed, from a docker config.json or a credential helper:
+//     Credentials) sent only to the upstream host and to a token realm on
+//     that host or one listed in Config.TokenRealms, never to redirect
+//     targets such as storage CDNs;
+//   - TLS towards the upstream: a private CA, a client certificate;
+//   - honouring a 429's Retry-After: nothing is sent until it has passed;
 //   - timeouts: dial, TLS handshake and response header per attempt, an
 //     overall deadline per metadata operation, and a minimum rate for
 //     response bodies;
@@ -71,7 +75,7 @@ type Config struct {
 	// Username and Password are optional credentials. They are used for
 	// Basic challenges and for token requests to a Bearer realm, never
 	// elsewhere. Password is expected to be resolved already (from a file or
-	// environment variable) by the caller.
+	// environment variable) by the caller. Credentials replaces them.
 	Username string
 	Password string
 	// Credentials, when set, supplies the credential on demand instead of
