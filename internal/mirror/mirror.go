@@ -654,7 +654,8 @@ func (m *Mirror) upstreamErr(ctx context.Context, err error, notFound oci.Code) 
 	}
 	switch {
 	case errors.Is(err, context.Canceled):
-		return &oci.Error{Code: oci.CodeUnavailable, Message: "request canceled", Cause: err}
+		// The client hung up: nothing to log, nothing it will read.
+		return &oci.Error{Code: oci.CodeUnavailable, Message: "request canceled", HTTPStatus: 499, Cause: err, Upstream: name}
 	case errors.Is(err, upstream.ErrInvalidArgument):
 		return &oci.Error{Code: oci.CodeNameInvalid, Message: "invalid name or reference", Cause: err}
 	case errors.Is(err, upstream.ErrNotFound):
