@@ -179,9 +179,14 @@ func (c *Client) statusError(op string, resp *http.Response) *Error {
 // maxRetryAfter bounds how long one 429 can silence an upstream.
 const maxRetryAfter = time.Hour
 
-// limit records an upstream 429's Retry-After (seconds or an HTTP date):
-// until it ends, no request is sent to the upstream (see rateLimited). It
-// returns the wait, 0 when the header is missing or unreadable.
+// DefaultRetryAfter is the wait after a 429 without a usable Retry-After
+// (Docker Hub's pull limit sends none): long enough that clients retrying
+// meanwhile do not each go upstream, short enough not to matter otherwise.
+const DefaultRetryAfter = 10 * time.Second
+
+// limit records an upstream 429's Retry-After (seconds or an HTTP date;
+// DefaultRetryAfter when missing, unreadable or past): until it ends, no
+// request is sent to the upstream (see rateLimited). It returns the wait.
 func (c *Client) limit(h string) time.Duration {
 	var d time.Duration
 	if n, err := strconv.Atoi(strings.TrimSpace(h)); err == nil && n > 0 {
@@ -190,7 +195,7 @@ func (c *Client) limit(h string) time.Duration {
 		d = t.Sub(c.now())
 	}
 	if d <= 0 {
-		return 0
+		d = DefaultRetryAfter
 	}
 	d = min(d, maxRetryAfter)
 	until := c.now().Add(d).UnixNano()

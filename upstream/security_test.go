@@ -555,10 +555,10 @@ func TestRetryAfterForms(t *testing.T) {
 		{"120", 2 * time.Minute},
 		{" 5 ", 5 * time.Second},
 		{clock.Now().Add(90 * time.Second).UTC().Format(http.TimeFormat), 90 * time.Second},
-		{"", 0},
-		{"soon", 0},
-		{"-3", 0},
-		{clock.Now().Add(-time.Minute).UTC().Format(http.TimeFormat), 0},
+		{"", DefaultRetryAfter},
+		{"soon", DefaultRetryAfter},
+		{"-3", DefaultRetryAfter},
+		{clock.Now().Add(-time.Minute).UTC().Format(http.TimeFormat), DefaultRetryAfter},
 		{"999999", maxRetryAfter},
 	} {
 		c := mustNew(t, Config{URL: "https://r.test"})
@@ -566,8 +566,8 @@ func TestRetryAfterForms(t *testing.T) {
 		if got := c.limit(tt.in); got != tt.want {
 			t.Errorf("limit(%q) = %s, want %s", tt.in, got, tt.want)
 		}
-		if err := c.rateLimited("op"); (err != nil) != (tt.want > 0) {
-			t.Errorf("after %q: rateLimited = %v", tt.in, err)
+		if err := c.rateLimited("op"); err == nil {
+			t.Errorf("after %q: not rate limited", tt.in)
 		}
 	}
 }
