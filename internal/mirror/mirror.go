@@ -186,7 +186,7 @@ func (m *Mirror) GetManifest(ctx context.Context, repo string, d digest.Digest) 
 // (a HEAD is often followed by its GET) but prefetches nothing.
 func (m *Mirror) ResolveManifest(ctx context.Context, repo string, d digest.Digest) (registry.Descriptor, error) {
 	if err := m.ensureManifest(ctx, repo, d, false); err != nil {
-		return registry.Descriptor{}, err
+		return registry.Descriptor{}, outageUnknown(err, oci.CodeManifestUnknown, "manifest "+d.String())
 	}
 	return m.local.ResolveManifest(ctx, m.storeRepo(repo), d)
 }
@@ -356,14 +356,7 @@ func (m *Mirror) ResolveBlob(ctx context.Context, repo string, d digest.Digest) 
 		return registry.Descriptor{MediaType: "application/octet-stream", Digest: d, Size: f.Size}, nil
 	}
 	desc, err := m.confirm(ctx, repo, d)
-	var oe *oci.Error
-	if errors.As(err, &oe) && oe.Code == oci.CodeUnavailable && oe.Status() == http.StatusServiceUnavailable {
-		// An outage answers a blob HEAD "unknown": it is what every push
-		// client sends before uploading a blob to a new repository, and a
-		// push must not fail while the default upstream is down. (A TLS or
-		// configuration failure stays a 502.)
-		err = &oci.Error{Code: oci.CodeBlobUnknown, Message: "blob " + d.String() + " is not cached, and the upstream is unavailable", Detail: oe.Detail, Cause: oe.Cause}
-	}
+	err = outageUnknown(err, oci.CodeBlobUnknown, "blob "+d.String())
 	if err == nil && m.o.Store.Link(sr, m.name, d) == nil { // stored for another repository
 		m.met.result(ctx, "blob", "hit")
 		return m.local.ResolveBlob(ctx, sr, d)
@@ -373,6 +366,19 @@ func (m *Mirror) ResolveBlob(ctx context.Context, repo string, d digest.Digest) 
 		return registry.Descriptor{}, err
 	}
 	return registry.Descriptor{MediaType: "application/octet-stream", Digest: d, Size: desc.Size}, nil
+}
+
+// outageUnknown turns an outage (503) into code (404) for a HEAD by
+// digest: it is what push clients (docker, crane, oras, regctl) ask before
+// uploading a blob or a child manifest to a new repository, and a push must
+// not fail while the default upstream is down. A TLS or configuration
+// failure (502), a denial or a rate limit stays what it is.
+func outageUnknown(err error, code oci.Code, what string) error {
+	var oe *oci.Error
+	if !errors.As(err, &oe) || oe.Code != oci.CodeUnavailable || oe.Status() != http.StatusServiceUnavailable || oe.Upstream == "" {
+		return err
+	}
+	return &oci.Error{Code: code, Message: what + " is not cached, and the upstream is unavailable", Detail: oe.Detail, Cause: oe.Cause}
 }
 
 // missAllowed refuses a blob miss that cannot reach the upstream.

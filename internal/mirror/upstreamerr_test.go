@@ -136,8 +136,8 @@ func TestTLSFailureIsBadGateway(t *testing.T) {
 	}
 }
 
-// An unreachable upstream with nothing cached is 503, except a blob HEAD,
-// which push clients send before uploading and which stays 404.
+// An unreachable upstream with nothing cached is 503, except a HEAD by
+// digest, which push clients send before uploading and which stays 404.
 func TestUnreachableIsUnavailable(t *testing.T) {
 	t.Parallel()
 	srv := httptest.NewServer(http.NotFoundHandler())
@@ -153,9 +153,17 @@ func TestUnreachableIsUnavailable(t *testing.T) {
 	if e.Status() != http.StatusServiceUnavailable {
 		t.Errorf("GetBlob: %d, want 503", e.Status())
 	}
+	e = ociError(t, second(m.GetManifest(ctx, "app", digest.FromString("x"))))
+	if e.Status() != http.StatusServiceUnavailable {
+		t.Errorf("GetManifest: %d, want 503", e.Status())
+	}
 	e = ociError(t, second(m.ResolveBlob(ctx, "app", digest.FromString("x"))))
 	if e.Code != oci.CodeBlobUnknown || e.Status() != http.StatusNotFound {
 		t.Errorf("ResolveBlob: %d %s, want 404 BLOB_UNKNOWN (push flows HEAD blobs first)", e.Status(), e.Code)
+	}
+	e = ociError(t, second(m.ResolveManifest(ctx, "app", digest.FromString("y"))))
+	if e.Code != oci.CodeManifestUnknown || e.Status() != http.StatusNotFound {
+		t.Errorf("ResolveManifest: %d %s, want 404 MANIFEST_UNKNOWN (push flows HEAD child manifests first)", e.Status(), e.Code)
 	}
 }
 
