@@ -114,4 +114,83 @@ crane --insecure pull "$B/private.test/team/app:1" "$RT/pulled3.tar" 2>>"$RT/cra
 code=$(curl -s -o "$RT/down.json" -w '%{http_code}' "http://$B/v2/private.test/team/other/manifests/1")
 [ "$code" = 503 ] || fail "uncached with the upstream down: HTTP $code, want 503: $(cat "$RT/down.json")"
 
+echo "--- a token realm on an unconfigured loopback address: refused, never contacted"
+# fake.py MODE PORT LOG [REALM]: an HTTP upstream that logs one line per
+# request and answers every one with a Bearer challenge naming REALM (realm)
+# or 429 with Retry-After: 30 (limit); MODE listen counts TCP connections on
+# 127.0.0.2:PORT instead.
+cat >"$RT/fake.py" <<'PY'
+import http.server, socket, socketserver, sys
+mode, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def note(what):
+    with open(log, "a") as f:
+        f.write(what + "\n")
+if mode == "listen":
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.2", port)); s.listen(64)
+    note("listening")
+    while True:
+        c, _ = s.accept(); note("connection"); c.close()
+class H(http.server.BaseHTTPRequestHandler):
+    def answer(self):
+        note(self.command + " " + self.path)
+        if mode == "realm":
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Bearer realm="http://%s/token",service="x"' % sys.argv[4])
+        else:
+            self.send_response(429)
+            self.send_header("Retry-After", "30")
+        self.send_header("Content-Length", "0"); self.end_headers()
+    do_GET = do_HEAD = answer
+    def log_message(self, *a): pass
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+PY
+REALM_PORT=$(free_port); FAKE_REALM_PORT=$(free_port); FAKE_LIMIT_PORT=$(free_port); B2_PORT=$(free_port); B2=127.0.0.1:$B2_PORT
+start_bg listener python3 "$RT/fake.py" listen "$REALM_PORT" "$RT/listener.hits"
+start_bg fakerealm python3 "$RT/fake.py" realm "$FAKE_REALM_PORT" "$RT/fakerealm.hits" "127.0.0.2:$REALM_PORT"
+start_bg fakelimit python3 "$RT/fake.py" limit "$FAKE_LIMIT_PORT" "$RT/fakelimit.hits"
+# ready NAME [PORT]: wait until NAME has logged a line (the HTTP ones are poked on PORT).
+ready() { for _ in $(seq 100); do [ -s "$RT/$1.hits" ] && return 0
+    [ -z "${2:-}" ] || curl -s -o /dev/null "http://127.0.0.1:$2/ping" || true; sleep 0.1; done
+  fail "$1 did not start (see $RT/$1.log)"; }
+ready listener; ready fakerealm "$FAKE_REALM_PORT"; ready fakelimit "$FAKE_LIMIT_PORT"
+: >"$RT/fakerealm.hits"; : >"$RT/fakelimit.hits"
+cat >"$RT/berth2.yaml" <<YML
+upstreams:
+  - name: realm.test
+    url: http://127.0.0.1:$FAKE_REALM_PORT
+    username: robot
+    password: $PASSWORD
+  - name: limit.test
+    url: http://127.0.0.1:$FAKE_LIMIT_PORT
+local: ["mine/**"]
+YML
+start_berth berth2 "$B2_PORT" "$RT/berth2.yaml"
+code=$(curl -s -o "$RT/realm.json" -w '%{http_code}' "http://$B2/v2/realm.test/team/app/manifests/1")
+[ "$code" = 502 ] || fail "refused realm: HTTP $code, want 502: $(cat "$RT/realm.json")"
+grep -q 'upstream realm.test' "$RT/realm.json" || fail "refused realm: the detail does not name the upstream: $(cat "$RT/realm.json")"
+grep -q '127.0.0.2' "$RT/realm.json" && fail "refused realm: the body gives away the realm's address"
+[ "$(count_log "$RT/fakerealm.hits" GET)" -ge 1 ] || fail "berth never asked realm.test, so the realm was never named"
+[ "$(count_log "$RT/listener.hits" connection)" = 0 ] || fail "the unconfigured realm saw $(count_log "$RT/listener.hits" connection) connections, want 0"
+ok=""; for _ in $(seq 50); do
+  grep '"level":"warn"' "$RT/berth2.log" | grep '"upstream":"realm.test"' | grep -q "refusing the upstream's token realm" && { ok=1; break; }; sleep 0.1
+done
+[ -n "$ok" ] || fail "no warn line naming realm.test and the refused realm in $RT/berth2.log"
+grep -q "$PASSWORD" "$RT/berth2.log" && fail "the upstream password appears in berth's log"
+
+echo "--- an upstream 429 with Retry-After: passed on, and asked once during the window"
+code=$(curl -s -D "$RT/limit.hdr" -o "$RT/limit.json" -w '%{http_code}' "http://$B2/v2/limit.test/team/app/manifests/1")
+[ "$code" = 429 ] || fail "429 upstream: HTTP $code, want 429: $(cat "$RT/limit.json")"
+grep -qi '^Retry-After: *\(29\|30\)' "$RT/limit.hdr" || fail "429 upstream: no Retry-After of about 30 s passed on: $(cat "$RT/limit.hdr")"
+pids=(); for i in $(seq 12); do
+  curl -s -D "$RT/limit$i.hdr" -o /dev/null -w '%{http_code}' "http://$B2/v2/limit.test/team/app$i/manifests/1" >"$RT/limit$i.code" & pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+for i in $(seq 12); do
+  [ "$(cat "$RT/limit$i.code")" = 429 ] || fail "client $i during the window: HTTP $(cat "$RT/limit$i.code"), want 429"
+  grep -qi '^Retry-After: *[0-9]' "$RT/limit$i.hdr" || fail "client $i during the window: no Retry-After"
+done
+[ "$(count_log "$RT/fakelimit.hits" GET)" = 1 ] || fail "the rate-limited upstream was asked $(count_log "$RT/fakelimit.hits" GET) times, want 1"
+
 echo "PASS upstream-auth-e2e"
