@@ -66,7 +66,8 @@ status-e2e: build tools
 
 # An upstream over TLS with a private CA and htpasswd (distribution's
 # registry), pulled through berth with ca_file and a credential helper;
-# without ca_file: 502 naming the upstream and a warn line with the cause.
+# without ca_file: 502 naming the upstream and a warn line with the cause; a
+# refused token realm (0 connections) and an upstream 429 (one request).
 upstream-auth-e2e: build tools
 	@bash .ci/upstream-auth-e2e.sh
 

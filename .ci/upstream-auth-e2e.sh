@@ -6,7 +6,11 @@
 # getting the credentials from a credential helper script (and, for a second
 # upstream entry, from a docker config.json); crane pulling through it. The
 # same upstream configured without ca_file answers 502 with a detail naming the
-# upstream, and berth logs the cause at warn.
+# upstream, and berth logs the cause at warn. Then, against small Python
+# upstreams: a token realm on 127.0.0.2 (not configured) is refused with a 502
+# and a counting listener there sees no connection; an upstream 429's
+# Retry-After reaches the client and concurrent clients during the window cost
+# the upstream no request.
 #
 #   BERTH_E2E_REQUIRED=1   a missing tool is a FAILURE (default: SKIP with the reason)
 . "$(dirname "$0")/lib.sh"
