@@ -404,7 +404,7 @@ func (c *Client) url(path string, q url.Values) string {
 // an *Error otherwise. A 401 triggers one round of the auth dance followed
 // by one more attempt.
 func (c *Client) do(ctx context.Context, r *request) (*http.Response, error) {
-	challenged, renewed := false, false
+	challenged, renewed, renewals := false, false, 0
 	for {
 		authz, err := c.authorization(ctx, r.op, r.scope)
 		if err != nil {
@@ -431,7 +431,10 @@ func (c *Client) do(ctx context.Context, r *request) (*http.Response, error) {
 		// send this upstream's credentials to a realm that host names.
 		// One more round is allowed when the rejected credential was
 		// replaced by a fresh one (a helper's token that had expired).
-		if resp.StatusCode == http.StatusUnauthorized && (!challenged || renewed) && c.sameOrigin(resp.Request) {
+		if resp.StatusCode == http.StatusUnauthorized && (!challenged || renewed && renewals < 2) && c.sameOrigin(resp.Request) {
+			if challenged {
+				renewals++
+			}
 			challenged = true
 			hdr := resp.Header
 			drain(resp)
