@@ -181,6 +181,10 @@ func (c *Client) handleChallenge(ctx context.Context, r *request, hdr http.Heade
 	challenges := parseChallenges(hdr.Values("Www-Authenticate"))
 	if ch, ok := findChallenge(challenges, "bearer"); ok {
 		realm, err := c.parseRealm(ch.params["realm"])
+		var refused realmRefused
+		if err != nil && !errors.As(err, &refused) {
+			return false, c.newError(r.op, ErrUnexpectedResponse, "invalid Bearer challenge", err)
+		}
 		if err != nil {
 			c.log.Warn().Str("upstream", c.name).Str("reason", err.Error()).
 				Msg("refusing the upstream's token realm; nothing was sent there")
@@ -233,13 +237,18 @@ func (c *Client) parseRealm(raw string) (*url.URL, error) {
 		return nil, errString("the realm URL carries credentials")
 	}
 	if u.Scheme == "http" && c.base.Scheme == "https" {
-		return nil, errString("realm " + u.Host + " is plain http and the registry is https")
+		return nil, realmRefused("realm " + u.Host + " is plain http and the registry is https")
 	}
 	if !c.realmAllowed(u) {
-		return nil, errString("realm host " + u.Host + " is neither the registry's host nor listed in token_realms")
+		return nil, realmRefused("realm host " + u.Host + " is neither the registry's host nor listed in token_realms")
 	}
 	return u, nil
 }
+
+// realmRefused is a well-formed realm berth may not send credentials to.
+type realmRefused string
+
+func (e realmRefused) Error() string { return string(e) }
 
 // realmAllowed reports whether u's host may receive credentials: the
 // registry's own host name (any port), or a token_realms entry (a host

@@ -1190,8 +1190,16 @@ func TestParseRealm(t *testing.T) {
 		{plain, "http://localhost:5001/token", false},
 	}
 	for _, tt := range tests {
-		if _, err := tt.c.parseRealm(tt.realm); (err == nil) != tt.ok {
+		_, err := tt.c.parseRealm(tt.realm)
+		if (err == nil) != tt.ok {
 			t.Errorf("%s: parseRealm(%q) err = %v, want ok=%v", tt.c.base, tt.realm, err, tt.ok)
+		}
+		// A well-formed realm on a host or scheme berth will not use is
+		// refused (ErrMisconfigured); a malformed one is the upstream's fault.
+		var refused realmRefused
+		malformed := tt.realm == "" || tt.realm == "/token" || strings.HasPrefix(tt.realm, "ftp:") || strings.Contains(tt.realm, "@")
+		if err != nil && errors.As(err, &refused) == malformed {
+			t.Errorf("parseRealm(%q) = %v: refused %v, malformed %v", tt.realm, err, !malformed, malformed)
 		}
 	}
 }
