@@ -10,7 +10,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 # Tool versions are pinned in .ci/install-tools.sh.
 
-.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e bench bench-smoke lint tools clean
+.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e upstream-auth-e2e bench bench-smoke lint tools clean
 
 run: build
 	./$(BIN) serve --addr :5000 --data ./data
@@ -22,7 +22,7 @@ build:
 ## OCI conformance suite against a real `berth serve`, the mirror e2e, every
 ## real client (skipped with a reason where one cannot run; required in CI),
 ## the status page in headless Chromium, the air-gap bundle workflow.
-test: lint race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e bench-smoke
+test: lint race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e upstream-auth-e2e bench-smoke
 
 unit:
 	$(GO) test ./...
@@ -63,6 +63,13 @@ airgap-e2e: build tools
 # else skipped); the screenshot is kept (its path is printed).
 status-e2e: build tools
 	@bash .ci/status-e2e.sh
+
+# An upstream over TLS with a private CA and htpasswd (distribution's
+# registry), pulled through berth with ca_file and a credential helper;
+# without ca_file: 502 naming the upstream and a warn line with the cause; a
+# refused token realm (0 connections) and an upstream 429 (one request).
+upstream-auth-e2e: build tools
+	@bash .ci/upstream-auth-e2e.sh
 
 ## bench: berth against distribution's registry (plain and as a proxy) and
 ## nginx, on loopback; prints the table, writes bench/results/latest.* and

@@ -379,13 +379,18 @@ func (h *Handler) writeError(ctx context.Context, w http.ResponseWriter, r *http
 	default:
 		e = oci.Errorf(oci.CodeUnknown, "internal error")
 	}
-	if e.Status() >= 500 {
+	// An upstream's failure is logged with its cause where it is
+	// translated (mirror.upstreamErr): it is not an internal error.
+	if e.Status() >= 500 && e.Upstream == "" {
 		zerolog.Ctx(ctx).Error().Err(err).Str("path", r.URL.Path).Str("request_id", registry.InfoFrom(ctx).RequestID).Msg("internal error")
 	}
 	b := oci.Body(e)
 	hdr := w.Header()
 	hdr["Content-Type"] = jsonType
 	hdr["Content-Length"] = []string{strconv.Itoa(len(b))}
+	if e.RetryAfter > 0 {
+		hdr.Set("Retry-After", strconv.FormatInt(int64((e.RetryAfter+time.Second-1)/time.Second), 10))
+	}
 	w.WriteHeader(e.Status())
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(b)

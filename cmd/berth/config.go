@@ -1,18 +1,23 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/berth-dev/berth/internal/oci"
+	"github.com/berth-dev/berth/upstream"
 	"gopkg.in/yaml.v3"
 )
 
@@ -100,6 +105,38 @@ type UpstreamConfig struct {
 	PasswordEnv    string
 	Aliases        []string
 	Timeout        time.Duration
+	// CAFile, ClientCertFile/ClientKeyFile and InsecureSkipVerify are the
+	// TLS settings for talking to this upstream.
+	CAFile             string
+	ClientCertFile     string
+	ClientKeyFile      string
+	InsecureSkipVerify bool
+	// TokenRealms are the hosts besides the upstream's own that may receive
+	// its credentials as a Bearer token realm.
+	TokenRealms []string
+	// DockerConfig is a docker config.json the credential is read from
+	// (auths, credHelpers, credsStore); CredentialHelper names a
+	// docker-credential-NAME program run for it instead.
+	DockerConfig     string
+	CredentialHelper string
+	// ServeStaleOnDenied: keep serving cached tags when the upstream answers
+	// 401/403; nil means true.
+	ServeStaleOnDenied *bool
+}
+
+// staleOnDenied is serve_stale_on_denied, default true.
+func (u *UpstreamConfig) staleOnDenied() bool {
+	return u.ServeStaleOnDenied == nil || *u.ServeStaleOnDenied
+}
+
+// credentialHosts are the names a docker config or credential helper may
+// know this upstream by: its URL's host, its name and its aliases.
+func (u *UpstreamConfig) credentialHosts() []string {
+	hosts := []string{}
+	if parsed, err := url.Parse(u.URL); err == nil && parsed.Host != "" {
+		hosts = append(hosts, parsed.Host)
+	}
+	return append(append(hosts, u.Name), u.Aliases...)
 }
 
 // defaultTagTTL is how long a cached tag is served before the upstream is asked.
@@ -108,7 +145,8 @@ const defaultTagTTL = 10 * time.Minute
 // defaultUpstreams are the registries berth knows with no configuration.
 func defaultUpstreams() []UpstreamConfig {
 	return []UpstreamConfig{
-		{Name: "docker.io", URL: "https://registry-1.docker.io", Default: true, TagTTL: defaultTagTTL, Aliases: []string{"index.docker.io", "registry-1.docker.io"}},
+		{Name: "docker.io", URL: "https://registry-1.docker.io", Default: true, TagTTL: defaultTagTTL, Aliases: []string{"index.docker.io", "registry-1.docker.io"},
+			TokenRealms: []string{"auth.docker.io"}},
 		{Name: "ghcr.io", URL: "https://ghcr.io", TagTTL: defaultTagTTL},
 		{Name: "quay.io", URL: "https://quay.io", TagTTL: defaultTagTTL},
 		{Name: "registry.k8s.io", URL: "https://registry.k8s.io", TagTTL: defaultTagTTL},
@@ -225,6 +263,14 @@ func (u *UpstreamConfig) keys() []key {
 		{name: "password_env", value: stringValue(&u.PasswordEnv, true)},
 		{name: "aliases", value: listValue(&u.Aliases)},
 		{name: "timeout", value: durationValue(&u.Timeout, 0, "0 or more: 0 is the client's default")},
+		{name: "ca_file", value: stringValue(&u.CAFile, true)},
+		{name: "client_cert_file", value: stringValue(&u.ClientCertFile, true)},
+		{name: "client_key_file", value: stringValue(&u.ClientKeyFile, true)},
+		{name: "insecure_skip_verify", value: boolValue(&u.InsecureSkipVerify)},
+		{name: "token_realms", value: listValue(&u.TokenRealms)},
+		{name: "docker_config", value: stringValue(&u.DockerConfig, true)},
+		{name: "credential_helper", value: helperValue(&u.CredentialHelper)},
+		{name: "serve_stale_on_denied", value: optionalBoolValue(&u.ServeStaleOnDenied)},
 	}
 }
 
@@ -543,6 +589,18 @@ func urlValue(p *string) value {
 	}}
 }
 
+// helperValue names a credential helper: NAME runs docker-credential-NAME.
+func helperValue(p *string) value {
+	const forms = "a credential helper name such as ecr-login (runs docker-credential-ecr-login)"
+	return value{forms: forms, set: func(s string) error {
+		if strings.ContainsAny(s, "/\\ \t") || strings.HasPrefix(s, "docker-credential-") {
+			return fmt.Errorf("%q is not %s", s, forms)
+		}
+		*p = s
+		return nil
+	}}
+}
+
 // keyError is a refused value: "config key NAME (SOURCE): why".
 func keyError(name, source string, err error) error {
 	if source != "" {
@@ -849,6 +907,9 @@ func (c *Config) validate(getenv func(string) string) error {
 		if u.Password != "" && u.Username == "" {
 			return keyError(where+".username", "", errors.New("required when a password is set"))
 		}
+		if err := u.validateSecurity(where); err != nil {
+			return err
+		}
 	}
 	if defaults > 1 {
 		return keyError("upstreams", "", errors.New("more than one has default: true"))
@@ -896,6 +957,61 @@ func (c *Config) validateStorage(getenv func(string) string) error {
 	if cl.SecretEnv != "" {
 		if cl.Secret = getenv(cl.SecretEnv); cl.Secret == "" {
 			return keyError("cluster.secret_env", "", fmt.Errorf("environment variable %s is empty", cl.SecretEnv))
+		}
+	}
+	return nil
+}
+
+// validateSecurity checks an upstream's TLS files, credential sources and
+// token realms, with one-line errors naming the key. File contents never
+// appear in an error.
+func (u *UpstreamConfig) validateSecurity(where string) error {
+	if u.CAFile != "" {
+		b, err := os.ReadFile(u.CAFile)
+		if err != nil {
+			return keyError(where+".ca_file", "", err)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(b) {
+			return keyError(where+".ca_file", "", fmt.Errorf("%s holds no PEM certificate", u.CAFile))
+		}
+	}
+	switch {
+	case u.ClientCertFile != "" && u.ClientKeyFile == "":
+		return keyError(where+".client_key_file", "", errors.New("required with client_cert_file"))
+	case u.ClientKeyFile != "" && u.ClientCertFile == "":
+		return keyError(where+".client_cert_file", "", errors.New("required with client_key_file"))
+	case u.ClientCertFile != "":
+		if _, err := tls.LoadX509KeyPair(u.ClientCertFile, u.ClientKeyFile); err != nil {
+			return keyError(where+".client_cert_file", "", fmt.Errorf("with client_key_file: %w", err))
+		}
+	}
+	if u.TokenRealms == nil && strings.EqualFold(u.credentialHosts()[0], "registry-1.docker.io") {
+		// Docker Hub's token service is on another host; a configuration
+		// written before token_realms existed keeps working.
+		u.TokenRealms = []string{"auth.docker.io"}
+	}
+	for _, r := range u.TokenRealms {
+		if strings.Contains(r, "/") || r == "" {
+			return keyError(where+".token_realms", "", fmt.Errorf("%q is not a host name (auth.docker.io, or host:port)", r))
+		}
+	}
+	sources := 0
+	for _, set := range []bool{u.Username != "", u.DockerConfig != "", u.CredentialHelper != ""} {
+		if set {
+			sources++
+		}
+	}
+	if sources > 1 {
+		return keyError(where, "", errors.New("username/password, docker_config and credential_helper exclude each other; set one"))
+	}
+	if u.DockerConfig != "" {
+		if err := upstream.ReadDockerConfig(u.DockerConfig); err != nil {
+			return keyError(where+".docker_config", "", err)
+		}
+	}
+	if u.CredentialHelper != "" {
+		if _, err := exec.LookPath("docker-credential-" + u.CredentialHelper); err != nil {
+			return keyError(where+".credential_helper", "", fmt.Errorf("docker-credential-%s is not on PATH", u.CredentialHelper))
 		}
 	}
 	return nil

@@ -103,8 +103,14 @@ func (a *reloadable) build(cfg Config) (*generation, error) {
 	g.refs.Store(1)
 	var ups []route.Upstream
 	for _, u := range cfg.Upstreams {
+		if u.InsecureSkipVerify {
+			a.log.Warn().Str("upstream", u.Name).Str("key", "insecure_skip_verify").
+				Msg("TLS CERTIFICATE VERIFICATION IS OFF for this upstream: anyone on the path can impersonate it and read its credentials")
+		}
 		c, err := upstream.New(upstream.Config{Name: u.Name, URL: u.URL, Username: u.Username, Password: u.Password,
-			ResponseHeaderTimeout: u.Timeout, MaxManifestSize: cfg.MaxManifestBytes},
+			ResponseHeaderTimeout: u.Timeout, MaxManifestSize: cfg.MaxManifestBytes,
+			Credentials: upstreamCredentials(u), CAFile: u.CAFile, ClientCertFile: u.ClientCertFile,
+			ClientKeyFile: u.ClientKeyFile, InsecureSkipVerify: u.InsecureSkipVerify, TokenRealms: u.TokenRealms},
 			upstream.WithLogger(a.log.With().Str("upstream", u.Name).Logger()),
 			upstream.WithObserver(a.mirrorMet), upstream.WithObserver(a.page))
 		if err != nil {
@@ -112,7 +118,8 @@ func (a *reloadable) build(cfg Config) (*generation, error) {
 			return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
 		}
 		m := mirror.New(mirror.Options{Store: a.store, Client: c, TagTTL: u.TagTTL, KeepOnNotFound: u.KeepOnNotFound,
-			Offline: cfg.Offline, Prefetch: prefetch(cfg.Prefetch), Metrics: a.mirrorMet, Logger: a.log, Source: a.source})
+			StaleIfDenied: u.staleOnDenied(),
+			Offline:       cfg.Offline, Prefetch: prefetch(cfg.Prefetch), Metrics: a.mirrorMet, Logger: a.log, Source: a.source})
 		g.mirrors = append(g.mirrors, m)
 		ups = append(ups, route.Upstream{Name: u.Name, Aliases: u.Aliases, Default: u.Default, Registry: m})
 	}
@@ -143,6 +150,18 @@ func (a *reloadable) peers(cl *cluster.Cluster) http.Handler {
 			return
 		}
 	})
+}
+
+// upstreamCredentials is u's credential source when it is not a fixed
+// username and password: a credential helper, or a docker config file.
+func upstreamCredentials(u UpstreamConfig) upstream.Credentials {
+	switch {
+	case u.CredentialHelper != "":
+		return upstream.Helper(u.CredentialHelper, u.credentialHosts()[0], 0, 0)
+	case u.DockerConfig != "":
+		return upstream.DockerConfig(u.DockerConfig, u.credentialHosts(), 0, 0)
+	}
+	return nil
 }
 
 // close stops the generation's background work (its mirrors' prefetches).
