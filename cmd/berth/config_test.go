@@ -57,6 +57,14 @@ func keyCases(t *testing.T) []keyCase {
 			bad: htpasswd + ".missing", why: "no such file"},
 		{key: "auth.anonymous_pull", good: "off", get: func(c Config) any { return *c.Auth.AnonymousPull }, want: false,
 			bad: "nope", why: `"nope" is not a boolean`, env: map[string]string{"BERTH_AUTH_HTPASSWD": htpasswd}},
+		// The files are only found here; serve loads them (see TestServeTLS).
+		{key: "tls.cert_file", good: htpasswd, get: func(c Config) any { return c.TLS.CertFile }, want: htpasswd,
+			bad: htpasswd + ".missing", why: "no such file", env: map[string]string{"BERTH_TLS_KEY_FILE": htpasswd}},
+		{key: "tls.key_file", good: htpasswd, get: func(c Config) any { return c.TLS.KeyFile }, want: htpasswd,
+			bad: htpasswd + ".missing", why: "no such file", env: map[string]string{"BERTH_TLS_CERT_FILE": htpasswd}},
+		{key: "tls.client_ca_file", good: htpasswd, get: func(c Config) any { return c.TLS.ClientCAFile }, want: htpasswd,
+			bad: htpasswd + ".missing", why: "no such file",
+			env: map[string]string{"BERTH_TLS_CERT_FILE": htpasswd, "BERTH_TLS_KEY_FILE": htpasswd}},
 	}
 }
 

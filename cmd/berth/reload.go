@@ -156,6 +156,7 @@ var restartOnly = []struct {
 	{"max_cache_bytes", func(n *Config, c Config) { n.MaxCacheBytes = c.MaxCacheBytes }},
 	{"log_level", func(n *Config, c Config) { n.LogLevel = c.LogLevel }},
 	{"log_format", func(n *Config, c Config) { n.LogFormat = c.LogFormat }},
+	{"tls", func(n *Config, c Config) { n.TLS = c.TLS }},
 }
 
 // reload builds a generation from load's configuration and swaps it in.
@@ -226,12 +227,15 @@ func changedKeys(a, b Config) []string {
 	return changed
 }
 
-// snake is a Go field name as a key: MaxCacheBytes is max_cache_bytes.
+// snake is a Go field name as a key: MaxCacheBytes is max_cache_bytes, TLS is tls.
 func snake(s string) string {
 	var b strings.Builder
+	prev := ' '
 	for i, r := range s {
+		lower := unicode.IsLower(prev)
+		prev = r
 		if unicode.IsUpper(r) {
-			if i > 0 {
+			if i > 0 && lower {
 				b.WriteByte('_')
 			}
 			r = unicode.ToLower(r)

@@ -59,9 +59,8 @@ type Reloader struct {
 }
 
 // NewReloader loads the pair in certFile and keyFile; an error is a
-// *KeyError. reg, if not nil, receives berth_tls_cert_expiry_timestamp_seconds
-// and berth_tls_cert_reloads_total.
-func NewReloader(certFile, keyFile string, log zerolog.Logger, reg prometheus.Registerer) (*Reloader, error) {
+// *KeyError.
+func NewReloader(certFile, keyFile string, log zerolog.Logger) (*Reloader, error) {
 	r := &Reloader{certFile: certFile, keyFile: keyFile, log: log,
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_tls_cert_reloads_total",
 			Help: "Changes of the TLS certificate files seen: result ok (now served) or error (refused, the old pair stays)."},
@@ -76,15 +75,18 @@ func NewReloader(certFile, keyFile string, log zerolog.Logger, reg prometheus.Re
 	}
 	r.seen = digest(certPEM, keyPEM)
 	r.cur.Store(cert)
-	if reg != nil {
-		r.reloads.WithLabelValues("ok")
-		r.reloads.WithLabelValues("error")
-		reg.MustRegister(r.reloads, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "berth_tls_cert_expiry_timestamp_seconds",
-			Help: "When the TLS certificate being served expires (Unix time).",
-		}, func() float64 { return float64(r.cur.Load().Leaf.NotAfter.Unix()) }))
-	}
+	r.reloads.WithLabelValues("ok")
+	r.reloads.WithLabelValues("error")
 	return r, nil
+}
+
+// Collectors are r's metrics: berth_tls_cert_expiry_timestamp_seconds (alert
+// on it some days ahead) and berth_tls_cert_reloads_total{result}.
+func (r *Reloader) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{r.reloads, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "berth_tls_cert_expiry_timestamp_seconds",
+		Help: "When the TLS certificate being served expires (Unix time).",
+	}, func() float64 { return float64(r.cur.Load().Leaf.NotAfter.Unix()) })}
 }
 
 // GetCertificate is tls.Config's GetCertificate: the pair loaded last.

@@ -62,10 +62,11 @@ func TestRotationPickedUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	r, err := NewReloader(f.certFile, f.keyFile, zerolog.Nop(), reg)
+	r, err := NewReloader(f.certFile, f.keyFile, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
+	reg.MustRegister(r.Collectors()...)
 	if got := serialOf(r); got != Serial(a.Leaf) {
 		t.Fatalf("serving %s, want %s", got, Serial(a.Leaf))
 	}
@@ -99,10 +100,11 @@ func TestInvalidNewPairKeepsOld(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	r, err := NewReloader(f.certFile, f.keyFile, zerolog.Nop(), reg)
+	r, err := NewReloader(f.certFile, f.keyFile, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
+	reg.MustRegister(r.Collectors()...)
 	steps := []struct {
 		name     string
 		cert     []byte
@@ -152,7 +154,7 @@ func TestMissingFileKeepsOld(t *testing.T) {
 	if err := a.Write(f.certFile, f.keyFile); err != nil {
 		t.Fatal(err)
 	}
-	r, err := NewReloader(f.certFile, f.keyFile, zerolog.Nop(), nil)
+	r, err := NewReloader(f.certFile, f.keyFile, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,13 +191,13 @@ func TestStartErrorsNameTheKey(t *testing.T) {
 	for _, c := range cases {
 		f.write(t, f.certFile, c.cert)
 		f.write(t, f.keyFile, c.key)
-		_, err := NewReloader(f.certFile, f.keyFile, zerolog.Nop(), nil)
+		_, err := NewReloader(f.certFile, f.keyFile, zerolog.Nop())
 		var ke *KeyError
 		if !errors.As(err, &ke) || ke.Key != c.wantKey {
 			t.Errorf("%s: error %v, want one about %s", c.name, err, c.wantKey)
 		}
 	}
-	_, err = NewReloader(filepath.Join(t.TempDir(), "none.crt"), f.keyFile, zerolog.Nop(), nil)
+	_, err = NewReloader(filepath.Join(t.TempDir(), "none.crt"), f.keyFile, zerolog.Nop())
 	var ke *KeyError
 	if !errors.As(err, &ke) || ke.Key != "tls.cert_file" || !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing cert file: %v", err)
@@ -212,7 +214,7 @@ func TestServeRotateHTTP2(t *testing.T) {
 	if err := a.Write(f.certFile, f.keyFile); err != nil {
 		t.Fatal(err)
 	}
-	r, err := NewReloader(f.certFile, f.keyFile, zerolog.Nop(), nil)
+	r, err := NewReloader(f.certFile, f.keyFile, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +276,7 @@ func TestClientCertificateRequired(t *testing.T) {
 	if err := f.pair(t).Write(f.certFile, f.keyFile); err != nil {
 		t.Fatal(err)
 	}
-	r, err := NewReloader(f.certFile, f.keyFile, zerolog.Nop(), nil)
+	r, err := NewReloader(f.certFile, f.keyFile, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

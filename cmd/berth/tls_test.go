@@ -1,0 +1,146 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/berth-dev/berth/internal/testutil/pki"
+)
+
+// tlsFiles writes a CA's server pair for 127.0.0.1 and returns the files and
+// a client that trusts the CA (HTTP/2 when h2, else HTTP/1.1 only).
+func tlsFiles(t *testing.T) (certFile, keyFile string, ca *pki.CA, client func(h2 bool) *http.Client) {
+	t.Helper()
+	ca, err := pki.NewCA("berth test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := ca.Server("berth", []string{"127.0.0.1", "localhost"}, ca.Cert.NotAfter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	if err := p.Write(certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca.PEM)
+	client = func(h2 bool) *http.Client {
+		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: h2}
+		if !h2 {
+			tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+		}
+		t.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Transport: tr}
+	}
+	return certFile, keyFile, ca, client
+}
+
+// berth serve with tls: the API over HTTP/2 and HTTP/1.1 on addr, a blob
+// pushed and pulled whole (the corked write path) over both, plain HTTP
+// refused, the expiry gauge exported.
+func TestServeTLS(t *testing.T) {
+	t.Parallel()
+	certFile, keyFile, ca, client := tlsFiles(t)
+	cfg := testConfig(t, nil)
+	cfg.TLS = TLSConfig{CertFile: certFile, KeyFile: keyFile}
+	addr, _ := runServe(t, cfg)
+	base := "https://" + addr
+
+	blob := bytes.Repeat([]byte("berth over tls "), 100_000) // 1.5 MB: more than one write
+	dgst := fmt.Sprintf("sha256:%x", sha256.Sum256(blob))
+	resp, err := client(true).Post(base+"/v2/team/tls/blobs/uploads/?digest="+dgst, "application/octet-stream", bytes.NewReader(blob))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated || resp.Proto != "HTTP/2.0" {
+		t.Fatalf("monolithic push: %s %s, want 201 over HTTP/2.0", resp.Proto, resp.Status)
+	}
+	for _, h2 := range []bool{true, false} {
+		resp, err := client(h2).Get(base + "/v2/team/tls/blobs/" + dgst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		want := map[bool]string{true: "HTTP/2.0", false: "HTTP/1.1"}[h2]
+		if err != nil || resp.StatusCode != http.StatusOK || resp.Proto != want || !bytes.Equal(got, blob) {
+			t.Fatalf("blob GET: %s %s, %d bytes (equal %v), %v; want 200 over %s", resp.Proto, resp.Status, len(got), bytes.Equal(got, blob), err, want)
+		}
+		if v := resp.TLS.Version; v < tls.VersionTLS12 {
+			t.Fatalf("TLS version %x", v)
+		}
+	}
+	if resp, err := http.Get("http://" + addr + "/v2/"); err != nil || resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("plain HTTP to the TLS port: %v %v, want net/http's 400", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	resp, err = client(true).Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	want := fmt.Sprintf("berth_tls_cert_expiry_timestamp_seconds %g", float64(ca.Cert.NotAfter.Unix()))
+	if !strings.Contains(string(metrics), want) {
+		t.Fatalf("/metrics lacks %q", want)
+	}
+	// A TLS 1.1 client is refused.
+	old := &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11} //nolint:gosec // the point of the test
+	if c, err := tls.Dial("tcp", addr, old); err == nil || !strings.Contains(err.Error(), "protocol version") {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("a TLS 1.1 handshake: %v, want the server's protocol version alert", err)
+	}
+}
+
+// A pair that does not load stops start-up with one line naming the key.
+func TestServeTLSStartErrors(t *testing.T) {
+	t.Parallel()
+	certFile, keyFile, ca, _ := tlsFiles(t)
+	other, err := ca.Server("other", []string{"localhost"}, ca.Cert.NotAfter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherKey := filepath.Join(t.TempDir(), "other.key")
+	if err := os.WriteFile(otherKey, other.KeyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		tls  TLSConfig
+		want string
+	}{
+		{TLSConfig{CertFile: certFile, KeyFile: otherKey}, "config key tls.key_file: the private key does not match the certificate in tls.cert_file"},
+		{TLSConfig{CertFile: keyFile, KeyFile: keyFile}, "config key tls.cert_file: no PEM certificate in the file"},
+		{TLSConfig{CertFile: certFile, KeyFile: keyFile, ClientCAFile: keyFile}, "config key tls.client_ca_file: no PEM certificate in the file"},
+	}
+	for _, c := range cases {
+		cfg := testConfig(t, nil)
+		cfg.TLS = c.tls
+		err := serve(t.Context(), cfg, nil)
+		if err == nil || err.Error() != c.want || strings.Contains(err.Error(), "\n") {
+			t.Errorf("serve with %+v: %v\nwant %s", c.tls, err, c.want)
+		}
+	}
+	if _, err := loadConfig([]string{"--tls-cert-file", certFile}, func(string) string { return "" }); err == nil ||
+		err.Error() != "config key tls.key_file: required with tls.cert_file" {
+		t.Errorf("cert without key: %v", err)
+	}
+	if _, err := loadConfig([]string{"--tls-client-ca-file", certFile}, func(string) string { return "" }); err == nil ||
+		!strings.HasPrefix(err.Error(), "config key tls.client_ca_file: needs tls.cert_file") {
+		t.Errorf("client CA without a pair: %v", err)
+	}
+}
