@@ -115,6 +115,7 @@ sc_crane() {
   step "crane digest :multi" "${C[@]}" digest "$B/tls/busybox:multi" && equal "index digest kept" "$(cat "$OUT")" "${DIG[multi]}"
   step "crane pull" "${C[@]}" pull "$B/tls/busybox:latest" "$CX_/bb.tar"
   step "crane copy tls/busybox:latest -> tls/crane:1" "${C[@]}" copy "$B/tls/busybox:latest" "$B/tls/crane:1"
+  step "berth warm --server https://$B (SSL_CERT_FILE)" env SSL_CERT_FILE="$CA" "$ROOT/bin/berth" warm --server "https://$B" "$B/tls/busybox:multi"
   step "crane ls" "${C[@]}" ls "$B/tls/crane" && equal "tags" "$(sort "$OUT" | tr "\n" " ")" "1 pushed "
 }
 sc_skopeo() {
