@@ -31,7 +31,7 @@ func main() {
 	url := flag.String("url", "", "blob URL (ends with sha256:HEX)")
 	caFile := flag.String("ca", "", "CA certificate file (PEM)")
 	stop := flag.String("stop", "", "stop when this file exists")
-	seen := flag.String("seen", "", "file kept up to date with the serials seen, one a line")
+	seen := flag.String("seen", "", `file kept up to date with the serials seen and their connections ("SERIAL N" lines)`)
 	workers := flag.Int("workers", 4, "concurrent clients")
 	flag.Parse()
 	if err := run(*url, *caFile, *stop, *seen, *workers); err != nil {
@@ -67,13 +67,16 @@ func run(url, caFile, stop, seenFile string, workers int) error {
 		mu.Lock()
 		defer mu.Unlock()
 		serials[s]++
-		if serials[s] == 1 && seenFile != "" {
-			var names []string
-			for k := range serials {
-				names = append(names, k)
+		if seenFile != "" {
+			var lines []string
+			for k, n := range serials {
+				lines = append(lines, fmt.Sprintf("%s %d", k, n))
 			}
-			slices.Sort(names)
-			_ = os.WriteFile(seenFile, []byte(strings.Join(names, "\n")+"\n"), 0o644)
+			slices.Sort(lines)
+			tmp := seenFile + ".tmp"
+			if os.WriteFile(tmp, []byte(strings.Join(lines, "\n")+"\n"), 0o644) == nil {
+				_ = os.Rename(tmp, seenFile)
+			}
 		}
 	}
 	var wg sync.WaitGroup
