@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/berth-dev/berth/internal/testutil/pki"
 	"github.com/opencontainers/go-digest"
@@ -111,6 +112,22 @@ func (b *bench) measureTLS(ctx context.Context) error {
 		}
 		k := round % len(out)
 		return append(out[k:], out[:k]...)
+	}
+	// Both must negotiate the same protocol and cipher, or the rows compare
+	// ciphers rather than servers.
+	negotiated := map[string]string{}
+	for _, name := range order(0) {
+		conn, err := tls.Dial("tcp", strings.TrimPrefix(servers[name].base, "https://"), &tls.Config{RootCAs: pool})
+		if err != nil {
+			return b.fail(name, "tls handshake", err)
+		}
+		cs := conn.ConnectionState()
+		conn.Close()
+		negotiated[name] = tls.VersionName(cs.Version) + " " + tls.CipherSuiteName(cs.CipherSuite)
+		b.logf("tls: %-18s %s", serverLabels[name], negotiated[name])
+	}
+	if ng, ok := negotiated[srvNginx]; ok && ng != negotiated[srvBerth] {
+		b.note("over TLS berth negotiated %s and nginx %s: the TLS rows compare different ciphers", negotiated[srvBerth], ng)
 	}
 	// Prime: one verified read from each, so both start from a warm page cache.
 	for _, name := range order(0) {
