@@ -67,8 +67,43 @@ func TestServeTLS(t *testing.T) {
 	if resp.StatusCode != http.StatusCreated || resp.Proto != "HTTP/2.0" {
 		t.Fatalf("monolithic push: %s %s, want 201 over HTTP/2.0", resp.Proto, resp.Status)
 	}
+	// A chunked upload over HTTP/2 (the body's idle deadline is set through
+	// http.ResponseController, which HTTP/2 supports too).
+	h2 := client(true)
+	resp, err = h2.Post(base+"/v2/team/chunked/blobs/uploads/", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	for i, chunk := range [][]byte{blob[:1<<20], blob[1<<20:]} {
+		req, _ := http.NewRequest(http.MethodPatch, base+loc, bytes.NewReader(chunk))
+		req.Header.Set("Content-Type", "application/octet-stream")
+		req.Header.Set("Content-Range", fmt.Sprintf("%d-%d", i<<20, i<<20+len(chunk)-1))
+		resp, err = h2.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted || resp.Proto != "HTTP/2.0" {
+			t.Fatalf("PATCH chunk %d: %s %s", i, resp.Proto, resp.Status)
+		}
+		loc = resp.Header.Get("Location")
+	}
+	sep := "?"
+	if strings.Contains(loc, "?") {
+		sep = "&"
+	}
+	req, _ := http.NewRequest(http.MethodPut, base+loc+sep+"digest="+dgst, nil)
+	if resp, err = h2.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("PUT closing the chunked upload: %s", resp.Status)
+	}
 	for _, h2 := range []bool{true, false} {
-		resp, err := client(h2).Get(base + "/v2/team/tls/blobs/" + dgst)
+		resp, err := client(h2).Get(base + "/v2/team/chunked/blobs/" + dgst)
 		if err != nil {
 			t.Fatal(err)
 		}
