@@ -343,6 +343,9 @@ func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 			case <-gctx.Done():
 				return nil
 			case <-h.reload:
+				if certs != nil {
+					_, _ = certs.Check() // at once, as after nginx -s reload; it logs its own outcome
+				}
 				err := api.reload(h.load)
 				if h.reloaded != nil {
 					select {

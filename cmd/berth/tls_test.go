@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -11,9 +12,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
+	"github.com/berth-dev/berth/internal/testutil"
 	"github.com/berth-dev/berth/internal/testutil/pki"
+	"github.com/berth-dev/berth/internal/tlsserve"
 )
 
 // tlsFiles writes a CA's server pair for 127.0.0.1 and returns the files and
@@ -177,5 +181,54 @@ func TestServeTLSStartErrors(t *testing.T) {
 	if _, err := loadConfig([]string{"--tls-client-ca-file", certFile}, func(string) string { return "" }); err == nil ||
 		!strings.HasPrefix(err.Error(), "config key tls.client_ca_file: needs tls.cert_file") {
 		t.Errorf("client CA without a pair: %v", err)
+	}
+}
+
+// SIGHUP re-reads the certificate files at once, without waiting for the
+// poll: the next connection is shown the new certificate.
+func TestServeTLSSighup(t *testing.T) {
+	t.Parallel()
+	certFile, keyFile, ca, client := tlsFiles(t)
+	cfg := testConfig(t, nil)
+	cfg.TLS = TLSConfig{CertFile: certFile, KeyFile: keyFile}
+	ctx, cancel := context.WithCancel(context.Background())
+	hup := make(chan os.Signal, 1)
+	reloaded := make(chan error)
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- serveWith(ctx, cfg, hooks{ready: ready, reload: hup, reloaded: reloaded,
+			load: func() (Config, error) { return cfg, nil }})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	var addr string
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatal(err)
+	}
+	next, err := ca.Server("berth", []string{"127.0.0.1"}, ca.Cert.NotAfter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := next.Write(certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	hup <- syscall.SIGHUP
+	if err := testutil.Recv(t, reloaded, "the reload"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := client(false).Get("https://" + addr + "/v2/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got, want := tlsserve.Serial(resp.TLS.PeerCertificates[0]), tlsserve.Serial(next.Leaf); got != want {
+		t.Fatalf("after SIGHUP the server shows serial %s, want the new %s", got, want)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -178,10 +179,14 @@ func parse(certPEM, keyPEM []byte, now time.Time) (*tls.Certificate, error) {
 	}
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
-		if bytes.Contains([]byte(err.Error()), []byte("does not match")) {
+		// crypto/tls says which input it refused only in its messages.
+		switch msg := err.Error(); {
+		case strings.Contains(msg, "does not match"):
 			return nil, &KeyError{"tls.key_file", errors.New("the private key does not match the certificate in tls.cert_file")}
+		case strings.Contains(msg, "private key") || strings.Contains(msg, "key input"):
+			return nil, &KeyError{"tls.key_file", fmt.Errorf("the private key does not load: %w", err)}
 		}
-		return nil, &KeyError{"tls.cert_file", fmt.Errorf("the certificate and key do not load: %w", err)}
+		return nil, &KeyError{"tls.cert_file", fmt.Errorf("the certificate does not load: %w", err)}
 	}
 	if cert.Leaf == nil {
 		if cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {

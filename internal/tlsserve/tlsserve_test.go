@@ -187,6 +187,8 @@ func TestStartErrorsNameTheKey(t *testing.T) {
 		{"key in the cert file", a.KeyPEM, a.KeyPEM, "tls.cert_file"},
 		{"cert in the key file", a.CertPEM, a.CertPEM, "tls.key_file"},
 		{"expired", expired.CertPEM, expired.KeyPEM, "tls.cert_file"},
+		{"a key that does not parse", a.CertPEM, []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), "tls.key_file"},
+		{"a certificate that does not parse", []byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), a.KeyPEM, "tls.cert_file"},
 	}
 	for _, c := range cases {
 		f.write(t, f.certFile, c.cert)
