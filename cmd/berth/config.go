@@ -163,7 +163,7 @@ func (c *Config) keys() []key {
 		{name: "tls.key_file", env: []string{"BERTH_TLS_KEY_FILE"}, flag: "tls-key-file",
 			usage: "PEM private key of tls.cert_file", value: fileValue(&c.TLS.KeyFile)},
 		{name: "tls.client_ca_file", env: []string{"BERTH_TLS_CLIENT_CA_FILE"}, flag: "tls-client-ca-file",
-			usage: "PEM CAs: require client certificates they signed (mTLS) (default: none)", value: fileValue(&c.TLS.ClientCAFile)},
+			usage: "PEM CAs: require client certificates they signed (mTLS); re-read when it changes (default: none)", value: fileValue(&c.TLS.ClientCAFile)},
 	}
 }
 

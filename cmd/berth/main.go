@@ -218,14 +218,13 @@ func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 	var certs *tlsserve.Reloader
 	var tlsConfig *tls.Config
 	if cfg.TLS.CertFile != "" {
-		if certs, err = tlsserve.NewReloader(cfg.TLS.CertFile, cfg.TLS.KeyFile, log); err == nil {
-			tlsConfig, err = tlsserve.ServerConfig(certs, cfg.TLS.ClientCAFile)
-		}
+		certs, err = tlsserve.NewReloader(tlsserve.Config(cfg.TLS), log)
 		if ke := (*tlsserve.KeyError)(nil); errors.As(err, &ke) {
 			return keyError(ke.Key, "", ke.Err)
 		} else if err != nil {
 			return err
 		}
+		tlsConfig = tlsserve.ServerConfig(certs)
 	}
 	// The index gets a few seconds to close: a data directory removed or
 	// made read-only under berth must not hold its exit for minutes.

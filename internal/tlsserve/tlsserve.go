@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -42,15 +43,16 @@ func (e *KeyError) Unwrap() error { return e.Err }
 // served within about this long.
 const DefaultInterval = 2 * time.Second
 
-// Reloader holds the certificate pair being served and replaces it when its
-// files change and the new pair is valid. A pair that does not load (half
-// written, a certificate and a key that do not match, expired) is refused
-// with one error line, and the old one stays.
+// Reloader holds the certificate pair being served (and the client CAs,
+// with mTLS) and replaces them when their files change and load. Files that
+// do not load (half written, a certificate and a key that do not match, an
+// expired certificate, a CA file without a certificate) are refused with one
+// error line, and the old ones stay.
 type Reloader struct {
-	certFile, keyFile string
-	log               zerolog.Logger
-	cur               atomic.Pointer[tls.Certificate]
-	reloads           *prometheus.CounterVec
+	files   Config
+	log     zerolog.Logger
+	cur     atomic.Pointer[state]
+	reloads *prometheus.CounterVec
 
 	mu   sync.Mutex // one Check at a time
 	seen [sha256.Size]byte
@@ -59,23 +61,33 @@ type Reloader struct {
 	readErr string
 }
 
-// NewReloader loads the pair in certFile and keyFile; an error is a
-// *KeyError.
-func NewReloader(certFile, keyFile string, log zerolog.Logger) (*Reloader, error) {
-	r := &Reloader{certFile: certFile, keyFile: keyFile, log: log,
+// state is what one set of files loaded into.
+type state struct {
+	cert *tls.Certificate
+	// conf is what a handshake uses when client certificates are required
+	// (GetConfigForClient): the client CAs live in a tls.Config, so a new
+	// pool is a new config. nil without ClientCAFile.
+	conf *tls.Config
+	cas  int // certificates in the client CA file
+}
+
+// NewReloader loads the files c names (CertFile and KeyFile are required);
+// an error is a *KeyError.
+func NewReloader(c Config, log zerolog.Logger) (*Reloader, error) {
+	r := &Reloader{files: c, log: log,
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_tls_cert_reloads_total",
-			Help: "Changes of the TLS certificate files seen: result ok (now served) or error (refused, the old pair stays)."},
+			Help: "Changes of the TLS files (certificate, key, client CAs) seen: result ok (now served) or error (refused, the old ones stay)."},
 			[]string{"result"})}
-	certPEM, keyPEM, err := r.read()
+	pems, err := r.read()
 	if err != nil {
 		return nil, err
 	}
-	cert, err := parse(certPEM, keyPEM, time.Now())
+	st, err := r.load(pems, time.Now())
 	if err != nil {
 		return nil, err
 	}
-	r.seen = digest(certPEM, keyPEM)
-	r.cur.Store(cert)
+	r.seen = digest(pems)
+	r.cur.Store(st)
 	r.reloads.WithLabelValues("ok")
 	r.reloads.WithLabelValues("error")
 	return r, nil
@@ -87,16 +99,22 @@ func (r *Reloader) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{r.reloads, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "berth_tls_cert_expiry_timestamp_seconds",
 		Help: "When the TLS certificate being served expires (Unix time).",
-	}, func() float64 { return float64(r.cur.Load().Leaf.NotAfter.Unix()) })}
+	}, func() float64 { return float64(r.Leaf().NotAfter.Unix()) })}
 }
 
 // GetCertificate is tls.Config's GetCertificate: the pair loaded last.
 func (r *Reloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	return r.cur.Load(), nil
+	return r.cur.Load().cert, nil
+}
+
+// getConfigForClient is tls.Config's GetConfigForClient with mTLS: the
+// client CAs loaded last.
+func (r *Reloader) getConfigForClient(*tls.ClientHelloInfo) (*tls.Config, error) {
+	return r.cur.Load().conf, nil
 }
 
 // Leaf is the certificate being served.
-func (r *Reloader) Leaf() *x509.Certificate { return r.cur.Load().Leaf }
+func (r *Reloader) Leaf() *x509.Certificate { return r.cur.Load().cert.Leaf }
 
 // Run checks the files every interval until ctx ends.
 func (r *Reloader) Run(ctx context.Context, interval time.Duration) {
@@ -113,12 +131,12 @@ func (r *Reloader) Run(ctx context.Context, interval time.Duration) {
 }
 
 // Check reads the files and, if they changed since the last check, loads
-// them: changed says whether a new pair is now served. A pair refused once
-// is not tried again until the files change again.
+// them: changed says whether new ones are now served. Files refused once
+// are not tried again until they change again.
 func (r *Reloader) Check() (changed bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	certPEM, keyPEM, err := r.read()
+	pems, err := r.read()
 	if err != nil {
 		if err.Error() != r.readErr {
 			r.readErr = err.Error()
@@ -127,42 +145,89 @@ func (r *Reloader) Check() (changed bool, err error) {
 		return false, err
 	}
 	r.readErr = ""
-	sum := digest(certPEM, keyPEM)
+	sum := digest(pems)
 	if sum == r.seen {
 		return false, nil
 	}
 	r.seen = sum
-	cert, err := parse(certPEM, keyPEM, time.Now())
+	st, err := r.load(pems, time.Now())
 	if err != nil {
 		r.reloads.WithLabelValues("error").Inc()
 		r.log.Error().Err(err).Msg("tls: new certificate files refused; still serving the old certificate")
 		return false, err
 	}
-	old := r.cur.Swap(cert)
+	old := r.cur.Swap(st)
 	r.reloads.WithLabelValues("ok").Inc()
-	r.log.Info().Str("subject", cert.Leaf.Subject.String()).Str("serial", Serial(cert.Leaf)).
-		Time("not_after", cert.Leaf.NotAfter).Str("old_serial", Serial(old.Leaf)).
-		Msg("tls: certificate reloaded")
+	ev := r.log.Info().Str("subject", st.cert.Leaf.Subject.String()).Str("serial", Serial(st.cert.Leaf)).
+		Time("not_after", st.cert.Leaf.NotAfter).Str("old_serial", Serial(old.cert.Leaf))
+	if st.conf != nil {
+		ev = ev.Int("client_cas", st.cas)
+	}
+	ev.Msg("tls: certificate reloaded")
 	return true, nil
 }
 
-func (r *Reloader) read() (certPEM, keyPEM []byte, err error) {
-	certPEM, err = os.ReadFile(r.certFile)
-	if err != nil {
-		return nil, nil, &KeyError{"tls.cert_file", err}
+// read returns the files' contents: certificate, key and, with mTLS, client CAs.
+func (r *Reloader) read() ([][]byte, error) {
+	files := []struct{ key, name string }{{"tls.cert_file", r.files.CertFile}, {"tls.key_file", r.files.KeyFile}}
+	if r.files.ClientCAFile != "" {
+		files = append(files, struct{ key, name string }{"tls.client_ca_file", r.files.ClientCAFile})
 	}
-	keyPEM, err = os.ReadFile(r.keyFile)
-	if err != nil {
-		return nil, nil, &KeyError{"tls.key_file", err}
+	pems := make([][]byte, len(files))
+	for i, f := range files {
+		b, err := os.ReadFile(f.name)
+		if err != nil {
+			return nil, &KeyError{f.key, err}
+		}
+		pems[i] = b
 	}
-	return certPEM, keyPEM, nil
+	return pems, nil
 }
 
-func digest(certPEM, keyPEM []byte) [sha256.Size]byte {
+// load parses what read returned.
+func (r *Reloader) load(pems [][]byte, now time.Time) (*state, error) {
+	cert, err := parse(pems[0], pems[1], now)
+	if err != nil {
+		return nil, err
+	}
+	st := &state{cert: cert}
+	if len(pems) > 2 {
+		pool := x509.NewCertPool()
+		for rest := pems[2]; ; {
+			var b *pem.Block
+			if b, rest = pem.Decode(rest); b == nil {
+				break
+			}
+			if c, err := x509.ParseCertificate(b.Bytes); b.Type == "CERTIFICATE" && err == nil {
+				pool.AddCert(c)
+				st.cas++
+			}
+		}
+		if st.cas == 0 {
+			return nil, &KeyError{"tls.client_ca_file", errors.New("no PEM certificate in the file")}
+		}
+		st.conf = r.base()
+		st.conf.ClientCAs = pool
+		st.conf.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return st, nil
+}
+
+// base is the part of the server's tls.Config that never changes.
+func (r *Reloader) base() *tls.Config {
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: r.GetCertificate,
+		NextProtos:     []string{"h2", "http/1.1"},
+	}
+}
+
+func digest(pems [][]byte) [sha256.Size]byte {
 	h := sha256.New()
-	h.Write(certPEM)
-	h.Write([]byte{0})
-	h.Write(keyPEM)
+	for _, b := range pems {
+		h.Write(b)
+		h.Write([]byte{0})
+	}
 	var sum [sha256.Size]byte
 	h.Sum(sum[:0])
 	return sum
@@ -209,25 +274,13 @@ func Serial(c *x509.Certificate) string {
 }
 
 // ServerConfig is the tls.Config of berth's listener: TLS 1.2 or later,
-// HTTP/2 offered before HTTP/1.1, the certificate from r, and with
-// clientCAFile client certificates required and verified (mTLS).
-func ServerConfig(r *Reloader, clientCAFile string) (*tls.Config, error) {
-	cfg := &tls.Config{
-		MinVersion:     tls.VersionTLS12,
-		GetCertificate: r.GetCertificate,
-		NextProtos:     []string{"h2", "http/1.1"},
+// HTTP/2 offered before HTTP/1.1, the certificate from r and, when r has
+// client CAs, client certificates required and verified against them (mTLS).
+func ServerConfig(r *Reloader) *tls.Config {
+	cfg := r.base()
+	if st := r.cur.Load(); st.conf != nil {
+		cfg.ClientCAs, cfg.ClientAuth = st.conf.ClientCAs, tls.RequireAndVerifyClientCert
+		cfg.GetConfigForClient = r.getConfigForClient
 	}
-	if clientCAFile != "" {
-		b, err := os.ReadFile(clientCAFile)
-		if err != nil {
-			return nil, &KeyError{"tls.client_ca_file", err}
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(b) {
-			return nil, &KeyError{"tls.client_ca_file", errors.New("no PEM certificate in the file")}
-		}
-		cfg.ClientCAs = pool
-		cfg.ClientAuth = tls.RequireAndVerifyClientCert
-	}
-	return cfg, nil
+	return cfg
 }

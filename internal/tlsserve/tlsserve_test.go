@@ -62,7 +62,7 @@ func TestRotationPickedUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	r, err := NewReloader(f.certFile, f.keyFile, zerolog.Nop())
+	r, err := NewReloader(Config{CertFile: f.certFile, KeyFile: f.keyFile}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestInvalidNewPairKeepsOld(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	r, err := NewReloader(f.certFile, f.keyFile, zerolog.Nop())
+	r, err := NewReloader(Config{CertFile: f.certFile, KeyFile: f.keyFile}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestMissingFileKeepsOld(t *testing.T) {
 	if err := a.Write(f.certFile, f.keyFile); err != nil {
 		t.Fatal(err)
 	}
-	r, err := NewReloader(f.certFile, f.keyFile, zerolog.Nop())
+	r, err := NewReloader(Config{CertFile: f.certFile, KeyFile: f.keyFile}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,13 +193,13 @@ func TestStartErrorsNameTheKey(t *testing.T) {
 	for _, c := range cases {
 		f.write(t, f.certFile, c.cert)
 		f.write(t, f.keyFile, c.key)
-		_, err := NewReloader(f.certFile, f.keyFile, zerolog.Nop())
+		_, err := NewReloader(Config{CertFile: f.certFile, KeyFile: f.keyFile}, zerolog.Nop())
 		var ke *KeyError
 		if !errors.As(err, &ke) || ke.Key != c.wantKey {
 			t.Errorf("%s: error %v, want one about %s", c.name, err, c.wantKey)
 		}
 	}
-	_, err = NewReloader(filepath.Join(t.TempDir(), "none.crt"), f.keyFile, zerolog.Nop())
+	_, err = NewReloader(Config{CertFile: filepath.Join(t.TempDir(), "none.crt"), KeyFile: f.keyFile}, zerolog.Nop())
 	var ke *KeyError
 	if !errors.As(err, &ke) || ke.Key != "tls.cert_file" || !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing cert file: %v", err)
@@ -216,7 +216,7 @@ func TestServeRotateHTTP2(t *testing.T) {
 	if err := a.Write(f.certFile, f.keyFile); err != nil {
 		t.Fatal(err)
 	}
-	r, err := NewReloader(f.certFile, f.keyFile, zerolog.Nop())
+	r, err := NewReloader(Config{CertFile: f.certFile, KeyFile: f.keyFile}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,11 +224,7 @@ func TestServeRotateHTTP2(t *testing.T) {
 	done := make(chan struct{})
 	go func() { r.Run(ctx, 10*time.Millisecond); close(done) }()
 	defer func() { cancel(); <-done }()
-	cfg, err := ServerConfig(r, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := serveTLS(t, cfg, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	srv := serveTLS(t, ServerConfig(r), http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		_, _ = io.WriteString(w, req.Proto)
 	}))
 
@@ -272,43 +268,38 @@ func TestServeRotateHTTP2(t *testing.T) {
 	}
 }
 
+// mTLS: no certificate, or one of another CA, is refused in the handshake;
+// the client CA file is re-read like the pair, so a new CA takes over.
 func TestClientCertificateRequired(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	if err := f.pair(t).Write(f.certFile, f.keyFile); err != nil {
 		t.Fatal(err)
 	}
-	r, err := NewReloader(f.certFile, f.keyFile, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
 	caFile := filepath.Join(t.TempDir(), "clients.crt")
 	f.write(t, caFile, f.ca.PEM)
-	cfg, err := ServerConfig(r, caFile)
+	r, err := NewReloader(Config{CertFile: f.certFile, KeyFile: f.keyFile, ClientCAFile: caFile}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := serveTLS(t, cfg, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	srv := serveTLS(t, ServerConfig(r), http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		_, _ = io.WriteString(w, req.TLS.PeerCertificates[0].Subject.CommonName)
 	}))
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(f.ca.PEM)
-	client := func(certs ...tls.Certificate) *http.Client {
-		return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: certs}}}
+	get := func(h2 bool, certs ...tls.Certificate) (string, error) {
+		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: certs}, ForceAttemptHTTP2: h2}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr}).Get(srv.URL)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		return resp.Proto + " " + string(body), err
 	}
-	if resp, err := client().Get(srv.URL); err == nil {
-		resp.Body.Close()
-		t.Fatalf("a client without a certificate got %s", resp.Status)
-	}
-	other, err := pki.NewCA("another CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []struct {
-		ca   *pki.CA
-		want bool
-	}{{f.ca, true}, {other, false}} {
-		p, err := c.ca.Client("alice")
+	clientOf := func(ca *pki.CA, name string) tls.Certificate {
+		p, err := ca.Client(name)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -316,26 +307,47 @@ func TestClientCertificateRequired(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp, err := client(cert).Get(srv.URL)
-		if !c.want {
-			if err == nil {
-				resp.Body.Close()
-				t.Fatalf("a client certificate of another CA got %s", resp.Status)
-			}
-			continue
+		return cert
+	}
+	other, err := pki.NewCA("another CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice, mallory := clientOf(f.ca, "alice"), clientOf(other, "mallory")
+	for _, h2 := range []bool{true, false} {
+		if got, err := get(h2); err == nil {
+			t.Fatalf("a client without a certificate got %q", got)
 		}
-		if err != nil {
-			t.Fatal(err)
+		if got, err := get(h2, mallory); err == nil {
+			t.Fatalf("a client certificate of another CA got %q", got)
 		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if string(body) != "alice" {
-			t.Fatalf("served %q, want the client's name", body)
+		want := map[bool]string{true: "HTTP/2.0 alice", false: "HTTP/1.1 alice"}[h2]
+		if got, err := get(h2, alice); err != nil || got != want {
+			t.Fatalf("alice: %q, %v; want %q", got, err, want)
 		}
 	}
+	// The other CA replaces the first.
+	f.write(t, caFile, other.PEM)
+	if changed, err := r.Check(); !changed || err != nil {
+		t.Fatalf("new client CA file: Check = %v, %v", changed, err)
+	}
+	if got, err := get(true, mallory); err != nil || got != "HTTP/2.0 mallory" {
+		t.Fatalf("after the CA rotation mallory got %q, %v", got, err)
+	}
+	if got, err := get(true, alice); err == nil {
+		t.Fatalf("after the CA rotation alice (old CA) got %q", got)
+	}
+	// A CA file without a certificate is refused; the CAs stay.
+	f.write(t, caFile, []byte("nothing here"))
+	var ke *KeyError
+	if _, err := r.Check(); !errors.As(err, &ke) || ke.Key != "tls.client_ca_file" {
+		t.Fatalf("empty CA file: %v", err)
+	}
+	if got, err := get(true, mallory); err != nil || got != "HTTP/2.0 mallory" {
+		t.Fatalf("after a refused CA file mallory got %q, %v", got, err)
+	}
 	for _, bad := range []string{filepath.Join(t.TempDir(), "none"), f.keyFile} {
-		var ke *KeyError
-		if _, err := ServerConfig(r, bad); !errors.As(err, &ke) || ke.Key != "tls.client_ca_file" {
+		if _, err := NewReloader(Config{CertFile: f.certFile, KeyFile: f.keyFile, ClientCAFile: bad}, zerolog.Nop()); !errors.As(err, &ke) || ke.Key != "tls.client_ca_file" {
 			t.Errorf("client_ca_file %s: %v", bad, err)
 		}
 	}
