@@ -12,7 +12,8 @@
 # Then: the OCI conformance suite's full profile over TLS; a certificate
 # rotation under load (the new serial is served within seconds and no request
 # fails); mTLS (tls.client_ca_file): refused without a client certificate,
-# served with one, and dockerd presenting certs.d's client.cert.
+# served with one, a new client_ca_file taking over without a restart, and
+# dockerd presenting certs.d's client.cert.
 #
 #   BERTH_E2E_REQUIRED=1  a client that cannot run is a FAILURE (default: SKIP)
 #   BERTH_E2E_ONLY="curl crane rotation"  run only these scenarios
@@ -314,8 +315,9 @@ local: ["**"]
 tls:
   cert_file: $PKI/mtls.crt
   key_file: $PKI/mtls.key
-  client_ca_file: $CA
+  client_ca_file: $PKI/clients-ca.crt
 YML
+  cp "$CA" "$PKI/clients-ca.crt"
   "$MKCERT" server "$PKI" "$PKI/mtls.crt" "$PKI/mtls.key" 127.0.0.1 localhost >/dev/null
   start_bg mtls "$ROOT/bin/berth" serve --config "$RT/mtls.yaml" --addr "$M" --data "$RT/mtls-data" --log-format json
   local i; for i in $(seq 300); do curl -s --cacert "$CA" --cert "$PKI/client.crt" --key "$PKI/client.key" -o /dev/null "https://$M/v2/" && break; sleep 0.1; done
@@ -328,6 +330,15 @@ YML
   step_fails "a client certificate of another CA is refused" 'alert|certificate' \
     curl -sS --tls-max 1.2 --cacert "$CA" --cert "$PKI/other/client.crt" --key "$PKI/other/client.key" -o /dev/null "https://$M/v2/"
   step_fails "over TLS 1.3 too (no response)" '' curl -sS --cacert "$CA" -o /dev/null "https://$M/v2/"
+  # client_ca_file is re-read like the pair: the other CA takes over.
+  cp "$PKI/other/ca.crt" "$PKI/clients-ca.crt"
+  local code=""
+  for i in $(seq 150); do
+    code=$(curl -s --cacert "$CA" --cert "$PKI/other/client.crt" --key "$PKI/other/client.key" -o /dev/null -w '%{http_code}' "https://$M/v2/")
+    [ "$code" = 200 ] && break; sleep 0.1; done
+  equal "after client_ca_file changed, the other CA's client is served" "$code" 200
+  step_fails "and the first CA's client is refused" 'alert|certificate' \
+    curl -sS --tls-max 1.2 --cacert "$CA" --cert "$PKI/client.crt" --key "$PKI/client.key" -o /dev/null "https://$M/v2/"
   stop_bg mtls
 }
 
