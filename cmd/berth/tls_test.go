@@ -232,3 +232,74 @@ func TestServeTLSSighup(t *testing.T) {
 		t.Fatalf("after SIGHUP the server shows serial %s, want the new %s", got, want)
 	}
 }
+
+// berth warm, export and import reach a berth with tls.client_ca_file
+// with --cacert, --cert and --key; without the certificate they are refused.
+func TestClientCommandsMTLS(t *testing.T) {
+	t.Parallel()
+	certFile, keyFile, ca, _ := tlsFiles(t)
+	dir := t.TempDir()
+	caFile, clientCert, clientKey := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key")
+	if err := pki.WriteFile(caFile, ca.PEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := ca.Client("ci")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Write(clientCert, clientKey); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, nil)
+	cfg.TLS = TLSConfig{CertFile: certFile, KeyFile: keyFile, ClientCAFile: caFile}
+	addr, _ := runServe(t, cfg)
+
+	// An image, pushed with the client certificate.
+	pair, err := tls.X509KeyPair(p.CertPEM, p.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}}}}
+	put := func(method, path, ctype string, body []byte, want int) {
+		t.Helper()
+		req, _ := http.NewRequest(method, "https://"+addr+path, bytes.NewReader(body))
+		req.Header.Set("Content-Type", ctype)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Fatalf("%s %s: %s", method, path, resp.Status)
+		}
+	}
+	layer, config := []byte("layer over mTLS"), []byte(`{"architecture":"amd64","os":"linux"}`)
+	for _, b := range [][]byte{layer, config} {
+		put(http.MethodPost, fmt.Sprintf("/v2/team/app/blobs/uploads/?digest=sha256:%x", sha256.Sum256(b)), "application/octet-stream", b, http.StatusCreated)
+	}
+	manifest := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",`+
+		`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%x","size":%d},`+
+		`"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%x","size":%d}]}`,
+		sha256.Sum256(config), len(config), sha256.Sum256(layer), len(layer))
+	put(http.MethodPut, "/v2/team/app/manifests/1", "application/vnd.oci.image.manifest.v1+json", []byte(manifest), http.StatusCreated)
+
+	image, server := addr+"/team/app:1", "https://"+addr
+	if out, err := runCmd(t, "", "warm", "--server", server, "--cacert", caFile, "--cert", clientCert, "--key", clientKey, image); err != nil {
+		t.Fatalf("warm with a client certificate: %v\n%s", err, out)
+	}
+	bundle := filepath.Join(dir, "app.tar")
+	if out, err := runCmd(t, "", "export", "--server", server, "--cacert", caFile, "--cert", clientCert, "--key", clientKey, "--out", bundle, image); err != nil {
+		t.Fatalf("export with a client certificate: %v\n%s", err, out)
+	}
+	if out, err := runCmd(t, "", "warm", "--server", server, "--cacert", caFile, image); err == nil || !strings.Contains(out, "certificate required") {
+		t.Fatalf("warm without a client certificate: %v\n%s", err, out)
+	}
+	if out, err := runCmd(t, "", "warm", "--server", server, "--cert", clientCert, image); err == nil || !strings.Contains(err.Error(), "--cert and --key") {
+		t.Fatalf("--cert without --key: %v\n%s", err, out)
+	}
+	if out, err := runCmd(t, "", "warm", "--server", server, "--cacert", clientKey, image); err == nil || !strings.Contains(err.Error(), "no PEM certificate") {
+		t.Fatalf("--cacert of a key: %v\n%s", err, out)
+	}
+}
