@@ -294,6 +294,9 @@ func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 		ErrorLog:          stdlog.New(io.Discard, "", 0),
 		TLSConfig:         tlsConfig, // ServeTLS adds HTTP/2
 	}
+	if certs != nil {
+		srv.ErrorLog = certs.ErrorLog() // counts failed handshakes
+	}
 	names := upstreamNames(cfg)
 	page.SetUpstreams(names)
 	log.Info().Str("addr", ln.Addr().String()).Str("data", cfg.Data).Strs("upstreams", names).

@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	stdlog "log"
 	"os"
 	"strings"
 	"sync"
@@ -53,6 +54,8 @@ type Reloader struct {
 	log     zerolog.Logger
 	cur     atomic.Pointer[state]
 	reloads *prometheus.CounterVec
+	// handshakeErrors counts failed handshakes (see ErrorLog).
+	handshakeErrors prometheus.Counter
 
 	mu   sync.Mutex // one Check at a time
 	seen [sha256.Size]byte
@@ -77,7 +80,9 @@ func NewReloader(c Config, log zerolog.Logger) (*Reloader, error) {
 	r := &Reloader{files: c, log: log,
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_tls_cert_reloads_total",
 			Help: "Changes of the TLS files (certificate, key, client CAs) seen: result ok (now served) or error (refused, the old ones stay)."},
-			[]string{"result"})}
+			[]string{"result"}),
+		handshakeErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_tls_handshake_errors_total",
+			Help: "TLS handshakes that failed: clients that do not trust the certificate, lack a client certificate (mTLS), speak plain HTTP or TLS 1.1, or hang up."})}
 	pems, err := r.read()
 	if err != nil {
 		return nil, err
@@ -94,9 +99,10 @@ func NewReloader(c Config, log zerolog.Logger) (*Reloader, error) {
 }
 
 // Collectors are r's metrics: berth_tls_cert_expiry_timestamp_seconds (alert
-// on it some days ahead) and berth_tls_cert_reloads_total{result}.
+// on it some days ahead), berth_tls_cert_reloads_total{result} and
+// berth_tls_handshake_errors_total.
 func (r *Reloader) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{r.reloads, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	return []prometheus.Collector{r.reloads, r.handshakeErrors, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "berth_tls_cert_expiry_timestamp_seconds",
 		Help: "When the TLS certificate being served expires (Unix time).",
 	}, func() float64 { return float64(r.Leaf().NotAfter.Unix()) })}
@@ -271,6 +277,24 @@ func Serial(c *x509.Certificate) string {
 		s = "0" + s
 	}
 	return s
+}
+
+// ErrorLog is the http.Server's ErrorLog for a TLS listener: net/http says
+// that a handshake failed only there, so each "TLS handshake error" line is
+// counted in berth_tls_handshake_errors_total and logged at debug with the
+// client's address and the reason. Other lines are dropped (net/http's own
+// noise about broken connections).
+func (r *Reloader) ErrorLog() *stdlog.Logger { return stdlog.New(handshakeLog{r}, "", 0) }
+
+type handshakeLog struct{ r *Reloader }
+
+func (h handshakeLog) Write(p []byte) (int, error) {
+	if msg, ok := strings.CutPrefix(string(p), "http: TLS handshake error from "); ok {
+		h.r.handshakeErrors.Inc()
+		addr, reason, _ := strings.Cut(strings.TrimSpace(msg), ": ")
+		h.r.log.Debug().Str("client", addr).Str("reason", reason).Msg("tls: handshake failed")
+	}
+	return len(p), nil
 }
 
 // ServerConfig is the tls.Config of berth's listener: TLS 1.2 or later,

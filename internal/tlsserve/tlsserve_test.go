@@ -226,7 +226,7 @@ func TestServeRotateHTTP2(t *testing.T) {
 	defer func() { cancel(); <-done }()
 	srv := serveTLS(t, ServerConfig(r), http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		_, _ = io.WriteString(w, req.Proto)
-	}))
+	}), r.ErrorLog())
 
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(f.ca.PEM)
@@ -282,9 +282,11 @@ func TestClientCertificateRequired(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(r.Collectors()...)
 	srv := serveTLS(t, ServerConfig(r), http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		_, _ = io.WriteString(w, req.TLS.PeerCertificates[0].Subject.CommonName)
-	}))
+	}), r.ErrorLog())
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(f.ca.PEM)
 	get := func(h2 bool, certs ...tls.Certificate) (string, error) {
@@ -314,12 +316,20 @@ func TestClientCertificateRequired(t *testing.T) {
 		t.Fatal(err)
 	}
 	alice, mallory := clientOf(f.ca, "alice"), clientOf(other, "mallory")
-	for _, h2 := range []bool{true, false} {
+	for i, h2 := range []bool{true, false} {
 		if got, err := get(h2); err == nil {
 			t.Fatalf("a client without a certificate got %q", got)
 		}
 		if got, err := get(h2, mallory); err == nil {
 			t.Fatalf("a client certificate of another CA got %q", got)
+		}
+		// The server logs each refusal after the client has seen it.
+		refused := float64(2 * (i + 1))
+		for deadline := time.Now().Add(30 * time.Second); testutil.Value(t, reg, "berth_tls_handshake_errors_total", nil) < refused; {
+			if time.Now().After(deadline) {
+				t.Fatalf("berth_tls_handshake_errors_total = %v, want %v", testutil.Value(t, reg, "berth_tls_handshake_errors_total", nil), refused)
+			}
+			time.Sleep(10 * time.Millisecond) // a poll interval
 		}
 		want := map[bool]string{true: "HTTP/2.0 alice", false: "HTTP/1.1 alice"}[h2]
 		if got, err := get(h2, alice); err != nil || got != want {
@@ -357,13 +367,13 @@ type server struct{ URL string }
 
 // serveTLS serves h as berth does: http.Server.ServeTLS with cfg (which
 // adds h2 and wraps the listener).
-func serveTLS(t *testing.T, cfg *tls.Config, h http.Handler) server {
+func serveTLS(t *testing.T, cfg *tls.Config, h http.Handler, errLog *log.Logger) server {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: h, TLSConfig: cfg, ErrorLog: log.New(io.Discard, "", 0)}
+	srv := &http.Server{Handler: h, TLSConfig: cfg, ErrorLog: errLog}
 	done := make(chan error, 1)
 	go func() { done <- srv.ServeTLS(ln, "", "") }()
 	t.Cleanup(func() {
