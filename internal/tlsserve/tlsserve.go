@@ -82,7 +82,7 @@ func NewReloader(c Config, log zerolog.Logger) (*Reloader, error) {
 			Help: "Changes of the TLS files (certificate, key, client CAs) seen: result ok (now served) or error (refused, the old ones stay)."},
 			[]string{"result"}),
 		handshakeErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_tls_handshake_errors_total",
-			Help: "TLS handshakes that failed: clients that do not trust the certificate, lack a client certificate (mTLS), speak plain HTTP or TLS 1.1, or hang up."})}
+			Help: "TLS handshakes that failed: clients that do not trust the certificate, lack a client certificate (mTLS), offer only TLS 1.1, or hang up."})}
 	pems, err := r.read()
 	if err != nil {
 		return nil, err
