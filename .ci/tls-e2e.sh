@@ -31,6 +31,8 @@ for t in crane jq curl openssl; do
   command -v $t >/dev/null || { echo "tls-e2e: FAIL: $t is required to set up the test and is missing (make tools; apt-get install $t)"; exit 1; }
 done
 [ -x "$ROOT/bin/berth" ] || { echo "tls-e2e: FAIL: $ROOT/bin/berth missing: make build"; exit 1; }
+{ [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; } ||
+  { echo "tls-e2e: FAIL: the test image is built from Debian's busybox-static (apt-get install busybox-static)"; exit 1; }
 
 # --- CA, certificates, helpers -------------------------------------------------
 PKI=$RT/pki; mkdir -p "$PKI" "$RT/bin"
