@@ -212,11 +212,17 @@ func (b *bench) report() *report {
 		judge(&rw, v, ok, "berth / nginx, both TLS", ">= 0.9x", "warm blob over TLS, "+clients+" vs nginx", 0.9, true)
 		r.Rows = append(r.Rows, rw)
 	}
-
-	rw := mk(fmt.Sprintf("%s blob, %d conns (req/s)", smallName, o.conns), mSmallRPS, srvBerth, srvDistProxy, srvDist, srvNginx)
-	be, ok1 := med(mSmallRPS, srvBerth)
-	ng, ok2 := med(mSmallRPS, srvNginx)
+	rw := mk(fmt.Sprintf("warm %s blob over TLS, HTTP/2, 1 client (GB/s)", bigName), mTLSWarmH2, srvBerth, srvNginx)
+	be, ok1 := med(mTLSWarmH2, srvBerth)
+	ng, ok2 := med(mTLSWarmH2, srvNginx)
 	v, ok := div(be, ng, ok1, ok2)
+	judge(&rw, v, ok, "berth / nginx, both HTTP/2", "", "", 0, true)
+	r.Rows = append(r.Rows, rw)
+
+	rw = mk(fmt.Sprintf("%s blob, %d conns (req/s)", smallName, o.conns), mSmallRPS, srvBerth, srvDistProxy, srvDist, srvNginx)
+	be, ok1 = med(mSmallRPS, srvBerth)
+	ng, ok2 = med(mSmallRPS, srvNginx)
+	v, ok = div(be, ng, ok1, ok2)
 	judge(&rw, v, ok, "berth / nginx", ">= 0.8x", smallName+" blob req/s vs nginx", 0.8, true)
 	dp, ok3 := med(mSmallRPS, srvDistProxy)
 	v, ok = div(dp, ng, ok3, ok2)

@@ -26,9 +26,14 @@ import (
 //
 // The samples are filed under berth and nginx (their columns), with metrics
 // of their own; the processes are named berth-tls and nginx-tls.
+//
+// A third row, without a target, is the single client over HTTP/2 (nginx's
+// listener has `http2`), which Go clients such as crane and containerd use
+// when a server offers it.
 const (
-	mTLSWarm1 = "tls_warm_blob_1_client_GBps"
-	mTLSWarmN = "tls_warm_blob_n_clients_GBps"
+	mTLSWarm1  = "tls_warm_blob_1_client_GBps"
+	mTLSWarmN  = "tls_warm_blob_n_clients_GBps"
+	mTLSWarmH2 = "tls_warm_blob_h2_1_client_GBps"
 )
 
 func (b *bench) measureTLS(ctx context.Context) error {
@@ -53,6 +58,11 @@ func (b *bench) measureTLS(ctx context.Context) error {
 	client := func(conns int) *http.Client {
 		c := newClient(conns)
 		c.Transport.(*http.Transport).TLSClientConfig = &tls.Config{RootCAs: pool}
+		return c
+	}
+	h2Client := func() *http.Client {
+		c := client(1)
+		c.Transport.(*http.Transport).ForceAttemptHTTP2 = true
 		return c
 	}
 
@@ -129,13 +139,26 @@ func (b *bench) measureTLS(ctx context.Context) error {
 	if ng, ok := negotiated[srvNginx]; ok && ng != negotiated[srvBerth] {
 		b.note("over TLS berth negotiated %s and nginx %s: the TLS rows compare different ciphers", negotiated[srvBerth], ng)
 	}
-	// Prime: one verified read from each, so both start from a warm page cache.
+	// Prime: one verified read from each, so both start from a warm page
+	// cache; and each must speak HTTP/2 to the h2 client for that row.
+	h2 := true
 	for _, name := range order(0) {
 		c := client(1)
 		if _, err := fetch(ctx, c, tlsBlobURL(servers[name], repo, big.Digest), big, true); err != nil {
 			return b.fail(name, "tls prime", err)
 		}
 		c.CloseIdleConnections()
+		c = h2Client()
+		resp, err := c.Get(servers[name].base + "/")
+		if err != nil {
+			return b.fail(name, "tls h2 probe", err)
+		}
+		drain(resp)
+		c.CloseIdleConnections()
+		if resp.ProtoMajor != 2 {
+			b.note("%s answered the HTTP/2 client with %s: the HTTP/2 row is left out", serverLabels[name], resp.Proto)
+			h2 = false
+		}
 	}
 	for r := range b.o.rounds {
 		for i, n := range []int{1, b.o.warmClients} {
@@ -155,6 +178,22 @@ func (b *bench) measureTLS(ctx context.Context) error {
 					b.samples.add(metric, name, gbps)
 					b.logf("  warm %s blob over TLS, %2d clients, %-18s %6.2f GB/s", size(big.Size), n, serverLabels[name], gbps)
 				}
+			}
+		}
+		for rep := range b.o.warmReps {
+			if !h2 {
+				break
+			}
+			for _, name := range order(r + rep) {
+				c := h2Client()
+				wall, _, err := pullManyWith(ctx, c, tlsBlobURL(servers[name], repo, big.Digest), big, 1)
+				c.CloseIdleConnections()
+				if err != nil {
+					return b.fail(name, "tls warm blob over HTTP/2", err)
+				}
+				gbps := float64(big.Size) / wall.Seconds() / 1e9
+				b.samples.add(mTLSWarmH2, name, gbps)
+				b.logf("  warm %s blob over TLS, HTTP/2, 1 client, %-18s %6.2f GB/s", size(big.Size), serverLabels[name], gbps)
 			}
 		}
 	}
@@ -202,7 +241,7 @@ http {
   uwsgi_temp_path %[2]s/uwsgi;
   scgi_temp_path %[2]s/scgi;
   server {
-    listen %[3]s ssl;
+    listen %[3]s ssl http2;
     ssl_certificate %[4]s;
     ssl_certificate_key %[5]s;
     ssl_protocols TLSv1.2 TLSv1.3;
