@@ -1,6 +1,7 @@
-// Package tlsserve is berth's TLS serving side: the server's certificate pair,
-// re-read from its files when they change (cert-manager, certbot), and the
-// tls.Config the API's listener uses.
+// Package tlsserve is berth's TLS serving side: the server's certificate pair
+// and the client CAs of mTLS, re-read from their files when they change
+// (cert-manager, certbot), the tls.Config the API's listener uses, and the
+// metrics an operator watches (expiry, rotations, failed handshakes).
 package tlsserve
 
 import (
