@@ -142,6 +142,11 @@ func getManifest(ctx context.Context, client *http.Client, url string) ([]byte, 
 func pullMany(ctx context.Context, url string, want blob, n int) (time.Duration, []fetchResult, error) {
 	client := newClient(n)
 	defer client.CloseIdleConnections()
+	return pullManyWith(ctx, client, url, want, n)
+}
+
+// pullManyWith is pullMany with the client given (one that trusts a CA).
+func pullManyWith(ctx context.Context, client *http.Client, url string, want blob, n int) (time.Duration, []fetchResult, error) {
 	results := make([]fetchResult, n)
 	startGate := make(chan struct{})
 	g, gctx := errgroup.WithContext(ctx)

@@ -52,6 +52,16 @@ type Config struct {
 	Storage StorageConfig
 	// Cluster makes this process one replica of several on one bucket.
 	Cluster ClusterConfig
+	// TLS, when CertFile is set, serves the API over TLS on addr.
+	TLS TLSConfig
+}
+
+// TLSConfig is the tls section: the server's certificate pair (re-read
+// when the files change) and, optionally, the CAs of client certificates.
+type TLSConfig struct {
+	CertFile     string
+	KeyFile      string
+	ClientCAFile string // set: clients must present a certificate it signed (mTLS)
 }
 
 // StorageConfig is the storage driver: the data directory alone
@@ -246,6 +256,12 @@ func (c *Config) keys() []key {
 			usage: "a URL whose host name resolves to every replica, e.g. a Kubernetes headless Service", value: urlValue(&c.Cluster.DNS)},
 		{name: "cluster.secret_env", env: []string{"BERTH_CLUSTER_SECRET_ENV"}, flag: "cluster-secret-env",
 			usage: "environment variable holding a secret the replicas authenticate each other with", value: envNameValue(&c.Cluster.SecretEnv, true)},
+		{name: "tls.cert_file", env: []string{"BERTH_TLS_CERT_FILE"}, flag: "tls-cert-file",
+			usage: "PEM certificate chain: serve TLS (HTTP/2) on addr; re-read when it changes (default: plain HTTP)", value: fileValue(&c.TLS.CertFile)},
+		{name: "tls.key_file", env: []string{"BERTH_TLS_KEY_FILE"}, flag: "tls-key-file",
+			usage: "PEM private key of tls.cert_file", value: fileValue(&c.TLS.KeyFile)},
+		{name: "tls.client_ca_file", env: []string{"BERTH_TLS_CLIENT_CA_FILE"}, flag: "tls-client-ca-file",
+			usage: "PEM CAs: require client certificates they signed (mTLS); re-read when it changes (default: none)", value: fileValue(&c.TLS.ClientCAFile)},
 	}
 }
 
@@ -873,6 +889,14 @@ func (c *Config) validate(getenv func(string) string) error {
 	if c.Auth.Htpasswd == "" && c.Auth.AnonymousPull != nil {
 		return keyError("auth.anonymous_pull", "", errors.New("needs auth.htpasswd"))
 	}
+	switch {
+	case c.TLS.CertFile != "" && c.TLS.KeyFile == "":
+		return keyError("tls.key_file", "", errors.New("required with tls.cert_file"))
+	case c.TLS.KeyFile != "" && c.TLS.CertFile == "":
+		return keyError("tls.cert_file", "", errors.New("required with tls.key_file"))
+	case c.TLS.ClientCAFile != "" && c.TLS.CertFile == "":
+		return keyError("tls.client_ca_file", "", errors.New("needs tls.cert_file and tls.key_file"))
+	}
 	seen := map[string]bool{}
 	defaults := 0
 	for i := range c.Upstreams {
@@ -1026,8 +1050,9 @@ Runs the registry and mirror. Each setting is read from the configuration file,
 then the environment, then a flag: the last one given wins. Booleans are true,
 false, yes, no, on, off, 1 or 0; durations 90s, 10m, 1h30m or a number of
 seconds; sizes bytes or 512KB, 4MiB, 50GiB. upstreams is set in the file only.
-SIGHUP reloads the configuration; addr, data, debug_addr, max_cache_bytes and
-the log settings need a restart.
+SIGHUP reloads the configuration; addr, data, debug_addr, max_cache_bytes, tls
+and the log settings need a restart (the tls files themselves are re-read when
+they change).
 
 `)
 	fmt.Fprintf(w, "  --config FILE  (BERTH_CONFIG)\n        the YAML configuration file\n")

@@ -83,6 +83,14 @@ func keyCases(t *testing.T) []keyCase {
 		{key: "cluster.secret_env", good: "PEER_SECRET", get: func(c Config) any { return c.Cluster.Secret }, want: "p",
 			bad: "PEER-SECRET", why: `"PEER-SECRET" is not an environment variable name`,
 			env: with(with(with(s3Env, "BERTH_CLUSTER_SELF", "http://10.0.0.1:5000"), "BERTH_CLUSTER_DNS", "http://berth:5000"), "PEER_SECRET", "p")},
+		// The files are only found here; serve loads them (see TestServeTLS).
+		{key: "tls.cert_file", good: htpasswd, get: func(c Config) any { return c.TLS.CertFile }, want: htpasswd,
+			bad: htpasswd + ".missing", why: "no such file", env: map[string]string{"BERTH_TLS_KEY_FILE": htpasswd}},
+		{key: "tls.key_file", good: htpasswd, get: func(c Config) any { return c.TLS.KeyFile }, want: htpasswd,
+			bad: htpasswd + ".missing", why: "no such file", env: map[string]string{"BERTH_TLS_CERT_FILE": htpasswd}},
+		{key: "tls.client_ca_file", good: htpasswd, get: func(c Config) any { return c.TLS.ClientCAFile }, want: htpasswd,
+			bad: htpasswd + ".missing", why: "no such file",
+			env: map[string]string{"BERTH_TLS_CERT_FILE": htpasswd, "BERTH_TLS_KEY_FILE": htpasswd}},
 	}
 }
 

@@ -36,7 +36,8 @@ bundle twice changes nothing.
                       (BERTH_CONFIG; default: the built-in upstreams)
   --username USER     with --password-stdin: credentials for berth (default:
                       the docker config's auths entry for the server's host)
-  --password-stdin    read the password from the first line of stdin`
+  --password-stdin    read the password from the first line of stdin
+` + clientTLSUsage
 
 func importCmd(ctx context.Context, args []string, s stdio) error {
 	fs := flag.NewFlagSet("berth import", flag.ContinueOnError)

@@ -204,6 +204,7 @@ var restartOnly = []struct {
 	{"log_format", func(n *Config, c Config) { n.LogFormat = c.LogFormat }},
 	{"storage", func(n *Config, c Config) { n.Storage = c.Storage }},
 	{"cluster", func(n *Config, c Config) { n.Cluster = c.Cluster }},
+	{"tls", func(n *Config, c Config) { n.TLS = c.TLS }},
 }
 
 // reload builds a generation from load's configuration and swaps it in.
@@ -274,12 +275,15 @@ func changedKeys(a, b Config) []string {
 	return changed
 }
 
-// snake is a Go field name as a key: MaxCacheBytes is max_cache_bytes.
+// snake is a Go field name as a key: MaxCacheBytes is max_cache_bytes, TLS is tls.
 func snake(s string) string {
 	var b strings.Builder
+	prev := ' '
 	for i, r := range s {
+		lower := unicode.IsLower(prev)
+		prev = r
 		if unicode.IsUpper(r) {
-			if i > 0 {
+			if i > 0 && lower {
 				b.WriteByte('_')
 			}
 			r = unicode.ToLower(r)

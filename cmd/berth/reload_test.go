@@ -247,8 +247,9 @@ func TestChangedKeys(t *testing.T) {
 	b.MaxCacheBytes, b.DebugAddr, b.Prefetch = 1, ":6060", -1
 	b.Auth.AnonymousPull = new(bool)
 	b.Upstreams = defaultUpstreams()
+	b.TLS.CertFile = "/etc/berth/tls.crt"
 	got := fmt.Sprint(changedKeys(a, b))
-	if want := "[debug_addr upstreams prefetch auth.anonymous_pull max_cache_bytes]"; got != want {
+	if want := "[debug_addr upstreams prefetch auth.anonymous_pull max_cache_bytes tls]"; got != want {
 		t.Errorf("changed %s, want %s", got, want)
 	}
 	if got := changedKeys(a, a); len(got) != 0 {
