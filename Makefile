@@ -34,7 +34,7 @@ race:
 # which `go test -fuzz` reports as a failure on a loaded machine.
 FUZZTIME ?= 100000x
 fuzz:
-	@for f in FuzzParseRequest FuzzParseDigest FuzzParseRange FuzzResolveRange FuzzValidName FuzzValidTag FuzzParse; do \
+	@for f in FuzzParseRequest FuzzParseDigest FuzzParseRange FuzzResolveRange FuzzValidName FuzzValidTag FuzzParse FuzzAccess; do \
 	  pkg=$$(grep -rl "func $$f(" --include='*_test.go' . | xargs -n1 dirname | head -1); \
 	  echo "fuzz $$f in $$pkg"; \
 	  $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
