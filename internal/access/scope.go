@@ -68,8 +68,8 @@ func clip(s string) string {
 
 // Grant is the part of the requested scopes p allows id: for a
 // repository, the actions the rules allow ("*" is pull, push and delete);
-// "registry:catalog:*" to anyone who may pull at all (the catalog lists
-// only what the caller may pull). Scopes that grant nothing are left out.
+// "registry:catalog:*" to an authenticated client (the catalog lists only
+// what the caller may pull; anonymous clients get none, as with Basic). Scopes that grant nothing are left out.
 func (p *Policy) Grant(id Identity, want []Scope) []Scope {
 	var out []Scope
 	for _, sc := range want {
@@ -88,7 +88,7 @@ func (p *Policy) Grant(id Identity, want []Scope) []Scope {
 				}
 			}
 		case "registry":
-			if sc.Name == "catalog" && slices.Contains(sc.Actions, "*") && (!id.Anonymous() || p.AnonymousPull) {
+			if sc.Name == "catalog" && slices.Contains(sc.Actions, "*") && !id.Anonymous() {
 				got = []string{"*"}
 			}
 		}
