@@ -53,7 +53,7 @@ const (
 type Rule struct {
 	Repos    []string // globs: path.Match per element, "**" as the last element matches one or more
 	Subjects []string // user names, "group:NAME", "authenticated", "anonymous"
-	Actions  []Action
+	Actions  []Action // none: the rule denies everything it matches
 }
 
 // Validate checks a rule's globs, subjects and actions, naming the first
@@ -75,10 +75,7 @@ func (r Rule) Validate() error {
 			return fmt.Errorf("subjects: %q is not a user, group:NAME, authenticated or anonymous", s)
 		}
 	}
-	if len(r.Actions) == 0 {
-		return fmt.Errorf("actions: at least one of pull, push, delete")
-	}
-	return nil
+	return nil // no actions: a rule that denies what it matches
 }
 
 // ValidGlob reports why g is not a repository glob, or nil.
