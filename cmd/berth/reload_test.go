@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/berth-dev/berth/internal/access"
 	"io"
 	"net/http"
 	"os"
@@ -246,9 +247,12 @@ func TestChangedKeys(t *testing.T) {
 	b := a
 	b.MaxCacheBytes, b.DebugAddr, b.Prefetch = 1, ":6060", -1
 	b.Auth.AnonymousPull = new(bool)
+	b.Auth.LDAP.URL = "ldap://x"
+	b.Auth.Token.Enabled = true
 	b.Upstreams = defaultUpstreams()
+	b.Access = []access.Rule{{Repos: []string{"**"}}}
 	got := fmt.Sprint(changedKeys(a, b))
-	if want := "[debug_addr upstreams prefetch auth.anonymous_pull max_cache_bytes]"; got != want {
+	if want := "[debug_addr upstreams prefetch auth.anonymous_pull auth.ldap auth.token max_cache_bytes access]"; got != want {
 		t.Errorf("changed %s, want %s", got, want)
 	}
 	if got := changedKeys(a, a); len(got) != 0 {
