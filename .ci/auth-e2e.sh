@@ -129,7 +129,7 @@ echo "auth-e2e: berth (token, anonymous pulls) http://$B; berth2 (token, no anon
 CR=$RT/crane-as; printf '#!/bin/sh\nu=$1; shift; DOCKER_CONFIG=%s/crane-$u exec crane --insecure "$@"\n' "$RT" >"$CR"; chmod +x "$CR"
 cr() { "$CR" "$@"; }
 crane_login() { mkdir -p "$RT/crane-$1"; cr "$1" auth login "$2" -u "$1" -p "$1-pw" >/dev/null 2>&1; }
-for h in "$B" "$B2" "$B3"; do crane_login alice "$h"; done
+for h in "$B" "$B2" "$B3"; do crane_login alice "$h"; crane_login bob "$h"; done
 # A base image in each berth, pushed by alice: team-a/base:latest.
 for h in "$B" "$B2" "$B3"; do
   DOCKER_CONFIG=$RT/crane-alice "$ROOT/.ci/make-image.sh" "$h" team-a/base auth-e2e >"$RT/image-$h.txt" 2>&1 ||
@@ -220,11 +220,13 @@ sc_docker() {
   step "docker rmi + pull $B/team-a/docker:1" bash -c '"$@" rmi "$0/team-a/docker:1" && "$@" pull "$0/team-a/docker:1"' "$B" "${DK[@]}"
   step "docker login $B2 as bob (anonymous_pull off)" bash -c 'echo bob-pw | "$@" login -u bob --password-stdin "$0"' "$B2" "${DK[@]}" &&
     step "bob pulls from berth2 once logged in" "${DK[@]}" pull "$B2/team-a/base:latest"
-  if [ -n "$LDAP_URL" ]; then
-    step "docker login $B3 as dave (LDAP, Basic)" bash -c 'echo dave-pw | "$@" login -u dave --password-stdin "$0"' "$B3" "${DK[@]}" &&
-      step "dave pushes $B3/team-b/docker:1" bash -c '"$@" tag "$0/team-a/base:latest" "$0/team-b/docker:1" && "$@" push "$0/team-b/docker:1"' "$B3" "${DK[@]}"
-  fi
   step "docker logout $B" "${DK[@]}" logout "$B"
+  if [ -n "$LDAP_URL" ]; then
+    step "docker login $B as dave (LDAP)" bash -c 'echo dave-pw | "$@" login -u dave --password-stdin "$0"' "$B" "${DK[@]}" &&
+      step "dave pushes $B/team-b/docker:1" bash -c '"$@" tag "$0/team-a/base:latest" "$0/team-b/docker:1" && "$@" push "$0/team-b/docker:1"' "$B" "${DK[@]}"
+    step_fails "dave may not push to team-a" 'denied|unauthorized|requested access' \
+      bash -c '"$@" tag "$0/team-a/base:latest" "$0/team-a/dave:1" && "$@" push "$0/team-a/dave:1"' "$B" "${DK[@]}"
+  fi
   stop_bg dockerd
   for m in $(awk -v r="$DX/" 'index($2, r)==1 {print $2}' /proc/mounts | sort -r); do umount "$m" 2>/dev/null; done
 }
@@ -235,6 +237,7 @@ POD=(podman --root "$PX/root" --runroot "$PX/run" --storage-driver=vfs --cgroup-
 sc_podman() {
   need_root podman && need podman || return
   mkdir -p "$PX/tmp"; : >"$PX/registries.conf"; export CONTAINERS_REGISTRIES_CONF=$PX/registries.conf REGISTRY_AUTH_FILE=$PX/auth.json
+  echo '{}' >"$PX/auth.json"
   "${POD[@]}" info >"$PX/info.log" 2>&1 || { unavailable "podman does not work here (log $PX/info.log)"; return; }
   step "anonymous podman pull $B/team-a/base (token flow)" "${POD[@]}" pull --tls-verify=false "$B/team-a/base:latest" || return
   step_fails "anonymous podman pull from berth2 is refused" 'unauthorized|authentication required|denied' "${POD[@]}" pull --tls-verify=false "$B2/team-a/base:latest"
@@ -249,6 +252,13 @@ sc_podman() {
       step "carol pushes $B/team-a/podman:1" bash -c '"$@" tag "$0/team-a/base:latest" "$0/team-a/podman:1" && "$@" push --tls-verify=false "$0/team-a/podman:1"' "$B" "${POD[@]}"
   fi
   step "podman logout" "${POD[@]}" logout "$B"
+  # Basic with anonymous pulls: /v2/ does not challenge, so podman (like
+  # dockerd) sends no credentials and cannot push: berth says so at start.
+  step "podman login $B3 as bob (Basic only)" "${POD[@]}" login --tls-verify=false -u bob -p bob-pw "$B3" &&
+    step_fails "podman cannot push with Basic when /v2/ lets anonymous clients in" 'unauthorized' \
+      bash -c 'b=$1; shift; "$@" tag "$0/team-a/base:latest" "$b/team-b/podman:1" && "$@" push --tls-verify=false "$b/team-b/podman:1"' "$B" "$B3" "${POD[@]}"
+  check "berth3 warned about it at start" 'grep -q "never send theirs to push" "$RT/berth3.log"' ''
+  step "crane sends Basic credentials unasked: bob pushes $B3/team-b/crane:1" "$CR" bob copy "$B3/team-a/base:latest" "$B3/team-b/crane:1"
 }
 
 # The OCI conformance suite, full profile, with alice's credentials through the token flow.

@@ -262,6 +262,10 @@ func advisories(cfg Config) []string {
 	if cfg.Auth.Htpasswd == "" && cfg.Auth.LDAP.URL == "" && len(cfg.Access) == 0 {
 		w = append(w, "no client authentication: anyone who can reach berth can push (auth.htpasswd requires credentials)")
 	}
+	if (cfg.Auth.Htpasswd != "" || cfg.Auth.LDAP.URL != "") && !cfg.Auth.Token.Enabled && (cfg.Auth.AnonymousPull == nil || *cfg.Auth.AnonymousPull) {
+		w = append(w, "Basic authentication with anonymous pulls: /v2/ lets anonymous clients in, so docker and podman pull without credentials "+
+			"but also never send theirs to push (they only do when /v2/ challenges them); auth.token: {} gives both, or anonymous_pull: false keeps pushes working without tokens")
+	}
 	if cfg.ReadOnly {
 		w = append(w, "read-only maintenance mode: pushes and deletes are refused, pulls go on")
 	}

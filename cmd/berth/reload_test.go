@@ -280,7 +280,7 @@ func TestAdvisories(t *testing.T) {
 		{"local patterns", withLocal, []string{"no client authentication"}},
 		{"offline", offline, []string{"no client authentication"}},
 		{"no default upstream", noDefault, []string{"no client authentication"}},
-		{"auth", withAuth, []string{`local: ["team/**"] keeps a team's names from ever leaving the house`}},
+		{"auth", withAuth, []string{`local: ["team/**"] keeps a team's names from ever leaving the house`, "auth.token: {} gives both"}},
 	} {
 		got := advisories(tc.cfg)
 		if len(got) != len(tc.want) {
