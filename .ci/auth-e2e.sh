@@ -264,13 +264,15 @@ sc_podman() {
 # The OCI conformance suite, full profile, with alice's credentials through the token flow.
 sc_conformance() {
   need conformance || return
-  local out=$RT/conformance; mkdir -p "$out"
+  local out=$RT/conformance m; mkdir -p "$out"; m=$(mark "$BLOG")
   ( cd "$out" && env OCI_ROOT_URL="http://$B" OCI_REGISTRY="$B" OCI_TLS=disabled OCI_USERNAME=alice OCI_PASSWORD=alice-pw \
       OCI_REPO1=team-a/conf1 OCI_REPO2=team-a/conf2 OCI_NAMESPACE=team-a/conf1 OCI_CROSSMOUNT_NAMESPACE=team-a/conf2 \
       OCI_RESULTS_DIR="$out/results" OCI_VERSION=1.1 OCI_LOG=warn timeout 600 conformance >"$out/output.log" 2>&1 )
   sed -n '/^OCI Conformance Result/,/Total/p' "$out/output.log" | sed 's/^/  | /'
   check "conformance (full profile, token auth as alice): 0 failed" 'grep -q "^OCI Conformance Result: Pass" "$out/output.log"' \
     "$(grep -E '\.\.+:\s+(FAIL|Error)$' "$out/output.log" | head -20)"
+  bexpect "the suite took tokens as alice from /v2/token" "$m" '.kind=="token" and .user=="alice" and .status==200'
+  bexpect "and pushed with them" "$m" '.method=="PUT" and .kind=="manifest" and .user=="alice" and .status==201'
 }
 
 # Audit lines, and no password anywhere in the logs.
