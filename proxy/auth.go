@@ -260,7 +260,14 @@ func (a *Auth) authorize(ctx context.Context, w http.ResponseWriter, r *http.Req
 	c, err := a.identify(ctx, r)
 	if err != nil {
 		if errors.Is(err, ErrInvalidCredentials) || errors.Is(err, token.ErrInvalid) {
+			if errors.Is(err, ErrInvalidCredentials) {
+				st.authEvent = "login_failed"
+			}
 			return c, a.challenge(w, r, req, st.info.Host, "invalid credentials", err)
+		}
+		var tm *tooManyLogins
+		if errors.As(err, &tm) {
+			st.authEvent = "rate_limited"
 		}
 		return c, tooMany(w, err)
 	}
@@ -291,13 +298,18 @@ func (a *Auth) authorize(ctx context.Context, w http.ResponseWriter, r *http.Req
 		return c, a.challenge(w, r, req, st.info.Host, "insufficient scope", errInsufficientScope)
 	}
 	if c.id.Anonymous() {
-		if a.policy.Can(c.id, repo, act) {
+		if a.policy.Can(c.id, repo, act) || (a.tokens != nil && !c.bearer) {
+			// Allowed with a token or credentials, or (token flow) a
+			// first request without a token: the challenge says where to
+			// get one; not a denial yet.
 			return c, a.challenge(w, r, req, st.info.Host, "authentication required", nil)
 		}
 		audit(ctx, r, "denied", "", string(act), repo, "")
+		st.authEvent = "denied"
 		return c, a.challenge(w, r, req, st.info.Host, "authentication required", nil)
 	}
 	audit(ctx, r, "denied", c.id.User, string(act), repo, "")
+	st.authEvent = "denied"
 	return c, oci.Errorf(oci.CodeDenied, "%s may not %s %s", c.id.User, act, clip(repo))
 }
 

@@ -101,6 +101,9 @@ type state struct {
 	req     Request
 	bytesIn int64 // request body bytes read (uploads, manifest pushes)
 	caller  caller
+	// authEvent is what the auth step or the token endpoint counts in
+	// berth_auth_events_total ("" for nothing).
+	authEvent string
 }
 
 // errAbort asks ServeHTTP to cut the connection once the request is logged:
@@ -139,6 +142,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if err == nil && st.status < 300 {
 		h.auditWrite(ctx, r, st)
+	}
+	if st.authEvent != "" {
+		h.metrics.auth.WithLabelValues(st.authEvent).Inc()
 	}
 	if err != nil && err != errAbort {
 		h.writeError(ctx, w, r, err)

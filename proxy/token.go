@@ -70,6 +70,7 @@ func (a *Auth) serveToken(ctx context.Context, w http.ResponseWriter, r *http.Re
 			cl, verr := a.tokens.VerifyRefresh(f.Get("refresh_token"))
 			if verr != nil {
 				audit(ctx, r, "login_failed", "", "", "", "")
+				st.authEvent = "login_failed"
 				return oauthError(w, http.StatusUnauthorized, "invalid_grant", "invalid refresh token")
 			}
 			id, err = a.lookup(ctx, cl.Subject)
@@ -82,11 +83,16 @@ func (a *Auth) serveToken(ctx context.Context, w http.ResponseWriter, r *http.Re
 		return errMethod
 	}
 	if errors.Is(err, ErrInvalidCredentials) {
+		st.authEvent = "login_failed"
 		registry.InfoFrom(ctx).User = ""
 		w.Header().Set("WWW-Authenticate", `Basic realm="berth"`)
 		return &oci.Error{Code: oci.CodeUnauthorized, Message: "invalid credentials"}
 	}
 	if err != nil {
+		var tm *tooManyLogins
+		if errors.As(err, &tm) {
+			st.authEvent = "rate_limited"
+		}
 		return tooMany(w, err)
 	}
 	registry.InfoFrom(ctx).User = id.User
@@ -119,6 +125,7 @@ func (a *Auth) serveToken(ctx context.Context, w http.ResponseWriter, r *http.Re
 	hdr.Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(b)
+	st.authEvent = "token_issued"
 	return nil
 }
 

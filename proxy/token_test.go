@@ -15,6 +15,7 @@ import (
 	"github.com/berth-dev/berth/internal/access"
 	"github.com/berth-dev/berth/internal/token"
 	"github.com/berth-dev/berth/proxy"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -31,6 +32,30 @@ type authSrv struct {
 	url  string
 	log  *logLines
 	auth *proxy.Auth
+	reg  *prometheus.Registry
+}
+
+// event is the value of berth_auth_events_total{event=name}.
+func (s *authSrv) event(t *testing.T, name string) float64 {
+	t.Helper()
+	mfs, err := s.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "berth_auth_events_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "event" && l.GetValue() == name {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no berth_auth_events_total{event=%q}", name)
+	return 0
 }
 
 func startAuth(t *testing.T, tokens, anonymousPull bool) *authSrv {
@@ -56,8 +81,9 @@ func startAuth(t *testing.T, tokens, anonymousPull bool) *authSrv {
 		t.Fatal(err)
 	}
 	log := newLogLines(t)
-	_, srv := startServer(t, cache.Options{}, berth{Auth: a, Log: log})
-	return &authSrv{url: srv.URL, log: log, auth: a}
+	reg := prometheus.NewRegistry()
+	_, srv := startServer(t, cache.Options{}, berth{Auth: a, Log: log, Registerer: reg})
+	return &authSrv{url: srv.URL, log: log, auth: a, reg: reg}
 }
 
 type acall struct {
@@ -209,6 +235,15 @@ func TestTokenFlow(t *testing.T) {
 	if resp.StatusCode != 401 {
 		t.Errorf("anonymous catalog: %d", resp.StatusCode)
 	}
+	if n := s.event(t, "token_issued"); n != 5 {
+		t.Errorf("token_issued = %v, want 5", n)
+	}
+	if n := s.event(t, "denied"); n != 2 {
+		t.Errorf("denied = %v, want 2 (alice's push to team-b, anonymous secret/)", n)
+	}
+	if n := s.event(t, "login_failed"); n != 1 {
+		t.Errorf("login_failed = %v, want 1", n)
+	}
 }
 
 func TestTokenRefresh(t *testing.T) {
@@ -316,6 +351,12 @@ func TestLoginRateLimit(t *testing.T) {
 	expectCode(t, "right password while limited", resp, b, 429, "TOOMANYREQUESTS")
 	if resp.Header.Get("Retry-After") == "" {
 		t.Error("429 without Retry-After")
+	}
+	if n := s.event(t, "rate_limited"); n < 2 {
+		t.Errorf("rate_limited = %v, want at least 2", n)
+	}
+	if n := s.event(t, "login_failed"); n < 10 {
+		t.Errorf("login_failed = %v, want at least 10", n)
 	}
 }
 
