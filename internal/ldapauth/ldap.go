@@ -70,7 +70,7 @@ func New(cfg Config) (*Directory, error) {
 	}
 	d.addr = u.Host
 	if u.Port() == "" {
-		d.addr += map[bool]string{true: ":636", false: ":389"}[d.tls]
+		d.addr = net.JoinHostPort(u.Hostname(), map[bool]string{true: "636", false: "389"}[d.tls])
 	}
 	if cfg.UserBase == "" {
 		return nil, errors.New("user_base: required (ou=people,dc=example,dc=com)")
@@ -196,7 +196,7 @@ func (d *Directory) lookup(ctx context.Context, user string, password *string) (
 }
 
 func (d *Directory) dial(ctx context.Context) (*ldap.Conn, error) {
-	host, _, _ := strings.Cut(d.addr, ":")
+	host, _, _ := net.SplitHostPort(d.addr)
 	tc := d.cfg.TLS
 	if tc == nil {
 		tc = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}

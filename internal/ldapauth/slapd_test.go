@@ -2,8 +2,16 @@ package ldapauth
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -18,6 +26,14 @@ import (
 // debconf) with carol in team-a and team-c, dave in team-b, and "a*" whose
 // name is a filter metacharacter; it skips when slapd is not installed.
 func startSlapd(t *testing.T) string {
+	url, _ := startSlapdTLS(t, nil)
+	return url
+}
+
+// startSlapdTLS is startSlapd that, given a certificate and key in PEM,
+// also serves ldaps:// and StartTLS; it returns the ldap:// and ldaps://
+// URLs.
+func startSlapdTLS(t *testing.T, pems *[2][]byte) (ldapURL, ldapsURL string) {
 	t.Helper()
 	slapd, err := exec.LookPath("slapd")
 	if err != nil {
@@ -30,7 +46,16 @@ func startSlapd(t *testing.T) string {
 		t.Fatal(err)
 	}
 	conf := filepath.Join(dir, "slapd.conf")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`include /etc/ldap/schema/core.schema
+	tlsConf := ""
+	if pems != nil {
+		for i, name := range []string{"cert.pem", "key.pem"} {
+			if err := os.WriteFile(filepath.Join(dir, name), pems[i], 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		tlsConf = fmt.Sprintf("TLSCertificateFile %[1]s/cert.pem\nTLSCertificateKeyFile %[1]s/key.pem\n", dir)
+	}
+	if err := os.WriteFile(conf, []byte(tlsConf+fmt.Sprintf(`include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
 include /etc/ldap/schema/inetorgperson.schema
 pidfile %[1]s/slapd.pid
@@ -64,13 +89,12 @@ access to * by users read by * none
 	if out, err := exec.Command(filepath.Join(filepath.Dir(slapd), "slapadd"), "-f", conf, "-l", data).CombinedOutput(); err != nil {
 		t.Skipf("slapadd: %v: %s", err, out)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	addr, saddr := freeAddr(t), freeAddr(t)
+	urls := "ldap://" + addr + "/"
+	if pems != nil {
+		urls += " ldaps://" + saddr + "/"
 	}
-	addr := l.Addr().String()
-	l.Close()
-	cmd := exec.Command(slapd, "-f", conf, "-h", "ldap://"+addr+"/", "-d", "0")
+	cmd := exec.Command(slapd, "-f", conf, "-h", urls, "-d", "0")
 	if err := cmd.Start(); err != nil {
 		t.Skipf("slapd: %v", err)
 	}
@@ -79,12 +103,64 @@ access to * by users read by * none
 	for {
 		if c, err := net.Dial("tcp", addr); err == nil {
 			c.Close()
-			return "ldap://" + addr
+			return "ldap://" + addr, "ldaps://" + saddr
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("slapd did not listen within 10 s")
 		}
 		time.Sleep(20 * time.Millisecond) // polling for the listener, with a deadline
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// ldaps:// and StartTLS (ldap+starttls://) against a directory with a
+// certificate of a private CA: trusted through Config.TLS, refused without.
+func TestSlapdTLS(t *testing.T) {
+	t.Parallel()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ldap test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pems := [2][]byte{pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})}
+	plain, secure := startSlapdTLS(t, &pems)
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	trusted := &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
+	for _, url := range []string{secure, strings.Replace(plain, "ldap://", "ldap+starttls://", 1)} {
+		cfg := Config{URL: url, BindDN: "cn=admin,dc=t", BindPassword: "admin-pw", UserBase: "ou=people,dc=t", TLS: trusted}
+		d, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id, err := d.Check(context.Background(), "dave", "dave-pw"); err != nil || id.User != "dave" {
+			t.Errorf("%s: %+v %v", url, id, err)
+		}
+		cfg.TLS = nil // the system's roots do not know the private CA
+		d, _ = New(cfg)
+		if _, err := d.Check(context.Background(), "dave", "dave-pw"); err == nil || errors.Is(err, ErrInvalid) {
+			t.Errorf("%s without the CA: %v, want a TLS error", url, err)
+		}
 	}
 }
 
