@@ -277,7 +277,7 @@ func (a *Auth) authorize(ctx context.Context, w http.ResponseWriter, r *http.Req
 		// the catalog is filtered, and needs credentials. With tokens,
 		// /v2/ always challenges a client without one: that is how it
 		// learns the realm (an anonymous one then gets an anonymous token).
-		anonOK := a.policy.AnonymousPull && req.Kind == KindBase && a.tokens == nil
+		anonOK := a.policy.AnonymousPull && req.Kind == KindBase && (a.tokens == nil || c.bearer)
 		if c.id.Anonymous() && !anonOK {
 			return c, a.challenge(w, r, req, st.info.Host, "authentication required", nil)
 		}

@@ -197,6 +197,9 @@ func TestTokenFlow(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Errorf("anonymous pull: %d", resp.StatusCode)
 	}
+	if resp, _ = s.do(t, acall{method: "GET", path: "/v2/", bearer: anon}); resp.StatusCode != 200 {
+		t.Errorf("ping with an anonymous token: %d", resp.StatusCode)
+	}
 	resp, b = s.do(t, acall{method: "GET", path: "/v2/secret/x/manifests/latest", bearer: anon})
 	expectCode(t, "anonymous pull of secret", resp, b, 401, "UNAUTHORIZED")
 
