@@ -207,14 +207,22 @@ func (a *Auth) lookup(ctx context.Context, user string) (access.Identity, error)
 // berth's own endpoints (import writes like a push) use it. The error is
 // UNAUTHORIZED; w gets the challenge.
 func (a *Auth) Authenticate(w http.ResponseWriter, r *http.Request) (user string, err error) {
+	id, err := a.Identify(w, r)
+	return id.User, err
+}
+
+// Identify requires valid Basic credentials, like Authenticate, and returns
+// the identity with its groups, for berth's own endpoints to check against
+// Policy.
+func (a *Auth) Identify(w http.ResponseWriter, r *http.Request) (access.Identity, error) {
 	user, pass, ok := r.BasicAuth()
 	if ok {
 		id, err := a.login(r.Context(), r, user, pass)
 		if err == nil {
-			return id.User, nil
+			return id, nil
 		}
 		if !errors.Is(err, ErrInvalidCredentials) {
-			return "", tooMany(w, err)
+			return access.Identity{}, tooMany(w, err)
 		}
 	}
 	w.Header().Set("WWW-Authenticate", `Basic realm="berth"`)
@@ -222,7 +230,17 @@ func (a *Auth) Authenticate(w http.ResponseWriter, r *http.Request) (user string
 	if ok {
 		msg = "invalid credentials"
 	}
-	return "", &oci.Error{Code: oci.CodeUnauthorized, Message: msg}
+	return access.Identity{}, &oci.Error{Code: oci.CodeUnauthorized, Message: msg}
+}
+
+// Admit is Identify, then a denial (DENIED, and an audit line) unless the
+// rules let the identity do act to repo.
+func (a *Auth) Admit(w http.ResponseWriter, r *http.Request, id access.Identity, repo string, act access.Action) error {
+	if a.policy.Can(id, repo, act) {
+		return nil
+	}
+	audit(r.Context(), r, "denied", id.User, string(act), repo, "")
+	return oci.Errorf(oci.CodeDenied, "%s may not %s %s", id.User, act, clip(repo))
 }
 
 // caller is who a request comes from, and what its token grants.

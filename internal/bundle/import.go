@@ -21,6 +21,11 @@ type ImportOptions struct {
 	// Progress, if set, is called with the number of bytes of the bundle
 	// read, as they are read.
 	Progress func(n int)
+	// Allow, if set, is asked for every repository the bundle writes
+	// (origin is the upstream for mirrored content, "" for a local
+	// repository) before anything is committed; an error refuses the
+	// whole bundle with that error.
+	Allow func(repo, origin string) error
 }
 
 // Summary is what an import did.
@@ -114,6 +119,11 @@ func Import(ctx context.Context, st *cache.Store, r io.Reader, opts ImportOption
 		}
 		if !oci.ValidName(repo) {
 			return sum, fmt.Errorf("%w: %q is neither a configured upstream's name nor a valid local repository name", ErrNotBundle, oci.Clip(name))
+		}
+		if opts.Allow != nil {
+			if err := opts.Allow(repo, origin); err != nil {
+				return sum, err
+			}
 		}
 		if img.Referrer {
 			tag = ""
