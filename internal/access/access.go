@@ -109,15 +109,14 @@ func Match(g, repo string) bool {
 	// Compare the first n elements of repo with base, element by element
 	// (path.Match's * does not cross a slash, so matching the prefix whole
 	// is the same).
-	prefix := repo
-	rest := ""
+	prefix, more := repo, false
 	if i := nthSlash(repo, n); i >= 0 {
-		prefix, rest = repo[:i], repo[i+1:]
+		prefix, more = repo[:i], true
 	}
 	if ok, _ := path.Match(base, prefix); !ok {
 		return false
 	}
-	return rest == "" || deep
+	return !more || deep
 }
 
 // nthSlash is the index of the n-th slash of s, or -1.
