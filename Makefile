@@ -10,7 +10,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 # Tool versions are pinned in .ci/install-tools.sh.
 
-.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e upstream-auth-e2e tls-e2e bench bench-smoke lint tools clean
+.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e upstream-auth-e2e tls-e2e auth-e2e bench bench-smoke lint tools clean
 
 run: build
 	./$(BIN) serve --addr :5000 --data ./data
@@ -22,7 +22,7 @@ build:
 ## OCI conformance suite against a real `berth serve`, the mirror e2e, every
 ## real client (skipped with a reason where one cannot run; required in CI),
 ## the status page in headless Chromium, the air-gap bundle workflow.
-test: lint race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e upstream-auth-e2e tls-e2e bench-smoke
+test: lint race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e upstream-auth-e2e tls-e2e auth-e2e bench-smoke
 
 unit:
 	$(GO) test ./...
@@ -34,7 +34,7 @@ race:
 # which `go test -fuzz` reports as a failure on a loaded machine.
 FUZZTIME ?= 100000x
 fuzz:
-	@for f in FuzzParseRequest FuzzParseDigest FuzzParseRange FuzzResolveRange FuzzValidName FuzzValidTag FuzzParse; do \
+	@for f in FuzzParseRequest FuzzParseDigest FuzzParseRange FuzzResolveRange FuzzValidName FuzzValidTag FuzzParse FuzzAccess; do \
 	  pkg=$$(grep -rl "func $$f(" --include='*_test.go' . | xargs -n1 dirname | head -1); \
 	  echo "fuzz $$f in $$pkg"; \
 	  $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
@@ -65,6 +65,11 @@ airgap-e2e: build tools
 # under load; mTLS. Root-only clients SKIP with the reason when not root.
 tls-e2e: build tools
 	@bash .ci/tls-e2e.sh
+
+# Access rules, LDAP (Debian's slapd, started by the script) and the token
+# flow with dockerd, podman, crane and the OCI conformance suite.
+auth-e2e: build tools
+	@bash .ci/auth-e2e.sh
 
 # The status page at / in headless Chromium (installed with apt-get as root,
 # else skipped); the screenshot is kept (its path is printed).

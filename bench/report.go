@@ -310,6 +310,17 @@ func (b *bench) report() *report {
 	judge(&rw, be/100, ok1, "berth / 100 MiB", "<= 100 MiB", "peak RSS / 100 MiB", 1, false)
 	r.Rows = append(r.Rows, rw)
 
+	// Token auth on vs off (auth.go), the same build in the same run.
+	rw = mk(fmt.Sprintf("manifest by tag with token auth, %d conns (req/s)", o.conns), mAuthOnRPS, srvBerth)
+	be, ok1 = med(mAuthOnRPS, srvBerth)
+	off, okOff := med(mAuthOffRPS, srvBerth)
+	v, ok = div(be, off, ok1, okOff)
+	judge(&rw, v, ok, "token auth on / off", ">= 0.8x", "manifest by tag, token auth on / off", 0.8, true)
+	if okOff {
+		rw.Other = "auth off " + num(off) + " req/s"
+	}
+	r.Rows = append(r.Rows, rw)
+
 	// The air-gap bundle (bundle.go): each command against cp of the bundle
 	// file, and the peak RSS of the server and of the CLI during each.
 	bundleName := size(o.bundleSize)

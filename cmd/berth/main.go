@@ -317,6 +317,7 @@ func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 	page.SetUpstreams(names)
 	log.Info().Str("addr", ln.Addr().String()).Str("data", cfg.Data).Strs("upstreams", names).
 		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Bool("read_only", cfg.ReadOnly).Bool("auth", cfg.Auth.Htpasswd != "").Bool("tls", certs != nil).
+		Bool("ldap", cfg.Auth.LDAP.URL != "").Bool("token", cfg.Auth.Token.Enabled).Int("access_rules", len(cfg.Access)).
 		Int64("max_cache_bytes", cfg.MaxCacheBytes).Str("storage", cfg.Storage.Driver).Str("cluster_self", cfg.Cluster.Self).
 		Str("version", version).Msg("berth serving")
 	if certs != nil {

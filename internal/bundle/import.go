@@ -26,6 +26,11 @@ type ImportOptions struct {
 	// local repositories: it publishes the image there). tag is "" for a
 	// referrer; created is when the bundle was made.
 	Publish func(ctx context.Context, repo, tag string, img Image, created time.Time) error
+	// Allow, if set, is asked for every repository the bundle writes
+	// (origin is the upstream for mirrored content, "" for a local
+	// repository) before anything is committed; an error refuses the
+	// whole bundle with that error.
+	Allow func(repo, origin string) error
 }
 
 // Summary is what an import did.
@@ -119,6 +124,11 @@ func Import(ctx context.Context, st *cache.Store, r io.Reader, opts ImportOption
 		}
 		if !oci.ValidName(repo) {
 			return sum, fmt.Errorf("%w: %q is neither a configured upstream's name nor a valid local repository name", ErrNotBundle, oci.Clip(name))
+		}
+		if opts.Allow != nil {
+			if err := opts.Allow(repo, origin); err != nil {
+				return sum, err
+			}
 		}
 		if img.Referrer {
 			tag = ""
