@@ -215,7 +215,7 @@ func (s *Store) PutBlob(repo, origin string, d digest.Digest, size int64, r io.R
 	}
 	defer s.cleanupStaging(f)
 	v := d.Verifier()
-	n, err := io.Copy(io.MultiWriter(f, v), r)
+	n, err := io.Copy(io.MultiWriter(s.space.writer(f, false), v), r)
 	if err != nil {
 		return err
 	}
@@ -234,6 +234,9 @@ func (s *Store) PutBlob(repo, origin string, d digest.Digest, size int64, r io.R
 // createStaging creates a staging file, registered as live until
 // cleanupStaging so that CleanIngest leaves it alone.
 func (s *Store) createStaging() (*os.File, error) {
+	if err := s.space.admit(0); err != nil {
+		return nil, err
+	}
 	id := newID()
 	s.staging.Store(id, struct{}{})
 	f, err := os.OpenFile(ingestPath(s.root, id), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)

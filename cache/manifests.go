@@ -18,6 +18,9 @@ func jsonBytes(v any) ([]byte, error) { return json.Marshal(v) }
 // repo, records its referrer entry when it has a subject, and points tag at
 // it when tag is not empty. fetchedAt stamps the tag's freshness.
 func (s *Store) PutManifest(repo, origin string, m ManifestRecord, body []byte, tag string, fetchedAt time.Time) error {
+	if err := s.space.admit(int64(len(body))); err != nil {
+		return err
+	}
 	for attempt := 0; ; attempt++ {
 		err := s.putManifest(repo, origin, m, body, tag, fetchedAt)
 		// ErrNotFound: the body was evicted between storing and indexing

@@ -175,7 +175,14 @@ func (s *Store) appendClaimed(repo, id string, start int64, r io.Reader) (Upload
 	if _, err := f.Seek(rec.Offset, io.SeekStart); err != nil {
 		return Upload{}, err
 	}
-	n, err := io.Copy(f, r)
+	n, err := io.Copy(s.space.writer(f, false), r)
+	if errors.Is(err, ErrNoSpace) {
+		// A push that ran out of space fails whole: its bytes go now,
+		// not when the upload expires (space.go).
+		os.Remove(f.Name())
+		s.dropUpload(id)
+		return Upload{}, err
+	}
 	if err != nil {
 		// Keep nothing of a broken chunk: the client resends it whole.
 		_ = f.Truncate(rec.Offset)
