@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-dev/berth/cache"
 	"github.com/berth-dev/berth/internal/oci"
 	"gopkg.in/yaml.v3"
 )
@@ -43,6 +44,9 @@ type Config struct {
 	// MaxCacheBytes bounds the mirrored content kept on disk; 0 is
 	// unbounded. Pushed content is never evicted and does not count.
 	MaxCacheBytes int64
+	// DiskReserve is the free space kept on the data directory's
+	// filesystem: writes past it are refused (507); 0 turns the check off.
+	DiskReserve int64
 }
 
 // AuthConfig is client authentication: an htpasswd file of bcrypt hashes.
@@ -86,7 +90,7 @@ func defaultUpstreams() []UpstreamConfig {
 
 func defaultConfig() Config {
 	return Config{Addr: ":5000", Data: "./data", LogLevel: "info", ShutdownTimeout: 30 * time.Second,
-		MaxManifestBytes: 4 << 20, Prefetch: 4}
+		MaxManifestBytes: 4 << 20, Prefetch: 4, DiskReserve: cache.DefaultDiskReserve}
 }
 
 // key is one configuration key: its name in the file (dotted when nested),
@@ -144,6 +148,9 @@ func (c *Config) keys() []key {
 			usage: "largest manifest pushed or fetched (default 4MiB)", value: sizeValue(&c.MaxManifestBytes, 1, "at least 1 byte")},
 		{name: "max_cache_bytes", env: []string{"BERTH_MAX_CACHE_BYTES"}, flag: "max-cache-bytes",
 			usage: "bound on mirrored content on disk, e.g. 50GiB; 0: unbounded (default 0)", value: sizeValue(&c.MaxCacheBytes, 0, "0 or more")},
+		{name: "disk_reserve", env: []string{"BERTH_DISK_RESERVE"}, flag: "disk-reserve",
+			usage: "free space kept on the data filesystem: pushes and fills past it are refused with 507; 0: no check (default 256MiB)",
+			value: sizeValue(&c.DiskReserve, 0, "0 or more")},
 		{name: "auth.htpasswd", env: []string{"BERTH_AUTH_HTPASSWD"}, flag: "auth-htpasswd",
 			usage: "htpasswd file (bcrypt): pushes and deletes need credentials (default: none)", value: fileValue(&c.Auth.Htpasswd)},
 		{name: "auth.anonymous_pull", env: []string{"BERTH_AUTH_ANONYMOUS_PULL"}, flag: "auth-anonymous-pull",
@@ -741,8 +748,8 @@ Runs the registry and mirror. Each setting is read from the configuration file,
 then the environment, then a flag: the last one given wins. Booleans are true,
 false, yes, no, on, off, 1 or 0; durations 90s, 10m, 1h30m or a number of
 seconds; sizes bytes or 512KB, 4MiB, 50GiB. upstreams is set in the file only.
-SIGHUP reloads the configuration; addr, data, debug_addr, max_cache_bytes and
-the log settings need a restart.
+SIGHUP reloads the configuration; addr, data, debug_addr, max_cache_bytes,
+disk_reserve and the log settings need a restart.
 
 `)
 	fmt.Fprintf(w, "  --config FILE  (BERTH_CONFIG)\n        the YAML configuration file\n")

@@ -53,6 +53,8 @@ func keyCases(t *testing.T) []keyCase {
 			bad: "4 MB?", why: `"4 MB?" is not a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB...)`},
 		{key: "max_cache_bytes", good: "1.5 TB", get: func(c Config) any { return c.MaxCacheBytes }, want: int64(1.5e12),
 			bad: "-1GiB", why: `"-1GiB" is not a size`},
+		{key: "disk_reserve", good: "1GiB", get: func(c Config) any { return c.DiskReserve }, want: int64(1 << 30),
+			bad: "lots", why: `"lots" is not a size`},
 		{key: "auth.htpasswd", good: htpasswd, get: func(c Config) any { return c.Auth.Htpasswd }, want: htpasswd,
 			bad: htpasswd + ".missing", why: "no such file"},
 		{key: "auth.anonymous_pull", good: "off", get: func(c Config) any { return *c.Auth.AnonymousPull }, want: false,

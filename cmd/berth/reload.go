@@ -154,6 +154,7 @@ var restartOnly = []struct {
 	{"data", func(n *Config, c Config) { n.Data = c.Data }},
 	{"debug_addr", func(n *Config, c Config) { n.DebugAddr = c.DebugAddr }},
 	{"max_cache_bytes", func(n *Config, c Config) { n.MaxCacheBytes = c.MaxCacheBytes }},
+	{"disk_reserve", func(n *Config, c Config) { n.DiskReserve = c.DiskReserve }},
 	{"log_level", func(n *Config, c Config) { n.LogLevel = c.LogLevel }},
 	{"log_format", func(n *Config, c Config) { n.LogFormat = c.LogFormat }},
 }
