@@ -104,12 +104,12 @@ func statfsFree(path string) (int64, error) {
 	return int64(st.Bavail) * int64(st.Bsize), nil
 }
 
-func newSpace(root string, reserve int64, now func() time.Time) (*space, error) {
+func newSpace(root string, reserve int64, now func() time.Time, statfs func(string) (int64, error)) (*space, error) {
 	ident, err := os.Stat(root)
 	if err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
-	return &space{root: root, reserve: reserve, now: now, statfs: statfsFree, ident: ident}, nil
+	return &space{root: root, reserve: reserve, now: now, statfs: statfs, ident: ident}, nil
 }
 
 // Free is the free space as the guard sees it: the last statfs less what
@@ -348,11 +348,11 @@ func (s *Store) prober() {
 
 // checkStartSpace refuses to open the index read-write on a disk below
 // half the reserve: Badger would replay its memtable into a full disk.
-func checkStartSpace(root string, reserve int64) error {
+func checkStartSpace(root string, reserve int64, statfs func(string) (int64, error)) error {
 	if reserve <= 0 {
 		return nil
 	}
-	free, err := statfsFree(root)
+	free, err := statfs(root)
 	if err != nil {
 		return fmt.Errorf("data directory %s: %w", root, err)
 	}

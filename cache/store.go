@@ -60,6 +60,9 @@ type Options struct {
 	// ProbeInterval is how often the storage probe runs; zero means
 	// DefaultProbeInterval.
 	ProbeInterval time.Duration
+	// Statfs reports the free bytes of the filesystem holding path; nil is
+	// statfs(2). Tests give a disk of any size with it.
+	Statfs func(path string) (free int64, err error)
 
 	afterEvict  func([]Evicted, error) // tests: called after each background pass
 	manualEvict bool                   // tests: no background passes, only Evict
@@ -128,6 +131,9 @@ func Open(root string, opts Options) (*Store, error) {
 	if opts.ProbeInterval == 0 {
 		opts.ProbeInterval = DefaultProbeInterval
 	}
+	if opts.Statfs == nil {
+		opts.Statfs = statfsFree
+	}
 	if opts.closeIndex == nil {
 		opts.closeIndex = (*badger.DB).Close
 	}
@@ -136,14 +142,14 @@ func Open(root string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("create data directory: %w", err)
 		}
 	}
-	if err := checkStartSpace(root, opts.DiskReserve); err != nil {
+	if err := checkStartSpace(root, opts.DiskReserve, opts.Statfs); err != nil {
 		return nil, err
 	}
 	clock := opts.Clock
 	if clock == nil {
 		clock = time.Now
 	}
-	sp, err := newSpace(root, opts.DiskReserve, clock)
+	sp, err := newSpace(root, opts.DiskReserve, clock, opts.Statfs)
 	if err != nil {
 		return nil, err
 	}

@@ -436,6 +436,9 @@ func (m *Mirror) fillReader(ctx context.Context, repo string, d digest.Digest) (
 			if errors.Is(err, upstream.ErrNotFound) {
 				m.negative.Add(sr+"@"+d.String(), struct{}{})
 			}
+			if uncachable(err) {
+				return m.passThrough(ctx, repo, d, err)
+			}
 			return nil, upstreamErr(err, oci.CodeBlobUnknown)
 		}
 		if f == nil { // stored meanwhile
