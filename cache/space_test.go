@@ -151,7 +151,15 @@ func TestFillStopsWhenTheDiskIsTakenUnderIt(t *testing.T) {
 		t.Fatalf("fill on a disk taken under it: %v, want ErrFillFailed and ErrNoSpace", err)
 	}
 	assertNoBlob(t, st, "up/a", d)
-	assertNoStaging(t, st)
+	// The fill removes its file just after its waiters are told.
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for deadline := time.Now().Add(10 * time.Second); len(files(t, st.Root(), "ingest")) > 0; <-tick.C {
+		if time.Now().After(deadline) {
+			assertNoStaging(t, st)
+			break
+		}
+	}
 	if got := st.space.pending.Load(); got != 0 {
 		t.Errorf("pending after the fill ended = %d, want 0", got)
 	}
