@@ -175,6 +175,20 @@ func (sp *space) admit(n int64) error {
 	return sp.room(n, sp.reserve)
 }
 
+// admitSmall checks that n bytes of small content (a manifest) may be
+// written, down to half the reserve.
+func (sp *space) admitSmall(n int64) error {
+	if err := sp.healthy(); err != nil {
+		return err
+	}
+	return sp.room(n, sp.reserve/2)
+}
+
+// Admit reports whether a push of n bytes (0: unknown size) may start:
+// ErrNoSpace (as a 507) past the reserve, ErrStorageUnavailable (503)
+// while the storage is failed.
+func (s *Store) Admit(n int64) error { return s.space.admit(n) }
+
 // admitIndex checks that an index-only write may go ahead.
 func (sp *space) admitIndex() error {
 	if err := sp.healthy(); err != nil {
@@ -221,25 +235,29 @@ func (sp *space) classify(err error) error {
 // pending) at its start: its writes release them, and stop only if the
 // disk falls to the index's half reserve (something else is filling it).
 func (sp *space) writer(w io.Writer, promised bool) *guarded {
-	return &guarded{w: w, sp: sp, promised: promised}
+	keep := sp.reserve
+	if promised {
+		keep = sp.reserve / 2
+	}
+	return &guarded{w: w, sp: sp, promised: promised, keep: keep}
 }
 
 type guarded struct {
 	w        io.Writer
 	sp       *space
 	promised bool
+	keep     int64 // free bytes each write must leave
 	n        int64 // bytes written through it
 }
 
 func (g *guarded) Write(p []byte) (int, error) {
 	n := int64(len(p))
-	var err error
 	if g.promised {
-		if err = g.sp.healthy(); err == nil {
-			err = g.sp.room(0, g.sp.reserve/2) // its own bytes are already in pending
-		}
-	} else {
-		err = g.sp.admit(n)
+		n = 0 // its own bytes are already in pending
+	}
+	err := g.sp.healthy()
+	if err == nil {
+		err = g.sp.room(n, g.keep)
 	}
 	if err != nil {
 		return 0, err

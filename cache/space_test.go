@@ -92,12 +92,19 @@ func TestReserveRefusesPushesAndRecovers(t *testing.T) {
 		return io.NopCloser(bytes.NewReader(content)), nil
 	}, nil)
 	assertNoSpace(t, "Fill", err)
+	assertNoSpace(t, "Admit (a manifest push)", st.Admit(20))
+	// A mirrored manifest (Store.PutManifest) may go down to half the reserve.
 	body := []byte(`{"schemaVersion":2}`)
-	err = st.PutManifest("team/a", "", ManifestRecord{Digest: digest.FromBytes(body), Size: int64(len(body))}, body, "v1", time.Now())
-	assertNoSpace(t, "PutManifest", err)
-	if _, err := st.Tag("team/a", "v1"); !errors.Is(err, ErrNotFound) {
+	if err := st.PutManifest("up/a", "up", ManifestRecord{Digest: digest.FromBytes(body), Size: int64(len(body))}, body, "v1", time.Now()); err != nil {
+		t.Errorf("PutManifest of a mirrored manifest above half the reserve: %v", err)
+	}
+	disk.set(st, reserve/2)
+	err = st.PutManifest("up/a", "up", ManifestRecord{Digest: digest.FromBytes(body), Size: int64(len(body))}, body, "v2", time.Now())
+	assertNoSpace(t, "PutManifest at half the reserve", err)
+	if _, err := st.Tag("up/a", "v2"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("tag after a refused manifest: %v", err)
 	}
+	disk.set(st, reserve-1)
 	if st.Space().Writable || st.Space().NoSpace == 0 {
 		t.Errorf("Space() = %+v, want not writable with refusals counted", st.Space())
 	}

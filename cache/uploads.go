@@ -22,6 +22,9 @@ type Upload struct {
 // NewUpload starts an upload into repo: a staging file and an index record
 // that survives restarts and expires after Options.UploadTTL.
 func (s *Store) NewUpload(repo string) (Upload, error) {
+	if err := s.space.admit(0); err != nil {
+		return Upload{}, err
+	}
 	f, err := s.createStaging()
 	if err != nil {
 		return Upload{}, err
