@@ -49,8 +49,9 @@ const DefaultDiskReserve = 256 << 20
 // Options.ProbeInterval is zero.
 const DefaultProbeInterval = 2 * time.Second
 
-// statfsTTL is how long one statfs(2) answer is trusted; the bytes written
-// through the store since it are subtracted from it.
+// statfsTTL is how long one statfs(2) answer is trusted by the chunks of a
+// stream; the bytes written through the store since it are subtracted from
+// it. The start of every write operation asks afresh.
 const statfsTTL = 250 * time.Millisecond
 
 var (
@@ -114,10 +115,15 @@ func newSpace(root string, reserve int64, now func() time.Time, statfs func(stri
 
 // Free is the free space as the guard sees it: the last statfs less what
 // was written since, less what fills in flight still have to write.
-func (sp *space) Free() (int64, error) {
+func (sp *space) Free() (int64, error) { return sp.free1(false) }
+
+// free1 is Free; fresh asks statfs(2) whatever the age of its last answer.
+// Each write operation asks once as it starts (another process may have
+// filled the disk a moment ago); a stream's chunks use the cached answer.
+func (sp *space) free1(fresh bool) (int64, error) {
 	sp.mu.Lock()
 	now := sp.now()
-	if now.Sub(sp.checked) >= statfsTTL || sp.checked.IsZero() {
+	if fresh || now.Sub(sp.checked) >= statfsTTL || sp.checked.IsZero() {
 		f, err := sp.statfs(sp.root)
 		if err != nil {
 			sp.mu.Unlock()
@@ -172,7 +178,7 @@ func (sp *space) admit(n int64) error {
 	if err := sp.healthy(); err != nil {
 		return err
 	}
-	return sp.room(n, sp.reserve)
+	return sp.room(n, sp.reserve, true)
 }
 
 // admitSmall checks that n bytes of small content (a manifest) may be
@@ -181,7 +187,7 @@ func (sp *space) admitSmall(n int64) error {
 	if err := sp.healthy(); err != nil {
 		return err
 	}
-	return sp.room(n, sp.reserve/2)
+	return sp.room(n, sp.reserve/2, true)
 }
 
 // Admit reports whether a push of n bytes (0: unknown size) may start:
@@ -194,14 +200,14 @@ func (sp *space) admitIndex() error {
 	if err := sp.healthy(); err != nil {
 		return err
 	}
-	return sp.room(0, sp.reserve/2)
+	return sp.room(0, sp.reserve/2, true)
 }
 
-func (sp *space) room(n, keep int64) error {
+func (sp *space) room(n, keep int64, fresh bool) error {
 	if sp.reserve <= 0 {
 		return nil
 	}
-	free, err := sp.Free()
+	free, err := sp.free1(fresh)
 	if err != nil {
 		return sp.fail(fmt.Sprintf("statfs %s: %v", sp.root, err), false)
 	}
@@ -257,7 +263,7 @@ func (g *guarded) Write(p []byte) (int, error) {
 	}
 	err := g.sp.healthy()
 	if err == nil {
-		err = g.sp.room(n, g.keep)
+		err = g.sp.room(n, g.keep, false)
 	}
 	if err != nil {
 		return 0, err
