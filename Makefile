@@ -10,7 +10,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 # Tool versions are pinned in .ci/install-tools.sh.
 
-.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e bench bench-smoke lint tools clean diskfull-e2e
+.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e bench bench-smoke lint tools clean diskfull-e2e crash-e2e soak soak-short
 
 run: build
 	./$(BIN) serve --addr :5000 --data ./data
@@ -22,7 +22,7 @@ build:
 ## OCI conformance suite against a real `berth serve`, the mirror e2e, every
 ## real client (skipped with a reason where one cannot run; required in CI),
 ## the status page in headless Chromium, the air-gap bundle workflow.
-test: lint race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e bench-smoke diskfull-e2e
+test: lint race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e bench-smoke diskfull-e2e crash-e2e soak-short
 
 unit:
 	$(GO) test ./...
@@ -64,6 +64,25 @@ airgap-e2e: build tools
 # pushes work again once space is freed.
 diskfull-e2e: build tools
 	@bash .ci/diskfull-e2e.sh
+
+# kill -9 at random moments during pushes, fills, eviction (and GC where
+# berth has POST /admin/gc), round after round; after each restart every
+# acknowledged tag resolves, every blob verifies, no staging file outlives
+# its upload. ~30 s.
+CRASH_ROUNDS ?= 12
+crash-e2e: build
+	$(GO) run ./bench/soak -berth $(BIN) -crash -rounds $(CRASH_ROUNDS)
+
+## soak: the real berth for $(SOAK) under mixed load, a misbehaving upstream
+## and three kill -9 restarts; fails on a wrong byte, a lost push or a
+## resource that grows. Writes bench/results/soak.{svg,md} and the Soak
+## section of docs/benchmarks.md. soak-short is its 3-minute form (make test).
+SOAK ?= 30m
+soak: build
+	$(GO) run ./bench/soak -berth $(BIN) -duration $(SOAK)
+
+soak-short: build
+	$(GO) run ./bench/soak -berth $(BIN) -duration 3m -out $${SOAK_OUT:-$$(mktemp -d)} -doc ''
 
 # The status page at / in headless Chromium (installed with apt-get as root,
 # else skipped); the screenshot is kept (its path is printed).
