@@ -31,7 +31,7 @@ type model struct {
 	tags      map[string]*tagState              // "repo:tag"
 	manifests map[digest.Digest][]digest.Digest // manifest -> its config and layers
 	uploads   map[string]string                 // upload id -> repo, every upload ever started
-	mirrored  map[int]bool                      // upstream images pulled whole at least once
+	mirrored  map[digest.Digest]image           // upstream images pulled whole at least once
 }
 
 type tagState struct {
@@ -81,7 +81,7 @@ func (m *model) end(ref string, w *write, acked bool) {
 }
 
 func newModel() *model {
-	return &model{tags: map[string]*tagState{}, manifests: map[digest.Digest][]digest.Digest{}, uploads: map[string]string{}, mirrored: map[int]bool{}}
+	return &model{tags: map[string]*tagState{}, manifests: map[digest.Digest][]digest.Digest{}, uploads: map[string]string{}, mirrored: map[digest.Digest]image{}}
 }
 
 func (m *model) tag(ref string) *tagState {
@@ -398,7 +398,7 @@ func (w *worker) pullLocal(ctx context.Context, repo, tag string) error {
 
 // pullMirror pulls upstream image i through berth, checking its manifest
 // digest and every blob.
-func (w *worker) pullMirror(ctx context.Context, img image, i int) error {
+func (w *worker) pullMirror(ctx context.Context, img image) error {
 	d, _, err := w.c.getManifest(ctx, img.Repo, img.Tag)
 	if err != nil {
 		return err
@@ -412,7 +412,7 @@ func (w *worker) pullMirror(ctx context.Context, img image, i int) error {
 		}
 	}
 	w.m.mu.Lock()
-	w.m.mirrored[i] = true
+	w.m.mirrored[img.Manifest] = img
 	w.m.mu.Unlock()
 	return nil
 }
@@ -439,11 +439,12 @@ func (w *worker) run(ctx context.Context) {
 		switch p := w.rng.IntN(100); {
 		case p < 30:
 			kind, err = "pull-local", w.pullLocal(ctx, repo, tag)
+		case p < 44:
+			kind, err = "pull-mirror-warm", w.pullMirror(ctx, w.up.images[w.rng.IntN(len(w.up.images))])
 		case p < 52:
-			i := w.rng.IntN(len(w.up.images))
-			kind, err = "pull-mirror", w.pullMirror(ctx, w.up.images[i], i)
+			kind, err = "pull-mirror-cold", w.pullMirror(ctx, w.up.newCold())
 		case p < 57:
-			kind, err = "pull-herd", w.herd(ctx)
+			kind, err = "pull-herd-cold", w.herd(ctx)
 		case p < 80:
 			kind, err = "push", w.pushImage(ctx, repo, tag)
 		case p < 88:
@@ -479,16 +480,17 @@ func (w *worker) overwrite(ctx context.Context, repo string) error {
 	return w.pushImage(ctx, repo, w.tags[0])
 }
 
-// herd is 8 clients pulling one upstream image at once.
+// herd is 8 clients pulling one new upstream image at once: one fill
+// each blob, shared.
 func (w *worker) herd(ctx context.Context) error {
-	i := w.rng.IntN(len(w.up.images))
+	img := w.up.newCold()
 	errs := make([]error, 8)
 	var wg sync.WaitGroup
 	for k := range errs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[k] = w.pullMirror(ctx, w.up.images[i], i)
+			errs[k] = w.pullMirror(ctx, img)
 		}()
 	}
 	wg.Wait()
@@ -530,6 +532,12 @@ func (w *worker) runGC(ctx context.Context) error {
 // mirrored image pulled before pulls again right, and every staging file
 // belongs to an upload that is still open.
 func verify(ctx context.Context, c *client, m *model, up *upstream, data string, st *stats) {
+	// Staging files as berth left them at start, before this check's own
+	// pulls start fills of their own.
+	entries, err := os.ReadDir(filepath.Join(data, "ingest"))
+	if err != nil {
+		st.fail("read ingest/: %v", err)
+	}
 	m.mu.Lock()
 	refs := make([]string, 0, len(m.tags))
 	for r := range m.tags {
@@ -564,14 +572,20 @@ func verify(ctx context.Context, c *client, m *model, up *upstream, data string,
 			}
 		}
 	}
+	// Every mirrored image pulled so far would be thousands in a long
+	// soak: the warm set and up to 24 of the cold ones.
 	m.mu.Lock()
-	var mirrored []int
-	for i := range m.mirrored {
-		mirrored = append(mirrored, i)
+	mirrored := slices.Clone(up.images)
+	for _, img := range m.mirrored {
+		if len(mirrored) >= len(up.images)+24 {
+			break
+		}
+		if strings.Contains(img.Repo, "/cold") && up.has(img) {
+			mirrored = append(mirrored, img)
+		}
 	}
 	m.mu.Unlock()
-	for _, i := range mirrored {
-		img := up.images[i]
+	for _, img := range mirrored {
 		d, _, err := c.getManifest(ctx, img.Repo, img.Tag)
 		if err != nil || d != img.Manifest {
 			st.fail("verify mirrored %s: %s %v", img.Repo, d, err)
@@ -582,10 +596,6 @@ func verify(ctx context.Context, c *client, m *model, up *upstream, data string,
 				st.fail("verify mirrored %s: blob %s: %v", img.Repo, b, err)
 			}
 		}
-	}
-	entries, err := os.ReadDir(filepath.Join(data, "ingest"))
-	if err != nil {
-		st.fail("read ingest/: %v", err)
 	}
 	for _, e := range entries {
 		m.mu.Lock()
@@ -608,7 +618,11 @@ func verify(ctx context.Context, c *client, m *model, up *upstream, data string,
 			live = live || resp.StatusCode == http.StatusNoContent
 		}
 		if !live {
-			st.fail("staging file %s outlived its upload (no repository has it open)", e.Name())
+			info := ""
+			if fi, err := e.Info(); err == nil {
+				info = fmt.Sprintf(", %d bytes, written %v before the check", fi.Size(), time.Since(fi.ModTime()).Round(time.Millisecond))
+			}
+			st.fail("staging file %s outlived its upload (no repository has it open%s)", e.Name(), info)
 		}
 	}
 }

@@ -73,6 +73,13 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("berth binary: %w (make build)", err)
 	}
 	dir := o.dir
+	if dir != "" {
+		// A data directory of an earlier run holds tags this run's model
+		// never heard of: start clean.
+		if entries, err := os.ReadDir(dir); err == nil && len(entries) > 0 {
+			return fmt.Errorf("work directory %s is not empty", dir)
+		}
+	}
 	if dir == "" {
 		if dir, err = os.MkdirTemp("", "berth-soak-"); err != nil {
 			return err
@@ -306,6 +313,14 @@ func soak(ctx context.Context, o options, b *berth, up *upstream, m *model, st *
 	stopSampling()
 	bg.Wait()
 	up.fault.Store(int32(faultNone))
+	// The end: a graceful stop (fills cut by the faults may still run: they
+	// are stopped), a start, and the same check as after the kills.
+	if err := b.stop(); err != nil {
+		st.fail("graceful stop at the end: %v", err)
+	}
+	if err := b.start(ctx); err != nil {
+		return err
+	}
 	verify(ctx, c, m, up, b.data, st)
 	if err := b.stop(); err != nil {
 		st.fail("graceful stop at the end: %v", err)

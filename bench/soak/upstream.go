@@ -47,7 +47,63 @@ type upstream struct {
 	manifests map[string][]byte // "repo@digest" and "repo:tag"
 	images    []image
 
-	stop chan struct{}
+	stop  chan struct{}
+	seed  uint64
+	cold  atomic.Int64 // images made by newCold so far
+	colds []image      // the ones still served, oldest first
+}
+
+// addImage makes image n of repo (deterministic from the seed) and serves it.
+func (u *upstream) addImage(repo string, n, layers, layerSize int) image {
+	rng := rand.New(rand.NewPCG(u.seed, uint64(n)+1))
+	var descs []ocispec.Descriptor
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for range layers {
+		b := randBytes(rng, layerSize/2+rng.IntN(layerSize))
+		descs = append(descs, u.addBlob(b, ocispec.MediaTypeImageLayer))
+	}
+	cfg := u.addBlob([]byte(fmt.Sprintf(`{"architecture":"amd64","os":"linux","repo":%q,"n":%d}`, repo, n)), ocispec.MediaTypeImageConfig)
+	body, d := manifestFor(cfg, descs)
+	u.manifests[repo+"@"+d.String()] = body
+	u.manifests[repo+":latest"] = body
+	img := image{Repo: repo, Tag: "latest", Manifest: d, Blobs: []digest.Digest{cfg.Digest}}
+	for _, l := range descs {
+		img.Blobs = append(img.Blobs, l.Digest)
+	}
+	return img
+}
+
+// newCold makes an image berth has never seen: a cold pull, a fill under
+// whatever fault the upstream has now.
+// The upstream keeps the last keepCold of them, so that its memory stays
+// bounded over a long soak.
+func (u *upstream) newCold() image {
+	n := int(u.cold.Add(1))
+	img := u.addImage(fmt.Sprintf("library/cold%d", n), 1000000+n, 2, 128<<10)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.colds = append(u.colds, img)
+	if len(u.colds) > keepCold {
+		old := u.colds[0]
+		u.colds = u.colds[1:]
+		delete(u.manifests, old.Repo+"@"+old.Manifest.String())
+		delete(u.manifests, old.Repo+":"+old.Tag)
+		for _, b := range old.Blobs {
+			delete(u.blobs, b)
+		}
+	}
+	return img
+}
+
+const keepCold = 256
+
+// has reports whether the upstream still serves img.
+func (u *upstream) has(img image) bool {
+	u.mu.RLock()
+	defer u.mu.RUnlock()
+	_, ok := u.manifests[img.Repo+"@"+img.Manifest.String()]
+	return ok
 }
 
 // image is one upstream image: what a pull must get.
@@ -58,24 +114,9 @@ type image struct {
 }
 
 func newUpstream(seed uint64, nImages, layers int, layerSize int) (*upstream, error) {
-	u := &upstream{blobs: map[digest.Digest][]byte{}, manifests: map[string][]byte{}, stop: make(chan struct{})}
-	rng := rand.New(rand.NewPCG(seed, 1))
+	u := &upstream{blobs: map[digest.Digest][]byte{}, manifests: map[string][]byte{}, stop: make(chan struct{}), seed: seed}
 	for i := range nImages {
-		repo := fmt.Sprintf("library/img%d", i)
-		var descs []ocispec.Descriptor
-		for range layers {
-			b := randBytes(rng, layerSize/2+rng.IntN(layerSize))
-			descs = append(descs, u.addBlob(b, ocispec.MediaTypeImageLayer))
-		}
-		cfg := u.addBlob([]byte(fmt.Sprintf(`{"architecture":"amd64","os":"linux","n":%d}`, i)), ocispec.MediaTypeImageConfig)
-		body, d := manifestFor(cfg, descs)
-		u.manifests[repo+"@"+d.String()] = body
-		u.manifests[repo+":latest"] = body
-		img := image{Repo: repo, Tag: "latest", Manifest: d, Blobs: []digest.Digest{cfg.Digest}}
-		for _, l := range descs {
-			img.Blobs = append(img.Blobs, l.Digest)
-		}
-		u.images = append(u.images, img)
+		u.images = append(u.images, u.addImage(fmt.Sprintf("library/img%d", i), i, layers, layerSize))
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
