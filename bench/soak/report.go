@@ -157,11 +157,13 @@ func (r *report) markdown(o options) string {
 		form = fmt.Sprintf("the short form (`SOAK=%v`, as `make test` runs it), not the 30-minute `make soak`", o.duration)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "Generated %s by %s on %s.\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), form, describeHost())
+	fmt.Fprintf(&b, "Generated %s on %s by %s.\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), describeHost(), form)
 	b.WriteString(r.text())
 	b.WriteString("\nThe upstream's schedule alternates quiet spells with a fault (slow, 5xx, resets, wrong bytes, hang); ")
 	b.WriteString("berth was killed with SIGKILL at 20%, 40% and 60% of the run, each time followed by a check that every acknowledged tag resolves, ")
-	b.WriteString("every blob verifies and no staging file outlived its upload.\n\n")
+	b.WriteString("every blob verifies and no staging file outlived its upload. ")
+	b.WriteString("An error is a request that failed cleanly (an error status, or a connection cut before the end) while the upstream misbehaved ")
+	b.WriteString("or berth was being killed: cold pulls meet every fault, warm ones and pushes only the kills.\n\n")
 	b.WriteString("![berth's goroutines, open fds and RSS over the soak](../bench/results/soak.svg)\n")
 	return b.String()
 }
