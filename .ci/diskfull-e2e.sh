@@ -15,6 +15,8 @@
 #      disk_reserve (exit 1, no signal, no crash loop).
 #   6. Space freed, restart: every tag resolves, every blob verifies, and
 #      pushes work.
+#   7. The filesystem remounted read-only under berth: writes get 503,
+#      /readyz fails and the log says why; remounted read-write, it recovers.
 # Needs root (mount -t tmpfs); skipped with the reason otherwise, or failed
 # when BERTH_E2E_REQUIRED=1.
 . "$(dirname "$0")/lib.sh"
@@ -115,7 +117,7 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H 'Content-Type: applicati
 alive "30 upload POSTs and a manifest PUT on a full disk"
 verify "$B/team/app:1"; verify "$B/library/app1:1"
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$B/readyz")" = 200 ] || fail "/readyz on a full (but healthy) disk"
-curl -sf "http://$B/metrics" | grep -q '^berth_storage_writable 0' || fail "berth_storage_writable should be 0 on a full disk"
+curl -sf "http://$B/metrics" >"$RT/metrics.full"; grep -q "^berth_storage_writable 0" "$RT/metrics.full" || fail "berth_storage_writable should be 0 on a full disk: $(grep -E "^berth_(disk|storage)" "$RT/metrics.full")"
 
 echo "--- 5. restart on the full disk: refused with one line naming disk_reserve"
 stop_bg berth
@@ -132,5 +134,27 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -I "http://$B/v2/team/big/blobs/sh
 c copy "$UP/library/app2:1" "$B/team/app:2" || fail "push after the restart"
 verify "$B/team/app:2"
 [ "$(ingest_files)" = 0 ] || fail "staging files left: $(ls "$DISK/data/ingest")"
+
+echo "--- 7. the filesystem turns read-only under berth: writes 503, /readyz fails, then recovers"
+if mount -o remount,ro "$DISK" 2>"$RT/remount.err"; then
+  ok=""
+  for _ in $(seq 100); do   # the probe runs every 2 s: poll /readyz for the condition
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$B/readyz")" = 503 ] && { ok=1; break; }; sleep 0.1
+  done
+  [ -n "$ok" ] || fail "/readyz still ok 10 s after the filesystem turned read-only"
+  grep -q 'storage unavailable: refusing writes' "$RT/berth.log" || fail "no log line saying why writes are refused"
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://$B/v2/team/ro/blobs/uploads/")
+  [ "$code" = 503 ] || fail "upload POST on a read-only filesystem: HTTP $code, want 503"
+  verify "$B/team/app:1"
+  mount -o remount,rw "$DISK" || fail "remount rw"
+  ok=""
+  for _ in $(seq 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$B/readyz")" = 200 ] && { ok=1; break; }; sleep 0.1
+  done
+  [ -n "$ok" ] || fail "/readyz did not recover 10 s after the filesystem turned writable again"
+  c copy "$UP/library/app1:1" "$B/team/app:3" || fail "push after the filesystem recovered"
+else
+  echo "SKIP step 7: mount -o remount,ro refused ($(cat "$RT/remount.err")): files open for writing"
+fi
 alive "the end"
 echo "diskfull-e2e: PASS"
