@@ -68,7 +68,7 @@ diskfull-e2e: build tools
 # kill -9 at random moments during pushes, fills, eviction (and GC where
 # berth has POST /admin/gc), round after round; after each restart every
 # acknowledged tag resolves, every blob verifies, no staging file outlives
-# its upload. ~30 s.
+# its upload. About 90 s: it goes on past a minute so that eviction runs.
 CRASH_ROUNDS ?= 12
 crash-e2e: build
 	$(GO) run ./bench/soak -berth $(BIN) -crash -rounds $(CRASH_ROUNDS)

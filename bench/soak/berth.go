@@ -123,7 +123,8 @@ func (b *berth) metrics() (map[string]float64, error) {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	want := map[string]bool{"go_goroutines": true, "process_open_fds": true, "process_resident_memory_bytes": true, "go_memstats_heap_inuse_bytes": true}
+	want := map[string]bool{"go_goroutines": true, "process_open_fds": true, "process_resident_memory_bytes": true, "go_memstats_heap_inuse_bytes": true,
+		"berth_cache_evicted_blobs_total": true}
 	out := map[string]float64{}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)

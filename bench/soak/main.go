@@ -34,10 +34,13 @@ type options struct {
 	clients  int
 	crash    bool
 	rounds   int
-	seed     uint64
-	out      string
-	doc      string
-	keep     bool
+	// evictAfter: the crash loop goes on at least this long after filling
+	// the cache (eviction spares what was read in the last minute).
+	evictAfter time.Duration
+	seed       uint64
+	out        string
+	doc        string
+	keep       bool
 }
 
 func main() {
@@ -47,7 +50,8 @@ func main() {
 	flag.DurationVar(&o.duration, "duration", 30*time.Minute, "soak length")
 	flag.IntVar(&o.clients, "clients", 6, "concurrent clients")
 	flag.BoolVar(&o.crash, "crash", false, "run the kill -9 loop instead of the soak")
-	flag.IntVar(&o.rounds, "rounds", 12, "kill -9 rounds (with -crash)")
+	flag.IntVar(&o.rounds, "rounds", 12, "kill -9 rounds at least (with -crash)")
+	flag.DurationVar(&o.evictAfter, "evict-after", 75*time.Second, "with -crash, go on killing this long after filling the cache, so that eviction runs (0: no such wait)")
 	flag.Uint64Var(&o.seed, "seed", 0, "random seed (0: from the clock; printed)")
 	flag.StringVar(&o.out, "out", "bench/results", "where the soak writes soak.svg and soak.md")
 	flag.StringVar(&o.doc, "doc", "docs/benchmarks.md", "the document whose soak section is replaced (empty: none)")
@@ -139,7 +143,22 @@ func crashLoop(ctx context.Context, o options, b *berth, up *upstream, m *model,
 	rng := rand.New(rand.NewPCG(o.seed, 99))
 	gc := new(atomic.Int32)
 	c := newClient(b.addr)
-	for round := range o.rounds {
+	// Eviction leaves alone what was read in the last minute: fill the
+	// cache past its limit first and go on killing until more than a
+	// minute has passed, so that kills land while passes evict.
+	if err := b.start(ctx); err != nil {
+		return err
+	}
+	warm := &worker{c: c, m: m, st: st, up: up, rng: rand.New(rand.NewPCG(o.seed, 7))}
+	for range 16 {
+		if err := warm.pullMirror(ctx, up.newCold()); err != nil {
+			return fmt.Errorf("filling the cache before the loop: %w", err)
+		}
+	}
+	b.kill()
+	warmed := time.Now()
+	var evicted float64
+	for round := 0; round < o.rounds || time.Since(warmed) < o.evictAfter; round++ {
 		if err := b.start(ctx); err != nil {
 			return fmt.Errorf("round %d: %w", round, err)
 		}
@@ -163,6 +182,9 @@ func crashLoop(ctx context.Context, o options, b *berth, up *upstream, m *model,
 			<-done
 			return fmt.Errorf("round %d: %w", round, err)
 		}
+		if v, err := b.metrics(); err == nil {
+			evicted += v["berth_cache_evicted_blobs_total"] // per incarnation: summed
+		}
 		b.kill()
 		cancel()
 		<-done
@@ -173,7 +195,7 @@ func crashLoop(ctx context.Context, o options, b *berth, up *upstream, m *model,
 			ops += n
 		}
 		st.mu.Unlock()
-		fmt.Printf("round %2d: killed after %v; %d operations so far, %d tags\n", round, killAt, ops, len(m.tags))
+		fmt.Printf("round %2d: killed after %v; %d operations, %d tags, %.0f blobs evicted so far\n", round, killAt, ops, len(m.tags), evicted)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -185,10 +207,14 @@ func crashLoop(ctx context.Context, o options, b *berth, up *upstream, m *model,
 	if gc.Load() < 0 {
 		fmt.Println("crash loop: POST /admin/gc answered 404 (no GC in this berth): GC was left out of the loop")
 	}
+	if evicted == 0 && o.evictAfter > 0 {
+		return fmt.Errorf("no blob was evicted in %v: the loop never ran eviction", time.Since(warmed).Round(time.Second))
+	}
 	if err := b.stop(); err != nil {
 		return fmt.Errorf("graceful stop after the loop: %w", err)
 	}
-	fmt.Printf("crash loop: %d rounds of kill -9, every acknowledged tag resolves and every blob verifies\n", o.rounds)
+	fmt.Printf("crash loop: kill -9 over %v (%.0f blobs evicted meanwhile): every acknowledged tag resolves and every blob verifies\n",
+		time.Since(warmed).Round(time.Second), evicted)
 	return nil
 }
 
