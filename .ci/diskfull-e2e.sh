@@ -16,7 +16,10 @@
 #   6. Space freed, restart: every tag resolves, every blob verifies, and
 #      pushes work.
 #   7. The filesystem remounted read-only under berth: writes get 503,
-#      /readyz fails and the log says why; remounted read-write, it recovers.
+#      /readyz fails and the log says why; remounted read-write, it recovers
+#      (where the kernel allows the remount with berth's files open).
+#   8. The data directory removed (rm -rf) under berth: 200 manifest PUTs
+#      all get 503 (none acknowledged and lost), /readyz fails, the log says why.
 # Needs root (mount -t tmpfs); skipped with the reason otherwise, or failed
 # when BERTH_E2E_REQUIRED=1.
 . "$(dirname "$0")/lib.sh"
@@ -156,5 +159,23 @@ if mount -o remount,ro "$DISK" 2>"$RT/remount.err"; then
 else
   echo "SKIP step 7: mount -o remount,ro refused ($(cat "$RT/remount.err")): files open for writing"
 fi
+
+echo "--- 8. the data directory removed under berth (rm -rf): 200 manifest PUTs refused, none acknowledged"
+man=$(c manifest "$B/team/app:1")
+rm -rf "$DISK/data"
+created=0
+for i in $(seq 200); do
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' \
+    --data-binary "$man" "http://$B/v2/team/app/manifests/gone$i")
+  case $code in 201) created=$((created+1));; 503) ;; *) fail "manifest PUT $i into a removed data directory: HTTP $code";; esac
+done
+[ "$created" = 0 ] || fail "$created manifest PUTs into a removed data directory were acknowledged 201"
+code=$(curl -s -o "$RT/readyz.out" -w '%{http_code}' "http://$B/readyz")
+[ "$code" = 503 ] && grep -q 'storage unavailable' "$RT/readyz.out" || fail "/readyz after rm -rf of the data directory: $code $(cat "$RT/readyz.out")"
+logged=""
+for _ in $(seq 100); do   # the probe logs it within 2 s: poll for the line
+  [ "$(count_log "$RT/berth.log" '"reason":"data directory [^"]*(no such file|replaced)[^"]*".*storage unavailable: refusing writes')" -gt 0 ] && { logged=1; break; }; sleep 0.1
+done
+[ -n "$logged" ] || fail "no log line saying the data directory is gone: $(grep -c . "$RT/berth.log") lines logged"
 alive "the end"
 echo "diskfull-e2e: PASS"
