@@ -248,8 +248,10 @@ func (s *Store) janitor() {
 				s.log.Warn().Err(err).Msg("cleaning staging files")
 			}
 			// Each round rewrites one value-log file; stop between
-			// rounds once the store is closing, so Close need not wait.
-			for s.ctx.Err() == nil && s.db.RunValueLogGC(0.5) == nil {
+			// rounds once the store is closing, so Close need not wait,
+			// or once the disk is down to the index's half reserve (the
+			// rewrite goes through mmap: see space.go).
+			for s.ctx.Err() == nil && s.space.admitIndex() == nil && s.db.RunValueLogGC(0.5) == nil {
 			}
 		}
 	}
