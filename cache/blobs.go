@@ -221,7 +221,7 @@ func (s *Store) putBlob(repo, origin string, d digest.Digest, size int64, r io.R
 	}
 	defer s.cleanupStaging(f)
 	v := d.Verifier()
-	w := s.space.writer(f, false)
+	w := s.space.writer(f, 0)
 	w.keep = keep
 	n, err := io.Copy(io.MultiWriter(w, v), r)
 	if err != nil {

@@ -237,33 +237,31 @@ func (sp *space) classify(err error) error {
 }
 
 // writer wraps a staging file so that each write keeps the reserve.
-// promised is true for a fill, whose bytes were admitted (and counted as
-// pending) at its start: its writes release them, and stop only if the
-// disk falls to the index's half reserve (something else is filling it).
-func (sp *space) writer(w io.Writer, promised bool) *guarded {
-	keep := sp.reserve
-	if promised {
-		keep = sp.reserve / 2
+// promised is what a fill admitted (and counted as pending) at its start:
+// its writes release it, and stop only if the disk falls to the index's
+// half reserve (something else is filling it); writes past it, or of a
+// stream with nothing promised, must keep the whole reserve.
+func (sp *space) writer(w io.Writer, promised int64) *guarded {
+	g := &guarded{w: w, sp: sp, promised: max(promised, 0), keep: sp.reserve}
+	if g.promised > 0 {
+		g.keep = sp.reserve / 2
 	}
-	return &guarded{w: w, sp: sp, promised: promised, keep: keep}
+	return g
 }
 
 type guarded struct {
 	w        io.Writer
 	sp       *space
-	promised bool
+	promised int64 // bytes still counted in pending for this stream
 	keep     int64 // free bytes each write must leave
 	n        int64 // bytes written through it
 }
 
 func (g *guarded) Write(p []byte) (int, error) {
-	n := int64(len(p))
-	if g.promised {
-		n = 0 // its own bytes are already in pending
-	}
+	n := int64(len(p)) - g.promised // what pending does not count yet
 	err := g.sp.healthy()
 	if err == nil {
-		err = g.sp.room(n, g.keep, false)
+		err = g.sp.room(max(n, 0), g.keep, false)
 	}
 	if err != nil {
 		return 0, err
@@ -271,13 +269,20 @@ func (g *guarded) Write(p []byte) (int, error) {
 	m, err := g.w.Write(p)
 	g.n += int64(m)
 	g.sp.written.Add(int64(m))
-	if g.promised {
-		g.sp.pending.Add(-int64(m))
+	if rel := min(int64(m), g.promised); rel > 0 {
+		g.promised -= rel
+		g.sp.pending.Add(-rel)
 	}
 	if err != nil {
 		return m, g.sp.classify(err)
 	}
 	return m, nil
+}
+
+// release gives back what the stream promised and did not write.
+func (g *guarded) release() {
+	g.sp.pending.Add(-g.promised)
+	g.promised = 0
 }
 
 // probe writes, fsyncs and removes a small file under the data directory

@@ -178,7 +178,7 @@ func (s *Store) appendClaimed(repo, id string, start int64, r io.Reader) (Upload
 	if _, err := f.Seek(rec.Offset, io.SeekStart); err != nil {
 		return Upload{}, err
 	}
-	n, err := io.Copy(s.space.writer(f, false), r)
+	n, err := io.Copy(s.space.writer(f, 0), r)
 	if errors.Is(err, ErrNoSpace) {
 		// A push that ran out of space fails whole: its bytes go now,
 		// not when the upload expires (space.go).
