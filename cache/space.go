@@ -115,12 +115,12 @@ func newSpace(root string, reserve int64, now func() time.Time, statfs func(stri
 
 // Free is the free space as the guard sees it: the last statfs less what
 // was written since, less what fills in flight still have to write.
-func (sp *space) Free() (int64, error) { return sp.free1(false) }
+func (sp *space) Free() (int64, error) { return sp.available(false) }
 
-// free1 is Free; fresh asks statfs(2) whatever the age of its last answer.
+// available is Free; fresh asks statfs(2) whatever the age of its last answer.
 // Each write operation asks once as it starts (another process may have
 // filled the disk a moment ago); a stream's chunks use the cached answer.
-func (sp *space) free1(fresh bool) (int64, error) {
+func (sp *space) available(fresh bool) (int64, error) {
 	sp.mu.Lock()
 	now := sp.now()
 	if fresh || now.Sub(sp.checked) >= statfsTTL || sp.checked.IsZero() {
@@ -207,7 +207,7 @@ func (sp *space) room(n, keep int64, fresh bool) error {
 	if sp.reserve <= 0 {
 		return nil
 	}
-	free, err := sp.free1(fresh)
+	free, err := sp.available(fresh)
 	if err != nil {
 		return sp.fail(fmt.Sprintf("statfs %s: %v", sp.root, err), false)
 	}
