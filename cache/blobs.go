@@ -203,6 +203,12 @@ func syncDir(dir string) error {
 // PutBlob stores content read from r, verifying it against d (and size, if
 // size >= 0), and links it to repo. It streams through a staging file.
 func (s *Store) PutBlob(repo, origin string, d digest.Digest, size int64, r io.Reader) error {
+	return s.putBlob(repo, origin, d, size, r, s.space.reserve)
+}
+
+// putBlob is PutBlob keeping keep bytes free (a mirrored manifest takes
+// the index's half of the reserve: see space.go).
+func (s *Store) putBlob(repo, origin string, d digest.Digest, size int64, r io.Reader, keep int64) error {
 	if _, err := s.StatBlob(d); err == nil {
 		if _, err := io.Copy(io.Discard, r); err != nil {
 			return err
@@ -215,7 +221,9 @@ func (s *Store) PutBlob(repo, origin string, d digest.Digest, size int64, r io.R
 	}
 	defer s.cleanupStaging(f)
 	v := d.Verifier()
-	n, err := io.Copy(io.MultiWriter(f, v), r)
+	w := s.space.writer(f, 0)
+	w.keep = keep
+	n, err := io.Copy(io.MultiWriter(w, v), r)
 	if err != nil {
 		return err
 	}
@@ -234,6 +242,9 @@ func (s *Store) PutBlob(repo, origin string, d digest.Digest, size int64, r io.R
 // createStaging creates a staging file, registered as live until
 // cleanupStaging so that CleanIngest leaves it alone.
 func (s *Store) createStaging() (*os.File, error) {
+	if err := s.space.admitSmall(0); err != nil { // what is written to it is checked as it comes
+		return nil, err
+	}
 	id := newID()
 	s.staging.Store(id, struct{}{})
 	f, err := os.OpenFile(ingestPath(s.root, id), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)

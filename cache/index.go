@@ -97,6 +97,9 @@ func (t *wtxn) Delete(k []byte) error {
 // update runs fn in a read-write transaction, retrying on conflicts, and
 // evicts every key it wrote from the hot cache.
 func (s *Store) update(fn func(txn *wtxn) error) error {
+	if err := s.space.admitIndex(); err != nil {
+		return err
+	}
 	s.hotMu.Lock()
 	defer s.hotMu.Unlock()
 	for {
@@ -109,6 +112,12 @@ func (s *Store) update(fn func(txn *wtxn) error) error {
 		})
 		for _, k := range touched {
 			s.hot.Remove(k)
+		}
+		if err == nil {
+			// The directory removed or replaced while it committed: Badger's
+			// mmap'd write succeeded into files nobody will read again, so
+			// it must not be acknowledged.
+			err = s.space.checkIdent()
 		}
 		if !errors.Is(err, badger.ErrConflict) {
 			return err

@@ -228,6 +228,9 @@ func (l *Local) PushManifest(_ context.Context, repo, tag string, m *registry.Ma
 	if err := l.checkReferences(repo, m); err != nil {
 		return registry.Descriptor{}, err
 	}
+	if err := l.s.Admit(int64(len(m.Body))); err != nil {
+		return registry.Descriptor{}, err
+	}
 	if err := l.s.PutManifest(repo, l.origin, RecordOf(m), m.Body, tag, time.Now()); err != nil {
 		return registry.Descriptor{}, storeErr(err)
 	}

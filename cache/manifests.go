@@ -18,6 +18,12 @@ func jsonBytes(v any) ([]byte, error) { return json.Marshal(v) }
 // repo, records its referrer entry when it has a subject, and points tag at
 // it when tag is not empty. fetchedAt stamps the tag's freshness.
 func (s *Store) PutManifest(repo, origin string, m ManifestRecord, body []byte, tag string, fetchedAt time.Time) error {
+	// A push is refused at the reserve (Local.PushManifest); a mirrored
+	// manifest, small and needed to serve a pull at all, may take the index's
+	// half of it.
+	if err := s.space.admitSmall(int64(len(body))); err != nil {
+		return err
+	}
 	for attempt := 0; ; attempt++ {
 		err := s.putManifest(repo, origin, m, body, tag, fetchedAt)
 		// ErrNotFound: the body was evicted between storing and indexing
@@ -30,7 +36,7 @@ func (s *Store) PutManifest(repo, origin string, m ManifestRecord, body []byte, 
 
 func (s *Store) putManifest(repo, origin string, m ManifestRecord, body []byte, tag string, fetchedAt time.Time) error {
 	if _, err := s.StatBlob(m.Digest); err != nil {
-		if err := s.PutBlob(repo, origin, m.Digest, int64(len(body)), bytes.NewReader(body)); err != nil {
+		if err := s.putBlob(repo, origin, m.Digest, int64(len(body)), bytes.NewReader(body), s.space.reserve/2); err != nil {
 			return err
 		}
 	}

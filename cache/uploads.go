@@ -22,6 +22,9 @@ type Upload struct {
 // NewUpload starts an upload into repo: a staging file and an index record
 // that survives restarts and expires after Options.UploadTTL.
 func (s *Store) NewUpload(repo string) (Upload, error) {
+	if err := s.space.admit(0); err != nil {
+		return Upload{}, err
+	}
 	f, err := s.createStaging()
 	if err != nil {
 		return Upload{}, err
@@ -175,7 +178,14 @@ func (s *Store) appendClaimed(repo, id string, start int64, r io.Reader) (Upload
 	if _, err := f.Seek(rec.Offset, io.SeekStart); err != nil {
 		return Upload{}, err
 	}
-	n, err := io.Copy(f, r)
+	n, err := io.Copy(s.space.writer(f, 0), r)
+	if errors.Is(err, ErrNoSpace) {
+		// A push that ran out of space fails whole: its bytes go now,
+		// not when the upload expires (space.go).
+		os.Remove(f.Name())
+		s.dropUpload(id)
+		return Upload{}, err
+	}
 	if err != nil {
 		// Keep nothing of a broken chunk: the client resends it whole.
 		_ = f.Truncate(rec.Offset)

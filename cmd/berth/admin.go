@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/cache"
-	"github.com/berth-dev/berth/internal/bucket"
 	"github.com/berth-dev/berth/internal/access"
+	"github.com/berth-dev/berth/internal/bucket"
 	"github.com/berth-dev/berth/internal/bundle"
 	"github.com/berth-dev/berth/internal/oci"
 	"github.com/rs/zerolog"

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-dev/berth/cache"
 	"github.com/berth-dev/berth/internal/access"
 	"github.com/berth-dev/berth/internal/oci"
 	"github.com/berth-dev/berth/upstream"
@@ -57,6 +58,9 @@ type Config struct {
 	Cluster ClusterConfig
 	// TLS, when CertFile is set, serves the API over TLS on addr.
 	TLS TLSConfig
+	// DiskReserve is the free space kept on the data directory's
+	// filesystem: writes past it are refused (507); 0 turns the check off.
+	DiskReserve int64
 }
 
 // TLSConfig is the tls section: the server's certificate pair (re-read
@@ -196,9 +200,9 @@ func defaultUpstreams() []UpstreamConfig {
 
 func defaultConfig() Config {
 	return Config{Addr: ":5000", Data: "./data", LogLevel: "info", ShutdownTimeout: 30 * time.Second,
-		MaxManifestBytes: 4 << 20, Prefetch: 4,
+		MaxManifestBytes: 4 << 20, Prefetch: 4, DiskReserve: cache.DefaultDiskReserve,
 		Storage: StorageConfig{Driver: "filesystem", Region: "us-east-1", AccessKeyEnv: "AWS_ACCESS_KEY_ID", SecretKeyEnv: "AWS_SECRET_ACCESS_KEY"},
-		Auth: AuthConfig{Token: TokenConfig{Service: "berth", TTL: 5 * time.Minute}}}
+		Auth:    AuthConfig{Token: TokenConfig{Service: "berth", TTL: 5 * time.Minute}}}
 }
 
 // key is one configuration key: its name in the file (dotted when nested),
@@ -256,6 +260,9 @@ func (c *Config) keys() []key {
 			usage: "largest manifest pushed or fetched (default 4MiB)", value: sizeValue(&c.MaxManifestBytes, 1, "at least 1 byte")},
 		{name: "max_cache_bytes", env: []string{"BERTH_MAX_CACHE_BYTES"}, flag: "max-cache-bytes",
 			usage: "bound on mirrored content on disk, e.g. 50GiB; 0: unbounded (default 0)", value: sizeValue(&c.MaxCacheBytes, 0, "0 or more")},
+		{name: "disk_reserve", env: []string{"BERTH_DISK_RESERVE"}, flag: "disk-reserve",
+			usage: "free space kept on the data filesystem: pushes and fills past it are refused with 507; 0: no check (default 256MiB)",
+			value: sizeValue(&c.DiskReserve, 0, "0 or more")},
 		{name: "auth.htpasswd", env: []string{"BERTH_AUTH_HTPASSWD"}, flag: "auth-htpasswd",
 			usage: "htpasswd file (bcrypt): pushes and deletes need credentials (default: none)", value: fileValue(&c.Auth.Htpasswd)},
 		{name: "auth.anonymous_pull", env: []string{"BERTH_AUTH_ANONYMOUS_PULL"}, flag: "auth-anonymous-pull",
@@ -1245,9 +1252,9 @@ Runs the registry and mirror. Each setting is read from the configuration file,
 then the environment, then a flag: the last one given wins. Booleans are true,
 false, yes, no, on, off, 1 or 0; durations 90s, 10m, 1h30m or a number of
 seconds; sizes bytes or 512KB, 4MiB, 50GiB. upstreams is set in the file only.
-SIGHUP reloads the configuration; addr, data, debug_addr, max_cache_bytes, tls
-and the log settings need a restart (the tls files themselves are re-read when
-they change).
+SIGHUP reloads the configuration; addr, data, debug_addr, max_cache_bytes,
+disk_reserve, tls, storage, cluster and the log settings need a restart (the
+tls files themselves are re-read when they change).
 
 `)
 	fmt.Fprintf(w, "  --config FILE  (BERTH_CONFIG)\n        the YAML configuration file\n")

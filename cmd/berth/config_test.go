@@ -53,6 +53,8 @@ func keyCases(t *testing.T) []keyCase {
 			bad: "4 MB?", why: `"4 MB?" is not a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB...)`},
 		{key: "max_cache_bytes", good: "1.5 TB", get: func(c Config) any { return c.MaxCacheBytes }, want: int64(1.5e12),
 			bad: "-1GiB", why: `"-1GiB" is not a size`},
+		{key: "disk_reserve", good: "1GiB", get: func(c Config) any { return c.DiskReserve }, want: int64(1 << 30),
+			bad: "lots", why: `"lots" is not a size`},
 		{key: "auth.htpasswd", good: htpasswd, get: func(c Config) any { return c.Auth.Htpasswd }, want: htpasswd,
 			bad: htpasswd + ".missing", why: "no such file"},
 		{key: "auth.anonymous_pull", good: "off", get: func(c Config) any { return *c.Auth.AnonymousPull }, want: false,
@@ -118,6 +120,7 @@ func keyCases(t *testing.T) []keyCase {
 
 // ldapEnv is what an auth.ldap key needs besides itself.
 var ldapEnv = map[string]string{"BERTH_AUTH_LDAP_URL": "ldap://dir.example", "BERTH_AUTH_LDAP_USER_BASE": "ou=people"}
+
 // s3Env is what an s3 driver needs besides its driver key.
 var s3Env = map[string]string{"BERTH_STORAGE_DRIVER": "s3", "BERTH_STORAGE_BUCKET": "berth-ci",
 	"BERTH_STORAGE_ENDPOINT": "http://127.0.0.1:8333", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
@@ -137,7 +140,6 @@ func with(m map[string]string, k, v string) map[string]string {
 	}
 	return out
 }
-
 
 // yamlFor is key: v as a file, nested for dotted keys.
 func yamlFor(key, v string) string {

@@ -229,7 +229,14 @@ func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 	}
 	// The index gets a few seconds to close: a data directory removed or
 	// made read-only under berth must not hold its exit for minutes.
-	store, err := cache.Open(cfg.Data, cache.Options{Logger: log, MaxBytes: cfg.MaxCacheBytes, CloseTimeout: 5 * time.Second})
+	reserve := cfg.DiskReserve
+	if reserve == 0 {
+		reserve = -1 // cache.Options: negative is no check
+	}
+	store, err := cache.Open(cfg.Data, cache.Options{Logger: log, MaxBytes: cfg.MaxCacheBytes, CloseTimeout: 5 * time.Second, DiskReserve: reserve})
+	if errors.Is(err, cache.ErrNoSpace) {
+		return keyError("disk_reserve", "", err)
+	}
 	if err != nil {
 		return err
 	}
@@ -278,6 +285,10 @@ func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 			http.Error(w, "shutting down", http.StatusServiceUnavailable)
 			return
 		}
+		if err := store.Healthy(); err != nil {
+			http.Error(w, "storage unavailable: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	ln, err := net.Listen("tcp", cfg.Addr)
@@ -318,7 +329,7 @@ func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 	log.Info().Str("addr", ln.Addr().String()).Str("data", cfg.Data).Strs("upstreams", names).
 		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Bool("read_only", cfg.ReadOnly).Bool("auth", cfg.Auth.Htpasswd != "").Bool("tls", certs != nil).
 		Bool("ldap", cfg.Auth.LDAP.URL != "").Bool("token", cfg.Auth.Token.Enabled).Int("access_rules", len(cfg.Access)).
-		Int64("max_cache_bytes", cfg.MaxCacheBytes).Str("storage", cfg.Storage.Driver).Str("cluster_self", cfg.Cluster.Self).
+		Int64("max_cache_bytes", cfg.MaxCacheBytes).Int64("disk_reserve", cfg.DiskReserve).Str("storage", cfg.Storage.Driver).Str("cluster_self", cfg.Cluster.Self).
 		Str("version", version).Msg("berth serving")
 	if certs != nil {
 		leaf := certs.Leaf()
@@ -449,5 +460,31 @@ func registerStore(reg prometheus.Registerer, st *cache.Store) {
 			u(func(x cache.Usage) float64 { return float64(x.EvictedBlobs) })),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_cache_evicted_bytes_total", Help: "Bytes of mirrored blobs evicted."},
 			u(func(x cache.Usage) float64 { return float64(x.EvictedBytes) })),
+	)
+	registerSpace(reg, st)
+}
+
+// registerSpace exports the free-space reserve and storage health.
+func registerSpace(reg prometheus.Registerer, st *cache.Store) {
+	sp := func(f func(cache.SpaceStatus) float64) func() float64 { return func() float64 { return f(st.Space()) } }
+	b := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_disk_free_bytes", Help: "Free bytes on the data filesystem, less what fills in flight will write."},
+			sp(func(x cache.SpaceStatus) float64 { return float64(x.Free) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_disk_reserve_bytes", Help: "disk_reserve: writes that would go below it are refused."},
+			sp(func(x cache.SpaceStatus) float64 { return float64(x.Reserve) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_storage_writable", Help: "1 while the data directory accepts writes (healthy and above disk_reserve), else 0."},
+			sp(func(x cache.SpaceStatus) float64 { return b(x.Writable) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_storage_healthy", Help: "1 while the data directory is there and writable (the storage probe), else 0."},
+			sp(func(x cache.SpaceStatus) float64 { return b(x.Failed == "") })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_writes_refused_no_space_total", Help: "Writes refused because the disk is below disk_reserve or full."},
+			sp(func(x cache.SpaceStatus) float64 { return float64(x.NoSpace) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_writes_refused_unavailable_total", Help: "Writes refused because the storage is unavailable."},
+			sp(func(x cache.SpaceStatus) float64 { return float64(x.Refused) })),
 	)
 }

@@ -17,8 +17,8 @@ import (
 	"unicode"
 
 	"github.com/berth-dev/berth/cache"
-	"github.com/berth-dev/berth/internal/cluster"
 	"github.com/berth-dev/berth/internal/access"
+	"github.com/berth-dev/berth/internal/cluster"
 	"github.com/berth-dev/berth/internal/ldapauth"
 	"github.com/berth-dev/berth/internal/mirror"
 	"github.com/berth-dev/berth/internal/registry"
@@ -210,6 +210,7 @@ var restartOnly = []struct {
 	{"data", func(n *Config, c Config) { n.Data = c.Data }},
 	{"debug_addr", func(n *Config, c Config) { n.DebugAddr = c.DebugAddr }},
 	{"max_cache_bytes", func(n *Config, c Config) { n.MaxCacheBytes = c.MaxCacheBytes }},
+	{"disk_reserve", func(n *Config, c Config) { n.DiskReserve = c.DiskReserve }},
 	{"log_level", func(n *Config, c Config) { n.LogLevel = c.LogLevel }},
 	{"log_format", func(n *Config, c Config) { n.LogFormat = c.LogFormat }},
 	{"storage", func(n *Config, c Config) { n.Storage = c.Storage }},
