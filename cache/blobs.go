@@ -109,9 +109,9 @@ func (s *Store) Link(repo, origin string, d digest.Digest) error {
 		return err
 	}
 	return s.update(func(txn *wtxn) error {
-		// An eviction may have removed the blob since StatBlob: never link
-		// what is not stored.
-		if err := s.stillStored(txn, d); err != nil {
+		// An eviction or a collection may have removed the blob since
+		// StatBlob: never link what is not stored.
+		if err := s.stampLinked(txn, d); err != nil {
 			return err
 		}
 		if err := ensureRepo(txn, repo, origin); err != nil {

@@ -22,6 +22,9 @@ type Upload struct {
 // NewUpload starts an upload into repo: a staging file and an index record
 // that survives restarts and expires after Options.UploadTTL.
 func (s *Store) NewUpload(repo string) (Upload, error) {
+	if err := s.checkUploadLimits(); err != nil {
+		return Upload{}, err
+	}
 	f, err := s.createStaging()
 	if err != nil {
 		return Upload{}, err
@@ -248,9 +251,18 @@ func (s *Store) CommitUpload(repo, id string, d digest.Digest, r io.Reader) (int
 	if !v.Verified() {
 		return 0, ErrDigestMismatch
 	}
+	linked := false
 	if _, err := s.StatBlob(d); err == nil {
-		os.Remove(f.Name()) // already stored: keep the first copy
-	} else {
+		// Already stored: keep the first copy, unless it was collected or
+		// evicted since StatBlob; then this upload's file takes its place.
+		if err := s.Link(repo, "", d); err == nil {
+			linked = true
+			os.Remove(f.Name())
+		} else if !errors.Is(err, ErrNotFound) {
+			return 0, err
+		}
+	}
+	if !linked {
 		if err := f.Truncate(size); err != nil {
 			return 0, err
 		}
@@ -259,9 +271,9 @@ func (s *Store) CommitUpload(repo, id string, d digest.Digest, r io.Reader) (int
 		} else if err != nil {
 			return 0, err
 		}
-	}
-	if err := s.Link(repo, "", d); err != nil {
-		return 0, err
+		if err := s.Link(repo, "", d); err != nil {
+			return 0, err
+		}
 	}
 	s.dropUpload(id)
 	return size, nil
