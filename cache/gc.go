@@ -73,8 +73,8 @@ type gcState struct {
 	pulls sync.Map   // repo+sep+tag -> *pullEntry, not yet saved
 
 	runs, errs, blobs, bytes, manifests, tags, repos, uploads atomic.Int64
-	lastTook                                                 atomic.Int64 // nanoseconds
-	lastRun                                                  atomic.Int64 // unix seconds of the last finished run
+	lastTook                                                  atomic.Int64 // nanoseconds
+	lastRun                                                   atomic.Int64 // unix seconds of the last finished run
 }
 
 type pullEntry struct {
@@ -89,8 +89,8 @@ type pullRecord struct {
 
 // GCOptions tune one collection.
 type GCOptions struct {
-	// Grace protects blobs created or linked this recently (and manifests
-	// pushed after the collection started). Negative is zero.
+	// Grace protects blobs created or linked this recently, or since the
+	// collection started (and so manifests and tags). Negative is zero.
 	Grace time.Duration
 	// DryRun plans and reports without removing anything.
 	DryRun bool
@@ -718,7 +718,7 @@ func (s *Store) collect(opts GCOptions) (*GCReport, error) {
 	}
 	for _, d := range sortedKeys(ix.blobs) {
 		b := ix.blobs[d]
-		if mk.keptBlobs[d] || later(b.Created, b.Linked).After(cutoff) {
+		if mk.keptBlobs[d] || !later(b.Created, b.Linked).Before(cutoff) {
 			continue
 		}
 		var local []string
@@ -822,7 +822,7 @@ func (s *Store) removeTag(t GCTag, start time.Time) (bool, error) {
 		} else if err != nil {
 			return err
 		}
-		if cur.Digest != t.Digest || cur.FetchedAt.After(start) {
+		if cur.Digest != t.Digest || !cur.FetchedAt.Before(start) {
 			return nil
 		}
 		if err := txn.Delete(key(kindTag, t.Repo, t.Tag)); err != nil {
@@ -849,7 +849,7 @@ func (s *Store) removeManifest(repo string, d digest.Digest, start time.Time) (b
 		} else if err != nil {
 			return err
 		}
-		if m.Pushed.After(start) {
+		if !m.Pushed.Before(start) {
 			return nil
 		}
 		tagged := false
@@ -895,7 +895,7 @@ func (s *Store) unlinkOld(d digest.Digest, repos []string, cutoff time.Time) (bo
 		} else if err != nil {
 			return err
 		}
-		if later(r.Created, r.Linked).After(cutoff) {
+		if !later(r.Created, r.Linked).Before(cutoff) {
 			return nil
 		}
 		for _, repo := range repos {
@@ -931,7 +931,7 @@ func (s *Store) removeBlob(d digest.Digest, cutoff time.Time, repos []string, on
 		} else if err != nil {
 			return err
 		}
-		if !cutoff.IsZero() && later(r.Created, r.Linked).After(cutoff) {
+		if !cutoff.IsZero() && !later(r.Created, r.Linked).Before(cutoff) {
 			return nil
 		}
 		if onlyUnlinked {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"os"
-	"time"
 
 	"github.com/berth-dev/berth/internal/oci"
 	"github.com/berth-dev/berth/internal/registry"
@@ -228,7 +227,7 @@ func (l *Local) PushManifest(_ context.Context, repo, tag string, m *registry.Ma
 	for i, c := range m.Children {
 		children[i] = c.Digest
 	}
-	if err := l.s.PutManifestRefs(repo, l.origin, RecordOf(m), m.Body, tag, time.Now(), blobs, children); err != nil {
+	if err := l.s.PutManifestRefs(repo, l.origin, RecordOf(m), m.Body, tag, l.s.now(), blobs, children); err != nil {
 		return registry.Descriptor{}, storeErr(err)
 	}
 	return m.Desc, nil
