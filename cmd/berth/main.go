@@ -57,6 +57,11 @@ commands:
   warm      pull images through a running berth so that they are cached
   export    write images berth holds to a bundle file (an OCI layout tar)
   import    import a bundle into a running berth, or a stopped one's data
+  ls        list repositories, or a repository's tags, of a running berth
+  du        show the bytes a running berth holds: local, by upstream, total, limit
+  rm        remove a tag, image or blob (mirrored content: purge it)
+  gc        collect unreferenced local content now (--dry-run: list it)
+  revalidate  make a mirrored tag ask its upstream at the next pull
   htpasswd  print an htpasswd line for USER with a bcrypt hash of the password read from stdin
   version   print the version
   help      print this, or with a command's name its usage`
@@ -78,9 +83,14 @@ var clientCommands = map[string]struct {
 	run   func(context.Context, []string, stdio) error
 	usage string
 }{
-	"warm":   {warmCmd, warmUsage},
-	"export": {exportCmd, exportUsage},
-	"import": {importCmd, importUsage},
+	"warm":       {warmCmd, warmUsage},
+	"export":     {exportCmd, exportUsage},
+	"import":     {importCmd, importUsage},
+	"ls":         {lsCmd, lsUsage},
+	"du":         {duCmd, duUsage},
+	"rm":         {rmCmd, rmUsage},
+	"gc":         {gcCmd, gcUsage},
+	"revalidate": {revalidateCmd, revalidateUsage},
 }
 
 // isHelp reports whether arg asks for help, as -h, --help or -help.
@@ -108,7 +118,7 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		return serveWith(ctx, cfg, hooks{reload: hup, load: load})
-	case "warm", "export", "import":
+	case "warm", "export", "import", "ls", "du", "rm", "gc", "revalidate":
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		s := stdio{in: stdin, out: stdout, err: os.Stderr, getenv: os.Getenv, tty: isatty.IsTerminal(os.Stderr.Fd())}
@@ -215,13 +225,15 @@ func serveWith(ctx context.Context, cfg Config, h hooks) error {
 	defer logw.Close()
 	// The index gets a few seconds to close: a data directory removed or
 	// made read-only under berth must not hold its exit for minutes.
-	store, err := cache.Open(cfg.Data, cache.Options{Logger: log, MaxBytes: cfg.MaxCacheBytes, CloseTimeout: 5 * time.Second})
+	store, err := cache.Open(cfg.Data, cache.Options{Logger: log, MaxBytes: cfg.MaxCacheBytes, CloseTimeout: 5 * time.Second,
+		UploadTTL: cfg.Uploads.TTL, MaxUploads: cfg.Uploads.MaxSessions, MaxUploadBytes: cfg.Uploads.MaxBytes})
 	if err != nil {
 		return err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerStore(reg, store)
+	registerGC(reg, store)
 	page := status.New(status.Options{Version: version, Store: store})
 	api := &reloadable{log: log, store: store, mirrorMet: mirror.NewMetrics(reg), httpMet: proxy.NewMetrics(reg),
 		readOnly: new(atomic.Bool), page: page}
@@ -307,6 +319,7 @@ func serveWith(ctx context.Context, cfg Config, h hooks) error {
 		}
 		return nil
 	})
+	g.Go(func() error { runCollector(gctx, api); return nil })
 	g.Go(func() error {
 		for {
 			select {

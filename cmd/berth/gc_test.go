@@ -1,0 +1,129 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+func TestRetentionConfig(t *testing.T) {
+	t.Parallel()
+	good := `retention:
+  - repos: ["ci/**"]
+    keep_last: 20
+    keep_tags: ["^v\\d+", "^latest$"]
+    untagged_after: 24h
+    not_pulled_for: 30d
+  - repos: ["**"]
+    untagged_after: 7d
+`
+	cfg, err := loadConfig([]string{"--config", writeFile(t, good)}, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Retention) != 2 {
+		t.Fatalf("rules = %+v", cfg.Retention)
+	}
+	r := cfg.Retention[0]
+	if r.KeepLast != 20 || r.UntaggedAfter != 24*time.Hour || r.NotPulledFor != 30*24*time.Hour || len(r.KeepTags) != 2 || r.Repos[0] != "ci/**" {
+		t.Errorf("rule 0 = %+v", r)
+	}
+	rules := retentionRules(cfg)
+	if !rules[0].Match("ci/app/x") || rules[0].Match("team/app") || !rules[1].Match("team/app") || !rules[0].KeepTags[0].MatchString("v12") {
+		t.Error("compiled rules match wrongly")
+	}
+	for _, tc := range []struct{ body, why string }{
+		{"retention: {repos: x}\n", "config key retention: a mapping is not a list of rules"},
+		{"retention:\n  - keep_last: 3\n", "config key retention[0].repos: required"},
+		{"retention:\n  - repos: [a]\n    keep_last: many\n", `config key retention[0].keep_last: "many" is not an integer`},
+		{"retention:\n  - repos: [a]\n    keep_tags: [\"(\"]\n", "config key retention[0].keep_tags: \"(\" is not a regular expression"},
+		{"retention:\n  - repos: [a]\n    keep: 3\n", "config key retention[0].keep: unknown key"},
+		{"retention:\n  - repos: [a]\n    not_pulled_for: 1month\n", "retention[0].not_pulled_for: \"1month\" is not a duration"},
+	} {
+		_, err := loadConfig([]string{"--config", writeFile(t, tc.body)}, env(nil))
+		if err == nil || !strings.Contains(err.Error(), tc.why) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: %v, want one line containing %q", tc.body, err, tc.why)
+		}
+	}
+}
+
+func TestRemoveRefParsing(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ in, repo, ref string }{
+		{"team/app:v1", "team/app", "v1"},
+		{"localhost:5000/team/app:v1", "team/app", "v1"},
+		{"docker.io/library/alpine@sha256:abc", "docker.io/library/alpine", "sha256:abc"},
+	} {
+		repo, ref, err := splitRef(tc.in, "localhost:5000")
+		if err != nil || repo != tc.repo || ref != tc.ref {
+			t.Errorf("splitRef(%q) = %q, %q, %v", tc.in, repo, ref, err)
+		}
+	}
+	if _, _, err := splitRef("localhost:5000/team/app", "localhost:5000"); err == nil {
+		t.Error("a ref without tag accepted")
+	}
+}
+
+// The operator commands against a running berth: push, ls, du, rm, gc.
+func TestOpsCommands(t *testing.T) {
+	t.Parallel()
+	addr := startServe(t, nil)
+	server := "http://" + addr
+	layer := pushBlob(t, addr, "team/app", []byte(strings.Repeat("layer one ", 5000)))
+	cfg := pushBlob(t, addr, "team/app", []byte(`{"architecture":"amd64","os":"linux"}`))
+	cfg.MediaType, layer.MediaType = ocispec.MediaTypeImageConfig, ocispec.MediaTypeImageLayer
+	m := ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest, Config: cfg, Layers: []ocispec.Descriptor{layer}}
+	pushManifest(t, addr, "team/app", "v1", m)
+	if status, _ := fetch(t, addr, "/v2/team/app/manifests/v1"); status != 200 {
+		t.Fatalf("pull: %d", status)
+	}
+	run := func(args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		s := stdio{in: strings.NewReader(""), out: &out, err: &out, getenv: env(nil)}
+		cmd := clientCommands[args[0]]
+		if err := cmd.run(context.Background(), append(args[1:], "--server", server), s); err != nil {
+			t.Fatalf("berth %v: %v\n%s", args, err, out.String())
+		}
+		return out.String()
+	}
+	if out := run("ls"); !regexp.MustCompile(`team/app\s+local\s+1\s+\d`).MatchString(out) {
+		t.Errorf("ls:\n%s", out)
+	}
+	var tags struct {
+		Tags []struct {
+			Tag   string
+			Bytes int64
+		}
+	}
+	if err := json.Unmarshal([]byte(run("ls", "--json", "team/app")), &tags); err != nil || len(tags.Tags) != 1 || tags.Tags[0].Bytes < 50000 {
+		t.Errorf("ls --json team/app: %+v %v", tags, err)
+	}
+	var du struct{ Local, Total int64 }
+	if err := json.Unmarshal([]byte(run("du", "--json")), &du); err != nil || du.Local < 50000 || du.Total != du.Local {
+		t.Errorf("du: %+v %v", du, err)
+	}
+	if out := run("rm", "team/app:v1"); !strings.Contains(out, "removed tag team/app:v1") || !strings.Contains(out, "removed manifest") {
+		t.Errorf("rm:\n%s", out)
+	}
+	if out := run("gc", "--dry-run", "--grace", "0s"); !strings.Contains(out, "would remove 3 blobs") {
+		t.Errorf("gc --dry-run:\n%s", out)
+	}
+	var rep struct {
+		Bytes int64
+		Repos []string
+	}
+	if err := json.Unmarshal([]byte(run("gc", "--grace", "0s", "--json")), &rep); err != nil || rep.Bytes < 50000 || len(rep.Repos) != 1 {
+		t.Errorf("gc: %+v %v", rep, err)
+	}
+	if err := json.Unmarshal([]byte(run("du", "--json")), &du); err != nil || du.Total != 0 {
+		t.Errorf("du after gc: %+v %v", du, err)
+	}
+}
