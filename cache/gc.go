@@ -34,9 +34,13 @@ package cache
 //     (ensureRepo), so the two conflict.
 //
 // Blobs a mirrored repository links belong to eviction (evict.go): the
-// collector never removes them, but drops the links of local repositories
-// that no longer reference them, so that deleting a pushed image releases
-// a layer it shared with a mirrored one to the cache limit.
+// collector never removes them. It drops every link of a local repository
+// to a blob none of the repository's kept manifests references (once the
+// blob is past the grace period), whether the blob stays (another
+// repository, or a mirrored one, needs it) or not: so deleting a pushed
+// image releases a layer it shared with a mirrored one to the cache limit,
+// and a repository whose images were deleted ends up empty. A push reads
+// the link it references (stampRefs), so it conflicts with that too.
 //
 // The mark phase only reads the index through gcIndex and manifest bodies
 // through a function, so another storage driver can feed it its own.
@@ -261,6 +265,13 @@ func (s *Store) stampLinked(txn *wtxn, d digest.Digest) error {
 // child manifests; ErrRefGone if one was removed since the caller checked.
 func (s *Store) stampRefs(txn *wtxn, repo string, blobs, children []digest.Digest) error {
 	for _, d := range blobs {
+		// The link is read too: a collection that drops it (unlinkOld,
+		// removeBlob) conflicts with this transaction.
+		if _, err := txn.Get(key(kindLink, repo, d.String())); errors.Is(err, badger.ErrKeyNotFound) {
+			return fmt.Errorf("%w: blob %s is no longer linked to %s", ErrRefGone, d, repo)
+		} else if err != nil {
+			return err
+		}
 		if err := s.stampLinked(txn, d); errors.Is(err, ErrNotFound) {
 			return fmt.Errorf("%w: blob %s", ErrRefGone, d)
 		} else if err != nil {
@@ -473,6 +484,9 @@ type gcMark struct {
 	deadTags      []GCTag
 	deadManifests []GCManifest
 	keptBlobs     map[digest.Digest]bool
+	// keptIn: the blobs each local repository's kept manifests reference;
+	// its links to others are dropped after the grace period.
+	keptIn map[string]map[digest.Digest]bool
 }
 
 // bodyFunc returns a stored manifest parsed.
@@ -482,7 +496,7 @@ type bodyFunc func(d digest.Digest, mediaType string) (*registry.Manifest, error
 // A kept manifest whose body cannot be read or parsed is an error: nothing
 // it might reference may be swept.
 func mark(ix *gcIndex, rules []RetentionRule, now time.Time, body bodyFunc) (*gcMark, error) {
-	out := &gcMark{keptBlobs: map[digest.Digest]bool{}}
+	out := &gcMark{keptBlobs: map[digest.Digest]bool{}, keptIn: map[string]map[digest.Digest]bool{}}
 	parsed := map[digest.Digest]*registry.Manifest{}
 	parse := func(m ManifestRecord) (*registry.Manifest, error) {
 		if p, ok := parsed[m.Digest]; ok {
@@ -574,12 +588,17 @@ func mark(ix *gcIndex, rules []RetentionRule, now time.Time, body bodyFunc) (*gc
 					Reason: "untagged for more than " + rule.UntaggedAfter.String() + " (retention " + rule.name() + ")"})
 			}
 		}
+		in := map[digest.Digest]bool{}
 		for d := range kept {
-			out.keptBlobs[d] = true
+			in[d] = true
 			for _, b := range parsed[d].Blobs {
-				out.keptBlobs[b.Digest] = true
+				in[b.Digest] = true
 			}
 		}
+		for d := range in {
+			out.keptBlobs[d] = true
+		}
+		out.keptIn[repo] = in
 	}
 	return out, nil
 }
@@ -718,45 +737,48 @@ func (s *Store) collect(opts GCOptions) (*GCReport, error) {
 	}
 	for _, d := range sortedKeys(ix.blobs) {
 		b := ix.blobs[d]
-		if mk.keptBlobs[d] || !later(b.Created, b.Linked).Before(cutoff) {
+		if !later(b.Created, b.Linked).Before(cutoff) {
 			continue
 		}
-		var local []string
+		// Local links that no kept manifest of their repository needs.
+		var stale []string
 		mirrored := false
 		for _, repo := range ix.links[d] {
-			if ix.isLocal(repo) {
-				local = append(local, repo)
-			} else {
+			switch {
+			case !ix.isLocal(repo):
 				mirrored = true
+			case !mk.keptIn[repo][d]:
+				stale = append(stale, repo)
 			}
 		}
-		if mirrored {
-			if len(local) == 0 {
+		if mk.keptBlobs[d] || mirrored {
+			// Kept: by a local manifest, or by eviction's rules.
+			if len(stale) == 0 {
 				continue
 			}
 			ok := true
 			if !opts.DryRun {
-				if ok, err = s.unlinkOld(d, local, cutoff); err != nil {
+				if ok, err = s.unlinkOld(d, stale, cutoff); err != nil {
 					return rep, err
 				}
 			}
 			if ok {
-				rep.Unlinked += len(local)
-				lose(local, d)
+				rep.Unlinked += len(stale)
+				lose(stale, d)
 			}
 			continue
 		}
 		ok := true
 		size := b.Size
 		if !opts.DryRun {
-			if size, ok, err = s.removeBlob(d, cutoff, local, false); err != nil {
+			if size, ok, err = s.removeBlob(d, cutoff, stale, false); err != nil {
 				return rep, err
 			}
 		}
 		if ok {
 			rep.Blobs = append(rep.Blobs, GCBlob{Digest: d, Size: size})
 			rep.Bytes += size
-			lose(local, d)
+			lose(stale, d)
 		}
 	}
 

@@ -554,3 +554,40 @@ func uploadIDs(t *testing.T, st *Store) []string {
 	t.Helper()
 	return files(t, st.Root(), "ingest")
 }
+
+// A copy of an image (blobs mounted into a second repository) whose
+// manifest is deleted leaves the second repository empty: its links to
+// blobs the first still uses are dropped, the blobs stay.
+func TestGCDropsStaleLinks(t *testing.T) {
+	t.Parallel()
+	clock := newClock()
+	st := openGC(t, clock, Options{})
+	l, _ := blobOf(1, 800)
+	d, _ := image(t, st, "team/app", "v1", nil, l)
+	local := NewLocal(st)
+	ctx := context.Background()
+	body, _ := st.ManifestBody(d)
+	pm, _ := registry.ParseManifest("", body, d)
+	for _, b := range pm.Blobs {
+		if _, err := local.MountBlob(ctx, "team/app", "team/copy", b.Digest); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := local.PushManifest(ctx, "team/copy", "v1", pm); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.DeleteManifest("team/copy", d); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(2 * time.Hour)
+	rep := collect(t, st, GCOptions{Grace: time.Hour})
+	if len(rep.Blobs) != 0 || rep.Unlinked != 2 || !slices.Equal(rep.Repos, []string{"team/copy"}) {
+		t.Fatalf("removed %v, unlinked %d, repos %v", rep.Blobs, rep.Unlinked, rep.Repos)
+	}
+	if _, err := local.GetTag(ctx, "team/app", "v1"); err != nil || !isStored(st, digest.FromBytes(l)) {
+		t.Errorf("original image damaged: %v", err)
+	}
+	if ok, _ := st.Linked("team/app", digest.FromBytes(l)); !ok {
+		t.Error("original repository lost its link")
+	}
+}
