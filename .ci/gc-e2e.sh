@@ -19,7 +19,8 @@
 #             next pull fetches it again; pushes into it are still refused.
 #
 # Prints PASS per step; exits non-zero on the first failure.
-#   RT=/path   state directory (default: a new /tmp/berth-test.*)
+#   RT=/path          state directory (default: a new /tmp/berth-test.*)
+#   BERTH_E2E_KEEP=1  keep the data directories after a passing run
 . "$(dirname "$0")/lib.sh"
 BERTH=$ROOT/bin/berth
 echo "gc-e2e: state and logs in $RT"
@@ -94,7 +95,8 @@ printf '%s' "$out" | jq_py '"team/tmp" in d["repos"] and "team/loose" in d["repo
 for d in $(printf '%s' "$out" | jq_py '" ".join(b["digest"] for b in d["blobs"])'); do
   [ -f "$DATA/blobs/sha256/${d:7:2}/${d:7}" ] || fail "dry run removed $d"
 done
-"$BERTH" gc --dry-run --grace 0s | grep -q "^would remove blob $loose" || fail "berth gc --dry-run table lacks the loose blob"
+"$BERTH" gc --dry-run --grace 0s >"$RT/gc-dry.out" || fail "berth gc --dry-run"
+grep -q "^would remove blob $loose" "$RT/gc-dry.out" || fail "berth gc --dry-run table lacks the loose blob: $(cat "$RT/gc-dry.out")"
 pass "gc --dry-run lists $got bytes (the deleted images and the loose blob) and removes nothing"
 
 out=$("$BERTH" gc --grace 0s --json) || fail "berth gc: $out"
@@ -131,10 +133,12 @@ grep -Eq '^REPOSITORY +ORIGIN +TAGS +SIZE +LAST PUSHED +LAST PULLED' "$RT/ls.out
 grep -Eq '^team/app +local +1 +3\.0 MiB' "$RT/ls.out" || fail "berth ls row for team/app: $(cat "$RT/ls.out")"
 tags=$("$BERTH" ls --json team/app | jq_py '",".join(t["tag"] for t in d["tags"])')
 [ "$tags" = v2 ] || fail "berth ls --json team/app: $tags"
-"$BERTH" ls team/app | grep -Eq '^v2 +sha256:[0-9a-f]{12} +3\.0 MiB' || fail "berth ls team/app: $("$BERTH" ls team/app)"
+"$BERTH" ls team/app >"$RT/ls-repo.out" || fail "berth ls team/app"
+grep -Eq '^v2 +sha256:[0-9a-f]{12} +3\.0 MiB' "$RT/ls-repo.out" || fail "berth ls team/app: $(cat "$RT/ls-repo.out")"
 du_local=$("$BERTH" du --json | jq_py 'd["local"]'); du_total=$("$BERTH" du --json | jq_py 'd["total"]')
 [ "$du_local" = "$(blobs_bytes)" ] && [ "$du_total" = "$du_local" ] || fail "berth du: local $du_local total $du_total, blobs/ $(blobs_bytes)"
-"$BERTH" du | grep -Eq '^ *total +[0-9]+ ' || fail "berth du table: $("$BERTH" du)"
+"$BERTH" du >"$RT/du.out" || fail "berth du"
+grep -Eq '^ *total +[0-9]+ ' "$RT/du.out" || fail "berth du table: $(cat "$RT/du.out")"
 "$BERTH" rm team/keep:v2 >"$RT/rm.out" || fail "berth rm team/keep:v2"
 grep -q "removed tag team/keep:v2" "$RT/rm.out" && grep -q "removed manifest team/keep@" "$RT/rm.out" || fail "berth rm: $(cat "$RT/rm.out")"
 "$BERTH" rm team/nope:v1 2>"$RT/rm-nope.err" && fail "berth rm of an unknown repository succeeded"
@@ -146,15 +150,17 @@ $C pull "$B/team/app:v2" "$RT/v2b.tar" 2>>"$RT/crane.log" || fail "team/app:v2 l
 pass "berth ls / ls REPO / du / rm print what they should (tables and --json)"
 
 # --- mirrored content ---------------------------------------------------------------
-$C append -f "$RT/l/c.tar" -t "$UP/library/bad:1" >/dev/null 2>>"$RT/crane.log" || fail "push to the upstream"
+layer m 3; layer n 2   # content no local image shares
+$C append -f "$RT/l/m.tar" -t "$UP/library/bad:1" >/dev/null 2>>"$RT/crane.log" || fail "push to the upstream"
 d1=$($C digest "$UP/library/bad:1")
 M=$B/upstream.test/library/bad
 [ "$($C digest "$M:1")" = "$d1" ] || fail "pull through berth"
 $C pull "$M:1" "$RT/bad1.tar" 2>>"$RT/crane.log" || fail "crane pull through berth"
 up_bytes=$("$BERTH" du --json | jq_py 'd["upstreams"].get("upstream.test", 0)')
 [ "$up_bytes" -ge $((2 << 20)) ] || fail "berth du: upstream.test holds $up_bytes bytes"
-"$BERTH" ls | grep -Eq '^upstream.test/library/bad +upstream.test +1 ' || fail "berth ls lacks the mirrored repository: $("$BERTH" ls)"
-$C append -f "$RT/l/b.tar" -t "$UP/library/bad:1" >/dev/null 2>>"$RT/crane.log" || fail "retag upstream"
+"$BERTH" ls >"$RT/ls2.out" || fail "berth ls"
+grep -Eq '^upstream.test/library/bad +upstream.test +1 ' "$RT/ls2.out" || fail "berth ls lacks the mirrored repository: $(cat "$RT/ls2.out")"
+$C append -f "$RT/l/n.tar" -t "$UP/library/bad:1" >/dev/null 2>>"$RT/crane.log" || fail "retag upstream"
 d2=$($C digest "$UP/library/bad:1")
 [ "$($C digest "$M:1")" = "$d1" ] || fail "tag_ttl 1h: berth should still serve the cached digest"
 "$BERTH" revalidate upstream.test/library/bad:1 >/dev/null || fail "berth revalidate"
@@ -179,7 +185,9 @@ $C pull "$M:1" "$RT/bad3.tar" 2>>"$RT/crane.log" || fail "pull after purge"
 if $C copy "$B/team/app:v2" "$M:evil" 2>"$RT/evil.err"; then fail "a client pushed into a mirrored repository"; fi
 pass "berth rm purges a mirrored image (blobs leave the disk) and the next pull fetches it again; clients still cannot write it"
 
-curl -s "http://$B/metrics" | grep -Eq '^berth_gc_removed_bytes_total [1-9]' || fail "berth_gc_removed_bytes_total not reported"
+curl -s "http://$B/metrics" >"$RT/metrics.out"
+grep -Eq '^berth_gc_removed_bytes_total [1-9]' "$RT/metrics.out" || fail "berth_gc_removed_bytes_total not reported"
 grep -q '"message":"garbage collected"' "$RT/berth.log" || fail "no garbage collection log line"
 pass "metrics and log report the collections"
-echo "gc-e2e: all passed"
+[ "${BERTH_E2E_KEEP:-0}" = 1 ] || { stop_all; rm -rf "$DATA" "$RT/upstream-data" "$RT/l" "$RT"/*.tar; }
+echo "gc-e2e: all passed (logs in $RT)"
