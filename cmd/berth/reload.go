@@ -156,6 +156,9 @@ var restartOnly = []struct {
 	{"max_cache_bytes", func(n *Config, c Config) { n.MaxCacheBytes = c.MaxCacheBytes }},
 	{"log_level", func(n *Config, c Config) { n.LogLevel = c.LogLevel }},
 	{"log_format", func(n *Config, c Config) { n.LogFormat = c.LogFormat }},
+	{"uploads.ttl", func(n *Config, c Config) { n.Uploads.TTL = c.Uploads.TTL }},
+	{"uploads.max_sessions", func(n *Config, c Config) { n.Uploads.MaxSessions = c.Uploads.MaxSessions }},
+	{"uploads.max_bytes", func(n *Config, c Config) { n.Uploads.MaxBytes = c.Uploads.MaxBytes }},
 }
 
 // reload builds a generation from load's configuration and swaps it in.
@@ -213,7 +216,7 @@ func changedKeys(a, b Config) []string {
 				continue
 			}
 			name := prefix + snake(f.Name)
-			if f.Type == reflect.TypeFor[AuthConfig]() {
+			if f.Type == reflect.TypeFor[AuthConfig]() || f.Type == reflect.TypeFor[GCConfig]() || f.Type == reflect.TypeFor[UploadsConfig]() {
 				walk(name+".", x.Field(i), y.Field(i))
 				continue
 			}
@@ -226,12 +229,15 @@ func changedKeys(a, b Config) []string {
 	return changed
 }
 
-// snake is a Go field name as a key: MaxCacheBytes is max_cache_bytes.
+// snake is a Go field name as a key: MaxCacheBytes is max_cache_bytes, GC gc.
 func snake(s string) string {
 	var b strings.Builder
+	prev := ' '
 	for i, r := range s {
+		lowerBefore := unicode.IsLower(prev)
+		prev = r
 		if unicode.IsUpper(r) {
-			if i > 0 {
+			if i > 0 && lowerBefore {
 				b.WriteByte('_')
 			}
 			r = unicode.ToLower(r)
