@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -125,5 +127,40 @@ func TestOpsCommands(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(run("du", "--json")), &du); err != nil || du.Total != 0 {
 		t.Errorf("du after gc: %+v %v", du, err)
+	}
+}
+
+// The operator endpoints need the credentials a push needs, even where
+// anonymous pulls are allowed; read-only mode refuses removals, not dry runs.
+func TestOpsAuthAndReadOnly(t *testing.T) {
+	t.Parallel()
+	line, err := htpasswdLine("ci", strings.NewReader("s3cret\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	htpasswd := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(htpasswd, []byte(line+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, nil)
+	cfg.Auth.Htpasswd = htpasswd
+	cfg.ReadOnly = true
+	addr, _ := runServe(t, cfg)
+	server := "http://" + addr
+	for _, args := range [][]string{{"ls"}, {"du"}, {"gc", "--dry-run"}, {"rm", "team/app:v1"}} {
+		out, err := runCmd(t, "", append(args, "--server", server)...)
+		if err == nil || !strings.Contains(err.Error(), "UNAUTHORIZED") || !strings.Contains(err.Error(), "credentials a push needs") {
+			t.Errorf("berth %v without credentials: %v %s", args, err, out)
+		}
+	}
+	if out, err := runCmd(t, "wrong\n", "du", "--server", server, "--username", "ci", "--password-stdin"); err == nil {
+		t.Errorf("wrong password accepted: %s", out)
+	}
+	if out, err := runCmd(t, "s3cret\n", "gc", "--dry-run", "--server", server, "--username", "ci", "--password-stdin"); err != nil {
+		t.Errorf("dry run in read-only mode: %v %s", err, out)
+	}
+	out, err := runCmd(t, "s3cret\n", "gc", "--server", server, "--username", "ci", "--password-stdin")
+	if err == nil || !strings.Contains(err.Error(), "read-only") {
+		t.Errorf("gc in read-only mode: %v %s", err, out)
 	}
 }
