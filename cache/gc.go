@@ -803,6 +803,19 @@ func (s *Store) collect(opts GCOptions) (*GCReport, error) {
 		}
 	}
 
+	// Pull times of tags that are gone (deleted by a client or above).
+	if !opts.DryRun {
+		for _, repo := range sortedKeys(ix.pulls) {
+			for _, tag := range sortedKeys(ix.pulls[repo]) {
+				if _, ok := ix.tags[repo][tag]; !ok {
+					if err := s.dropPull(repo, tag); err != nil {
+						return rep, err
+					}
+				}
+			}
+		}
+	}
+
 	ups, err := s.expiredUploads(opts.DryRun)
 	if err != nil {
 		return rep, err
@@ -857,6 +870,18 @@ func (s *Store) removeTag(t GCTag, start time.Time) (bool, error) {
 		s.gc.pulls.Delete(t.Repo + sep + t.Tag)
 	}
 	return removed, err
+}
+
+// dropPull forgets the pull time of tag in repo unless the tag exists.
+func (s *Store) dropPull(repo, tag string) error {
+	return s.update(func(txn *wtxn) error {
+		if _, err := txn.Get(key(kindTag, repo, tag)); err == nil {
+			return nil
+		} else if !errors.Is(err, badger.ErrKeyNotFound) {
+			return err
+		}
+		return txn.Delete(key(kindPull, repo, tag))
+	})
 }
 
 // removeManifest removes manifest d from repo unless a tag points at it or

@@ -591,3 +591,47 @@ func TestGCDropsStaleLinks(t *testing.T) {
 		t.Error("original repository lost its link")
 	}
 }
+
+// Pull times are saved in batches and survive a restart; those of deleted
+// tags are dropped by the next collection.
+func TestPullTimes(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	clock := newClock()
+	st, err := Open(dir, Options{Logger: zerolog.Nop(), Clock: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	image(t, st, "team/p", "a", nil, []byte("pa"))
+	image(t, st, "team/p", "b", nil, []byte("pb"))
+	clock.Advance(time.Hour)
+	pulledAt := clock.Now()
+	for _, tag := range []string{"a", "b"} {
+		if _, err := NewLocal(st).GetTag(context.Background(), "team/p", tag); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.RecordPull(mirrorRepo, "x") // not local: ignored
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st, err = Open(dir, Options{Logger: zerolog.Nop(), Clock: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	p, err := st.Pulls("team/p")
+	if err != nil || !p["a"].Equal(pulledAt) || !p["b"].Equal(pulledAt) {
+		t.Fatalf("pulls after restart = %v, %v", p, err)
+	}
+	if p, _ := st.Pulls(mirrorRepo); len(p) != 0 {
+		t.Errorf("mirrored pulls recorded: %v", p)
+	}
+	if err := st.DeleteTag("team/p", "a"); err != nil {
+		t.Fatal(err)
+	}
+	collect(t, st, GCOptions{Grace: time.Hour})
+	if p, _ := st.Pulls("team/p"); len(p) != 1 || p["b"].IsZero() {
+		t.Errorf("pulls after gc = %v", p)
+	}
+}
