@@ -680,6 +680,9 @@ func (s *Store) Collect(opts GCOptions) (*GCReport, error) {
 
 func (s *Store) collect(opts GCOptions) (*GCReport, error) {
 	rep := &GCReport{DryRun: opts.DryRun, Tags: []GCTag{}, Manifests: []GCManifest{}, Blobs: []GCBlob{}, Repos: []string{}, Uploads: []GCBlob{}}
+	if s.ctx.Err() != nil {
+		return rep, errors.New("store is closing")
+	}
 	if err := s.FlushPulls(); err != nil {
 		return rep, err
 	}
@@ -803,6 +806,15 @@ func (s *Store) collect(opts GCOptions) (*GCReport, error) {
 		}
 	}
 
+	orphans, err := s.orphanFiles(opts.DryRun, cutoff)
+	if err != nil {
+		return rep, err
+	}
+	for _, o := range orphans {
+		rep.Blobs = append(rep.Blobs, o)
+		rep.Bytes += o.Size
+	}
+
 	// Pull times of tags that are gone (deleted by a client or above).
 	if !opts.DryRun {
 		for _, repo := range sortedKeys(ix.pulls) {
@@ -870,6 +882,48 @@ func (s *Store) removeTag(t GCTag, start time.Time) (bool, error) {
 		s.gc.pulls.Delete(t.Repo + sep + t.Tag)
 	}
 	return removed, err
+}
+
+// orphanFiles lists (and unless dry, removes) files under blobs/ that no
+// blob record names and that were written before cutoff: what a crash left
+// between a removal's index update and its unlink. commitFile holds the
+// digest's commit lock from its rename to its index update, so under that
+// lock a file without a record is not one being committed.
+func (s *Store) orphanFiles(dry bool, cutoff time.Time) ([]GCBlob, error) {
+	var out []GCBlob
+	root := filepath.Join(s.root, "blobs")
+	err := filepath.WalkDir(root, func(p string, e os.DirEntry, err error) error {
+		if err != nil || e.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		parts := strings.Split(filepath.ToSlash(rel), "/")
+		if len(parts) != 3 {
+			return nil
+		}
+		d := digest.NewDigestFromEncoded(digest.Algorithm(parts[0]), parts[2])
+		if d.Validate() != nil || blobPath(s.root, d) != p {
+			return nil // not a file this store writes
+		}
+		fi, err := e.Info()
+		if err != nil || !fi.ModTime().Before(cutoff) {
+			return nil
+		}
+		unlock := s.lockCommit(d)
+		defer unlock()
+		err = s.db.View(func(txn *badger.Txn) error { _, err := txn.Get(key(kindBlob, d.String())); return err })
+		if !errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if !dry {
+			if err := os.Remove(p); err != nil {
+				return nil
+			}
+		}
+		out = append(out, GCBlob{Digest: d, Size: fi.Size()})
+		return nil
+	})
+	return out, err
 }
 
 // dropPull forgets the pull time of tag in repo unless the tag exists.

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"sync"
@@ -410,6 +412,9 @@ func TestGCRacingPushes(t *testing.T) {
 	ctx := context.Background()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	var once sync.Once
+	halt := func() { once.Do(func() { close(stop); wg.Wait() }) }
+	t.Cleanup(halt) // before the store closes
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -460,8 +465,7 @@ func TestGCRacingPushes(t *testing.T) {
 			}
 		}
 	}
-	close(stop)
-	wg.Wait()
+	halt()
 	t.Logf("%d of 60 pushes lost their race and failed cleanly", lost)
 	// After the pushes, a collection keeps every tagged image whole.
 	collect(t, st, GCOptions{})
@@ -633,5 +637,43 @@ func TestPullTimes(t *testing.T) {
 	collect(t, st, GCOptions{Grace: time.Hour})
 	if p, _ := st.Pulls("team/p"); len(p) != 1 || p["b"].IsZero() {
 		t.Errorf("pulls after gc = %v", p)
+	}
+}
+
+// A blob file without a record (a crash between a removal's index update
+// and its unlink) is removed once past the grace period.
+func TestGCOrphanFiles(t *testing.T) {
+	t.Parallel()
+	st, err := Open(t.TempDir(), Options{Logger: zerolog.Nop()}) // the real clock, as file times are
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	content := []byte("orphaned by a crash")
+	d := digest.FromBytes(content)
+	p := blobPath(st.Root(), d)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kept := put(t, st, "team/o", "", []byte("indexed"))
+	old := time.Now().Add(-2 * time.Hour)
+	if err := os.Chtimes(p, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if rep := collect(t, st, GCOptions{Grace: 3 * time.Hour}); len(rep.Blobs) != 0 {
+		t.Fatalf("orphan within grace removed: %v", rep.Blobs)
+	}
+	rep := collect(t, st, GCOptions{Grace: time.Hour})
+	if !slices.ContainsFunc(rep.Blobs, func(b GCBlob) bool { return b.Digest == d && b.Size == int64(len(content)) }) {
+		t.Fatalf("orphan not reported: %v", rep.Blobs)
+	}
+	if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("orphan file still there: %v", err)
+	}
+	if !isStored(st, kept) {
+		t.Error("indexed blob removed")
 	}
 }

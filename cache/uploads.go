@@ -266,12 +266,9 @@ func (s *Store) CommitUpload(repo, id string, d digest.Digest, r io.Reader) (int
 		if err := f.Truncate(size); err != nil {
 			return 0, err
 		}
-		if err := s.commitFile(f, d, size); errors.Is(err, os.ErrNotExist) {
+		if err := s.commitLinked(f, d, size, repo, ""); errors.Is(err, os.ErrNotExist) {
 			return 0, fmt.Errorf("%w: cancelled while it was verified", ErrUploadUnknown)
 		} else if err != nil {
-			return 0, err
-		}
-		if err := s.Link(repo, "", d); err != nil {
 			return 0, err
 		}
 	}

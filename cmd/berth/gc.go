@@ -60,7 +60,11 @@ const collectorTick = 5 * time.Second
 // configuration, so a reload applies) and saves tag pull times every
 // minute, until ctx ends. In read-only mode it does not collect.
 func runCollector(ctx context.Context, api *reloadable) {
-	t := time.NewTicker(collectorTick)
+	tick := collectorTick
+	if i := api.current.Load().cfg.GC.Interval; i > 0 && i < tick {
+		tick = i
+	}
+	t := time.NewTicker(tick)
 	defer t.Stop()
 	lastRun, lastFlush := time.Now(), time.Now()
 	for {
