@@ -164,3 +164,40 @@ func TestOpsAuthAndReadOnly(t *testing.T) {
 		t.Errorf("gc in read-only mode: %v %s", err, out)
 	}
 }
+
+// The collector runs on its own every gc.interval, and says so in metrics.
+func TestCollectorSchedule(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t, nil)
+	cfg.GC = GCConfig{Interval: 100 * time.Millisecond, Grace: 0}
+	addr, _ := runServe(t, cfg)
+	loose := pushBlob(t, addr, "team/sched", []byte("collected by the schedule"))
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		status, _ := fetch(t, addr, "/v2/team/sched/blobs/"+loose.Digest.String())
+		if status == 404 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("loose blob still served (%d) after 20s of a 100ms gc.interval", status)
+		}
+		time.Sleep(50 * time.Millisecond) // polling the schedule's effect
+	}
+	_, metrics := fetch(t, addr, "/metrics")
+	if !regexp.MustCompile(`(?m)^berth_gc_runs_total [1-9]`).Match(metrics) || !regexp.MustCompile(`(?m)^berth_gc_removed_blobs_total [1-9]`).Match(metrics) {
+		t.Errorf("metrics lack the runs:\n%s", grepLines(string(metrics), "berth_gc_"))
+	}
+	if c := catalog(t, addr); strings.Contains(c, "team/sched") {
+		t.Errorf("emptied repository still in the catalog: %s", c)
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
