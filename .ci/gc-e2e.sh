@@ -38,6 +38,7 @@ UP=127.0.0.1:$UPP; B=127.0.0.1:$BP
 start_distribution upstream "$UPP"
 cat >"$RT/berth.yaml" <<YML
 gc: {interval: 0, grace: 1h}
+uploads: {max_sessions: 3}
 upstreams:
   - name: upstream.test
     url: http://$UP
@@ -116,6 +117,25 @@ $C pull "$B/team/app:v2" "$RT/v2.tar" 2>>"$RT/crane.log" || fail "pull of the ke
 $C pull "$B/team/keep:v2" "$RT/keep.tar" 2>>"$RT/crane.log" || fail "pull of the copied image"
 out=$("$BERTH" gc --grace 0s --json); [ "$(printf '%s' "$out" | jq_py 'd["bytes"]')" = 0 ] || fail "second gc removed more: $out"
 pass "emptied repositories left /v2/_catalog; kept images pull whole; a second gc finds nothing"
+
+# --- upload sessions ----------------------------------------------------------------
+locs=()
+for i in 1 2 3; do
+  loc=$(curl -s -o /dev/null -w '%header{location}' -X POST "http://$B/v2/team/up/blobs/uploads/")
+  [ -n "$loc" ] || fail "upload session $i not started"
+  locs+=("$loc")
+done
+code=$(curl -s -o "$RT/cap.json" -w '%{http_code}' -X POST "http://$B/v2/team/up/blobs/uploads/")
+[ "$code" = 429 ] && grep -q TOOMANYREQUESTS "$RT/cap.json" || fail "4th upload session: $code $(cat "$RT/cap.json")"
+for loc in "${locs[@]}"; do
+  case "$loc" in http*) u=$loc;; *) u=http://$B$loc;; esac
+  curl -s -o /dev/null -X DELETE "$u"
+done
+loc=$(curl -s -o /dev/null -w '%{http_code} %header{location}' -X POST "http://$B/v2/team/up/blobs/uploads/")
+[ "${loc%% *}" = 202 ] || fail "upload session after cancelling the others: $loc"
+loc=${loc#* }; case "$loc" in http*) ;; *) loc=http://$B$loc;; esac
+curl -s -o /dev/null -X DELETE "$loc"
+pass "uploads.max_sessions: 3 refuses a 4th session with 429 TOOMANYREQUESTS, until one ends"
 
 # --- retention ------------------------------------------------------------------
 $C append -f "$RT/l/c.tar" -t "$B/ci/build:1" >/dev/null 2>>"$RT/crane.log" || fail "push ci/build:1"
