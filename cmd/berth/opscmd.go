@@ -14,6 +14,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/vbauerster/mpb/v8"
+	"github.com/vbauerster/mpb/v8/decor"
+
 	"github.com/berth-dev/berth/cache"
 	"github.com/berth-dev/berth/internal/regclient"
 )
@@ -271,7 +274,10 @@ func gcCmd(ctx context.Context, args []string, s stdio) error {
 		q.Set("grace", *grace)
 	}
 	var rep cache.GCReport
-	if printed, err := o.call(ctx, s, http.MethodPost, "/admin/gc", q, &rep); err != nil || printed {
+	done := spinner(s, "garbage collection")
+	printed, err := o.call(ctx, s, http.MethodPost, "/admin/gc", q, &rep)
+	done()
+	if err != nil || printed {
 		return err
 	}
 	verb := "removed"
@@ -314,6 +320,21 @@ func revalidateCmd(ctx context.Context, args []string, s stdio) error {
 	}
 	fmt.Fprintf(s.out, "%s:%s: %s\n", repo, tag, ans["status"])
 	return nil
+}
+
+// spinner shows, on a terminal, that a long request is running and for how
+// long (a collection of a large store reads every manifest); done removes it.
+func spinner(s stdio, what string) (done func()) {
+	if !s.tty {
+		return func() {}
+	}
+	p := mpb.New(mpb.WithOutput(s.err), mpb.WithRefreshRate(200*time.Millisecond))
+	bar := p.New(0, mpb.SpinnerStyle(), mpb.BarRemoveOnComplete(),
+		mpb.PrependDecorators(decor.Name(what+" ")), mpb.AppendDecorators(decor.Elapsed(decor.ET_STYLE_GO)))
+	return func() {
+		bar.SetTotal(-1, true)
+		p.Wait()
+	}
 }
 
 // ago prints how long ago t was, or - for never.
