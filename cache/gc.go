@@ -12,26 +12,26 @@ package cache
 //     manifests.
 //
 // Sweep removes the rest, each record in its own update that checks again
-// what the plan assumed, so that a push racing the collection either
-// completes with all its content present or fails cleanly:
+// what the plan assumed. Updates never overlap (Store.update holds hotMu
+// exclusively), so of a removal and a push that race, whichever runs second
+// sees what the first did:
 //   - A blob is removed only if neither its Created nor its Linked stamp is
-//     within the grace period before the snapshot. Every update that links
-//     a blob (Link, a fill, CommitUpload) and every manifest push for each
-//     blob it references (PutManifestRefs) rewrites that stamp in the same
-//     transaction that checks the blob is still stored. Badger transactions
-//     are serialisable: if the push commits first, the sweep's transaction,
-//     which read the blob record, conflicts, retries and sees the fresh
-//     stamp; if the sweep commits first, the push's transaction conflicts,
-//     retries, finds the blob gone and fails (MANIFEST_BLOB_UNKNOWN), and
-//     the client pushes the blob again. An upload in progress has no
-//     digest yet; when it commits, the blob is created or linked afresh.
+//     within the grace period before the snapshot (or after it). Every
+//     update that links a blob (Link, a fill, a commit with its link) and
+//     every manifest push, for each blob it references (PutManifestRefs),
+//     writes that stamp in the same transaction that checks the blob and
+//     the repository's link are still there. So either the removal comes
+//     second, sees the fresh stamp and keeps the blob, or the push comes
+//     second, finds the blob or link gone and fails with ErrRefGone
+//     (MANIFEST_BLOB_UNKNOWN: the client pushes the blob again). An upload
+//     in progress has no digest yet; its commit indexes and links the blob
+//     in one update, so a blob is never seen stored but unlinked.
 //   - lockCommit serialises the file's removal with a commit of the same
 //     digest, and a blob with a fill in flight is skipped, as eviction does.
 //   - A manifest is removed only if no tag points at it and its Pushed stamp
 //     is from before the snapshot; a push of an index stamps its children.
 //   - A repository record is removed when the repository holds no tag,
-//     manifest or link; every update that adds one rewrites the record
-//     (ensureRepo), so the two conflict.
+//     manifest or link; a later link creates it again (ensureRepo).
 //
 // Blobs a mirrored repository links belong to eviction (evict.go): the
 // collector never removes them. It drops every link of a local repository
@@ -39,8 +39,8 @@ package cache
 // blob is past the grace period), whether the blob stays (another
 // repository, or a mirrored one, needs it) or not: so deleting a pushed
 // image releases a layer it shared with a mirrored one to the cache limit,
-// and a repository whose images were deleted ends up empty. A push reads
-// the link it references (stampRefs), so it conflicts with that too.
+// and a repository whose images were deleted ends up empty. A push checks
+// the links it references in its own update (stampRefs).
 //
 // The mark phase only reads the index through gcIndex and manifest bodies
 // through a function, so another storage driver can feed it its own.
@@ -250,7 +250,7 @@ func (s *Store) Pulls(repo string) (map[string]time.Time, error) {
 
 // stampLinked is called inside an update that links d or references it: it
 // returns ErrNotFound if d is no longer stored, and otherwise stamps the
-// blob as linked now, a write that a concurrent removal conflicts with.
+// blob as linked now, which a later removal's update sees.
 func (s *Store) stampLinked(txn *wtxn, d digest.Digest) error {
 	var r blobRecord
 	if err := getJSON(txn, key(kindBlob, d.String()), &r); err != nil {
@@ -265,8 +265,7 @@ func (s *Store) stampLinked(txn *wtxn, d digest.Digest) error {
 // child manifests; ErrRefGone if one was removed since the caller checked.
 func (s *Store) stampRefs(txn *wtxn, repo string, blobs, children []digest.Digest) error {
 	for _, d := range blobs {
-		// The link is read too: a collection that drops it (unlinkOld,
-		// removeBlob) conflicts with this transaction.
+		// The link too: a collection may have dropped it (unlinkOld).
 		if _, err := txn.Get(key(kindLink, repo, d.String())); errors.Is(err, badger.ErrKeyNotFound) {
 			return fmt.Errorf("%w: blob %s is no longer linked to %s", ErrRefGone, d, repo)
 		} else if err != nil {

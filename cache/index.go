@@ -231,13 +231,8 @@ func (s *Store) EnsureRepository(repo, origin string) error {
 }
 
 func ensureRepo(txn *wtxn, repo, origin string) error {
-	var r RepoRecord
-	if err := getJSON(txn, key(kindRepo, repo), &r); err == nil {
-		// Written again, unchanged: a collector removing the repository as
-		// empty conflicts with this transaction (see gc.go).
-		return setJSON(txn, key(kindRepo, repo), r)
-	} else if !errors.Is(err, ErrNotFound) {
-		return err
+	if _, err := txn.Get(key(kindRepo, repo)); err == nil {
+		return nil
 	}
 	return setJSON(txn, key(kindRepo, repo), RepoRecord{Origin: origin})
 }
