@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -200,4 +202,37 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// Bad requests to the operator endpoints get an OCI error and a 4xx.
+func TestOpsBadRequests(t *testing.T) {
+	t.Parallel()
+	addr := startServe(t, nil)
+	pushBlob(t, addr, "team/x", []byte("x"))
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		code         string
+	}{
+		{"GET", "/admin/tags", 400, "NAME_INVALID"},
+		{"GET", "/admin/tags?repo=nope/nope", 404, "NAME_UNKNOWN"},
+		{"DELETE", "/admin/ref?repo=team/x&ref=sha256:zz", 400, "DIGEST_INVALID"},
+		{"DELETE", "/admin/ref?repo=team/x&ref=no%20tag", 400, "NAME_INVALID"},
+		{"DELETE", "/admin/ref?repo=team/x&ref=v1", 404, "MANIFEST_UNKNOWN"},
+		{"DELETE", "/admin/ref?repo=team/y&ref=v1", 404, "NAME_UNKNOWN"},
+		{"POST", "/admin/gc?grace=soon", 400, "UNSUPPORTED"},
+		{"GET", "/admin/gc", 405, "UNSUPPORTED"},
+		{"POST", "/admin/revalidate?repo=team/x&tag=v1", 404, "NAME_UNKNOWN"},
+	} {
+		req, _ := http.NewRequest(tc.method, "http://"+addr+tc.path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.status || !strings.Contains(string(body), `"code":"`+tc.code+`"`) {
+			t.Errorf("%s %s: %d %s, want %d %s", tc.method, tc.path, resp.StatusCode, body, tc.status, tc.code)
+		}
+	}
 }
