@@ -295,15 +295,9 @@ func (s *Store) stampRefs(txn *wtxn, repo string, blobs, children []digest.Diges
 
 // --- uploads -----------------------------------------------------------------
 
-// checkUploadLimits fails with ErrUploadLimit if a new upload session would
-// pass Options.MaxUploads, or the open ones hold MaxUploadBytes already.
-func (s *Store) checkUploadLimits() error {
-	if s.opts.MaxUploads <= 0 && s.opts.MaxUploadBytes <= 0 {
-		return nil
-	}
-	var n int
-	var bytes int64
-	err := s.db.View(func(txn *badger.Txn) error {
+// OpenUploads counts the upload sessions open and the bytes they hold.
+func (s *Store) OpenUploads() (n int, bytes int64, err error) {
+	err = s.db.View(func(txn *badger.Txn) error {
 		return scanKind(txn, kindUpload, true, func(_ string, v []byte) error {
 			var r uploadRecord
 			if json.Unmarshal(v, &r) == nil {
@@ -313,6 +307,16 @@ func (s *Store) checkUploadLimits() error {
 			return nil
 		})
 	})
+	return n, bytes, err
+}
+
+// checkUploadLimits fails with ErrUploadLimit if a new upload session would
+// pass Options.MaxUploads, or the open ones hold MaxUploadBytes already.
+func (s *Store) checkUploadLimits() error {
+	if s.opts.MaxUploads <= 0 && s.opts.MaxUploadBytes <= 0 {
+		return nil
+	}
+	n, bytes, err := s.OpenUploads()
 	if err != nil {
 		return err
 	}

@@ -186,7 +186,8 @@ func TestCollectorSchedule(t *testing.T) {
 		time.Sleep(50 * time.Millisecond) // polling the schedule's effect
 	}
 	_, metrics := fetch(t, addr, "/metrics")
-	if !regexp.MustCompile(`(?m)^berth_gc_runs_total [1-9]`).Match(metrics) || !regexp.MustCompile(`(?m)^berth_gc_removed_blobs_total [1-9]`).Match(metrics) {
+	if !regexp.MustCompile(`(?m)^berth_gc_runs_total [1-9]`).Match(metrics) || !regexp.MustCompile(`(?m)^berth_gc_removed_blobs_total [1-9]`).Match(metrics) ||
+		!regexp.MustCompile(`(?m)^berth_uploads_open_sessions 0$`).Match(metrics) {
 		t.Errorf("metrics lack the runs:\n%s", grepLines(string(metrics), "berth_gc_"))
 	}
 	if c := catalog(t, addr); strings.Contains(c, "team/sched") {
