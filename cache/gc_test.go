@@ -38,7 +38,7 @@ func descOf(mt string, b []byte) ocispec.Descriptor {
 }
 
 // pushManifest pushes a manifest body to repo through Local, as a client would.
-func pushManifest(t *testing.T, st *Store, repo, tag string, v any) digest.Digest {
+func pushManifest(t testing.TB, st *Store, repo, tag string, v any) digest.Digest {
 	t.Helper()
 	body, err := json.Marshal(v)
 	if err != nil {
@@ -57,7 +57,7 @@ func pushManifest(t *testing.T, st *Store, repo, tag string, v any) digest.Diges
 
 // image pushes a config and the given layers to repo and a manifest naming
 // them, tagged tag (if not empty); subject makes it a referrer.
-func image(t *testing.T, st *Store, repo, tag string, subject *ocispec.Descriptor, layers ...[]byte) (digest.Digest, ocispec.Descriptor) {
+func image(t testing.TB, st *Store, repo, tag string, subject *ocispec.Descriptor, layers ...[]byte) (digest.Digest, ocispec.Descriptor) {
 	t.Helper()
 	cfg := []byte(fmt.Sprintf(`{"repo":%q,"tag":%q,"n":%d}`, repo, tag, len(layers)))
 	put(t, st, repo, "", cfg)
