@@ -114,3 +114,27 @@ func TestRevalidateAndInventory(t *testing.T) {
 		t.Errorf("tags = %+v, %v", tags, err)
 	}
 }
+
+// Purging a blob drops the repository's link, and the file only when no
+// other repository links it.
+func TestPurgeBlob(t *testing.T) {
+	t.Parallel()
+	st := openGC(t, newClock(), Options{})
+	only := put(t, st, mirrorRepo, mirrorName, []byte("only here"))
+	shared := put(t, st, mirrorRepo, mirrorName, []byte("shared"))
+	put(t, st, "docker.io/library/other", mirrorName, []byte("shared"))
+	rep, err := st.PurgeBlob(mirrorRepo, only)
+	if err != nil || len(rep.Blobs) != 1 || isStored(st, only) {
+		t.Errorf("purge of an unshared blob: %+v %v", rep, err)
+	}
+	rep, err = st.PurgeBlob(mirrorRepo, shared)
+	if err != nil || len(rep.Blobs) != 0 || rep.Unlinked != 1 || !isStored(st, shared) {
+		t.Errorf("purge of a shared blob: %+v %v", rep, err)
+	}
+	if ok, _ := st.Linked(mirrorRepo, shared); ok {
+		t.Error("link kept")
+	}
+	if _, err := st.PurgeBlob(mirrorRepo, shared); !errors.Is(err, ErrNotFound) {
+		t.Errorf("second purge: %v", err)
+	}
+}
