@@ -343,6 +343,11 @@ func (s *Store) expiredUploads(dry bool) ([]GCBlob, error) {
 		live[filepath.Base(f.file.Name())] = true
 	}
 	s.fillMu.Unlock()
+	s.uploadMu.Lock()
+	for id := range s.uploading { // a request is writing it: its record is renewed when it ends
+		live[id] = true
+	}
+	s.uploadMu.Unlock()
 	var out []GCBlob
 	for _, e := range entries {
 		id := e.Name()
