@@ -677,3 +677,32 @@ func TestGCOrphanFiles(t *testing.T) {
 		t.Error("indexed blob removed")
 	}
 }
+
+// The staging file of an upload a request is writing stays, even if its
+// record expired meanwhile; an abandoned one goes.
+func TestGCKeepsUploadBeingWritten(t *testing.T) {
+	t.Parallel()
+	st := openGC(t, newClock(), Options{})
+	busy, err := st.NewUpload("team/u")
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle, err := st.NewUpload("team/u")
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, err := st.claimUpload(busy.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	st.dropUpload(busy.ID) // as if its record expired during a long PATCH
+	st.dropUpload(idle.ID)
+	rep := collect(t, st, GCOptions{})
+	if len(rep.Uploads) != 1 || rep.Uploads[0].Upload != idle.ID {
+		t.Fatalf("removed uploads %+v, want only %s", rep.Uploads, idle.ID)
+	}
+	if _, err := os.Stat(ingestPath(st.Root(), busy.ID)); err != nil {
+		t.Errorf("file of the upload being written: %v", err)
+	}
+}
