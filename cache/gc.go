@@ -46,6 +46,7 @@ package cache
 // through a function, so another storage driver can feed it its own.
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -661,12 +662,13 @@ func (s *Store) parseStored(d digest.Digest, mediaType string) (*registry.Manife
 
 // Collect runs one garbage collection of local repositories (see the top of
 // this file) and returns what it removed, or with DryRun what it would
-// remove. Collections run one at a time.
-func (s *Store) Collect(opts GCOptions) (*GCReport, error) {
+// remove. Collections run one at a time. When ctx ends, it stops between
+// two removals (each is whole) and returns what it did with ctx's error.
+func (s *Store) Collect(ctx context.Context, opts GCOptions) (*GCReport, error) {
 	s.gc.mu.Lock()
 	defer s.gc.mu.Unlock()
 	began := time.Now()
-	rep, err := s.collect(opts)
+	rep, err := s.collect(ctx, opts)
 	rep.Seconds = time.Since(began).Seconds()
 	if opts.DryRun {
 		return rep, err
@@ -686,7 +688,7 @@ func (s *Store) Collect(opts GCOptions) (*GCReport, error) {
 	return rep, err
 }
 
-func (s *Store) collect(opts GCOptions) (*GCReport, error) {
+func (s *Store) collect(ctx context.Context, opts GCOptions) (*GCReport, error) {
 	rep := &GCReport{DryRun: opts.DryRun, Tags: []GCTag{}, Manifests: []GCManifest{}, Blobs: []GCBlob{}, Repos: []string{}, Uploads: []GCBlob{}}
 	if s.ctx.Err() != nil {
 		return rep, errors.New("store is closing")
@@ -714,6 +716,9 @@ func (s *Store) collect(opts GCOptions) (*GCReport, error) {
 
 	// Tags, then manifests: a manifest goes only once no tag points at it.
 	for _, t := range mk.deadTags {
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
 		ok := true
 		if !opts.DryRun {
 			if ok, err = s.removeTag(t, start); err != nil {
@@ -725,6 +730,9 @@ func (s *Store) collect(opts GCOptions) (*GCReport, error) {
 		}
 	}
 	for _, m := range mk.deadManifests {
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
 		ok := true
 		if !opts.DryRun {
 			if ok, err = s.removeManifest(m.Repo, m.Digest, start); err != nil {
@@ -747,6 +755,9 @@ func (s *Store) collect(opts GCOptions) (*GCReport, error) {
 		}
 	}
 	for _, d := range sortedKeys(ix.blobs) {
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
 		b := ix.blobs[d]
 		if !later(b.Created, b.Linked).Before(cutoff) {
 			continue
@@ -814,6 +825,9 @@ func (s *Store) collect(opts GCOptions) (*GCReport, error) {
 		}
 	}
 
+	if err := ctx.Err(); err != nil {
+		return rep, err
+	}
 	orphans, err := s.orphanFiles(opts.DryRun, cutoff)
 	if err != nil {
 		return rep, err

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -30,7 +31,7 @@ func BenchmarkCollect(b *testing.B) {
 	rules := []RetentionRule{{Repos: []string{"bench/**"}, Match: func(string) bool { return true }, KeepLast: 20, UntaggedAfter: 24 * time.Hour}}
 	b.ResetTimer()
 	for b.Loop() {
-		rep, err := st.Collect(GCOptions{Grace: time.Hour, DryRun: true, Retention: rules})
+		rep, err := st.Collect(context.Background(), GCOptions{Grace: time.Hour, DryRun: true, Retention: rules})
 		if err != nil || len(rep.Manifests) == 0 {
 			b.Fatalf("%v %d", err, len(rep.Manifests))
 		}

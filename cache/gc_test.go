@@ -74,7 +74,7 @@ func image(t testing.TB, st *Store, repo, tag string, subject *ocispec.Descripto
 
 func collect(t *testing.T, st *Store, opts GCOptions) *GCReport {
 	t.Helper()
-	rep, err := st.Collect(opts)
+	rep, err := st.Collect(context.Background(), opts)
 	if err != nil {
 		t.Fatalf("Collect: %v", err)
 	}
@@ -424,7 +424,7 @@ func TestGCRacingPushes(t *testing.T) {
 				return
 			default:
 			}
-			if _, err := st.Collect(GCOptions{Grace: 0}); err != nil {
+			if _, err := st.Collect(ctx, GCOptions{Grace: 0}); err != nil {
 				t.Errorf("Collect: %v", err)
 				return
 			}
@@ -704,5 +704,25 @@ func TestGCKeepsUploadBeingWritten(t *testing.T) {
 	}
 	if _, err := os.Stat(ingestPath(st.Root(), busy.ID)); err != nil {
 		t.Errorf("file of the upload being written: %v", err)
+	}
+}
+
+// A collection whose context ends stops before removing anything more.
+func TestGCCancelled(t *testing.T) {
+	t.Parallel()
+	clock := newClock()
+	st := openGC(t, clock, Options{})
+	d := put(t, st, "team/c", "", []byte("loose"))
+	clock.Advance(2 * time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := st.Collect(ctx, GCOptions{Grace: time.Hour}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Collect = %v, want context.Canceled", err)
+	}
+	if !isStored(st, d) {
+		t.Error("a cancelled collection removed a blob")
+	}
+	if s := st.GCStats(); s.Runs != 1 || s.Errors != 1 {
+		t.Errorf("stats %+v", s)
 	}
 }

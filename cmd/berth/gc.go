@@ -36,8 +36,8 @@ func retentionRules(cfg Config) []cache.RetentionRule {
 }
 
 // collectGarbage runs one collection with cfg's rules and logs what it did.
-func collectGarbage(st *cache.Store, cfg Config, log zerolog.Logger, grace time.Duration, dry bool) (*cache.GCReport, error) {
-	rep, err := st.Collect(cache.GCOptions{Grace: grace, DryRun: dry, Retention: retentionRules(cfg)})
+func collectGarbage(ctx context.Context, st *cache.Store, cfg Config, log zerolog.Logger, grace time.Duration, dry bool) (*cache.GCReport, error) {
+	rep, err := st.Collect(ctx, cache.GCOptions{Grace: grace, DryRun: dry, Retention: retentionRules(cfg)})
 	ev := log.Info()
 	if err != nil {
 		ev = log.Error().Err(err)
@@ -83,7 +83,7 @@ func runCollector(ctx context.Context, api *reloadable) {
 				continue
 			}
 			lastRun = now
-			_, _ = collectGarbage(api.store, cfg, api.log, cfg.GC.Grace, false)
+			_, _ = collectGarbage(ctx, api.store, cfg, api.log, cfg.GC.Grace, false)
 		}
 	}
 }
@@ -179,7 +179,9 @@ func (a *admin) ops(w http.ResponseWriter, r *http.Request, cfg Config) (handled
 				}
 				grace = d
 			}
-			rep, err := collectGarbage(st, cfg, *zerolog.Ctx(r.Context()), grace, dry)
+			// The request's context: a client that gives up (^C on berth gc) stops
+			// the collection between two removals.
+			rep, err := collectGarbage(r.Context(), st, cfg, *zerolog.Ctx(r.Context()), grace, dry)
 			if err != nil {
 				return err
 			}
