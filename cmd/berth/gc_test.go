@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -235,5 +236,29 @@ func TestOpsBadRequests(t *testing.T) {
 		if resp.StatusCode != tc.status || !strings.Contains(string(body), `"code":"`+tc.code+`"`) {
 			t.Errorf("%s %s: %d %s, want %d %s", tc.method, tc.path, resp.StatusCode, body, tc.status, tc.code)
 		}
+	}
+}
+
+// A reload names the gc, uploads and retention keys it changed; the uploads
+// ones wait for a restart.
+func TestReloadGCKeys(t *testing.T) {
+	t.Parallel()
+	a := defaultConfig()
+	b := defaultConfig()
+	b.GC.Interval = time.Minute
+	b.Uploads.TTL = time.Minute
+	b.Retention = []RetentionConfig{{Repos: []string{"ci/**"}, KeepLast: 3}}
+	got := changedKeys(a, b)
+	for _, want := range []string{"gc.interval", "uploads.ttl", "retention"} {
+		if !slices.Contains(got, want) {
+			t.Errorf("changedKeys = %v, want %s", got, want)
+		}
+	}
+	restart := false
+	for _, k := range restartOnly {
+		restart = restart || k.name == "uploads.ttl"
+	}
+	if !restart {
+		t.Error("uploads.ttl is not restart-only")
 	}
 }
