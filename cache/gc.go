@@ -697,7 +697,6 @@ func (s *Store) collect(ctx context.Context, opts GCOptions) (*GCReport, error) 
 		return rep, err
 	}
 	start := s.now()
-	cutoff := start.Add(-max(opts.Grace, 0))
 	ix, err := s.snapshot()
 	if err != nil {
 		return rep, err
@@ -706,159 +705,193 @@ func (s *Store) collect(ctx context.Context, opts GCOptions) (*GCReport, error) 
 	if err != nil {
 		return rep, fmt.Errorf("mark: %w (nothing removed)", err)
 	}
-	deadManifest := map[string]map[digest.Digest]bool{}
-	for _, m := range mk.deadManifests {
-		if deadManifest[m.Repo] == nil {
-			deadManifest[m.Repo] = map[digest.Digest]bool{}
-		}
-		deadManifest[m.Repo][m.Digest] = true
-	}
-
-	// Tags, then manifests: a manifest goes only once no tag points at it.
-	for _, t := range mk.deadTags {
+	sw := &sweep{s: s, dry: opts.DryRun, start: start, cutoff: start.Add(-max(opts.Grace, 0)),
+		ix: ix, mk: mk, rep: rep, gone: map[string]map[digest.Digest]bool{}}
+	// Tags, then manifests (one goes only once no tag points at it), then
+	// blobs, then what that left empty; leftovers last.
+	for _, phase := range []func(context.Context) error{sw.tags, sw.manifests, sw.blobs, sw.repos, sw.leftovers} {
 		if err := ctx.Err(); err != nil {
 			return rep, err
 		}
-		ok := true
-		if !opts.DryRun {
-			if ok, err = s.removeTag(t, start); err != nil {
-				return rep, err
-			}
+		if err := phase(ctx); err != nil {
+			return rep, err
+		}
+	}
+	return rep, nil
+}
+
+// sweep is one collection's sweep phase: it removes what mark did not keep
+// (or with dry only reports it) into rep.
+type sweep struct {
+	s      *Store
+	dry    bool
+	start  time.Time // of the snapshot
+	cutoff time.Time // start less the grace period
+	ix     *gcIndex
+	mk     *gcMark
+	rep    *GCReport
+	gone   map[string]map[digest.Digest]bool // links each repository lost
+}
+
+func (sw *sweep) tags(ctx context.Context) error {
+	for _, t := range sw.mk.deadTags {
+		ok, err := true, ctx.Err()
+		if err == nil && !sw.dry {
+			ok, err = sw.s.removeTag(t, sw.start)
+		}
+		if err != nil {
+			return err
 		}
 		if ok {
-			rep.Tags = append(rep.Tags, t)
+			sw.rep.Tags = append(sw.rep.Tags, t)
 		}
 	}
-	for _, m := range mk.deadManifests {
-		if err := ctx.Err(); err != nil {
-			return rep, err
+	return nil
+}
+
+func (sw *sweep) manifests(ctx context.Context) error {
+	for _, m := range sw.mk.deadManifests {
+		ok, err := true, ctx.Err()
+		if err == nil && !sw.dry {
+			ok, err = sw.s.removeManifest(m.Repo, m.Digest, sw.start)
 		}
-		ok := true
-		if !opts.DryRun {
-			if ok, err = s.removeManifest(m.Repo, m.Digest, start); err != nil {
-				return rep, err
-			}
+		if err != nil {
+			return err
 		}
 		if ok {
-			rep.Manifests = append(rep.Manifests, m)
+			sw.rep.Manifests = append(sw.rep.Manifests, m)
 		}
 	}
+	return nil
+}
 
-	// Blobs.
-	goneLinks := map[string]map[digest.Digest]bool{} // links each repository loses
-	lose := func(repos []string, d digest.Digest) {
-		for _, r := range repos {
-			if goneLinks[r] == nil {
-				goneLinks[r] = map[digest.Digest]bool{}
-			}
-			goneLinks[r][d] = true
+func (sw *sweep) lose(repos []string, d digest.Digest) {
+	for _, r := range repos {
+		if sw.gone[r] == nil {
+			sw.gone[r] = map[digest.Digest]bool{}
 		}
+		sw.gone[r][d] = true
 	}
-	for _, d := range sortedKeys(ix.blobs) {
+}
+
+// blobs removes the blobs past the grace period that nothing kept
+// references, and local links that no kept manifest of their repository
+// needs from the blobs that stay.
+func (sw *sweep) blobs(ctx context.Context) error {
+	for _, d := range sortedKeys(sw.ix.blobs) {
 		if err := ctx.Err(); err != nil {
-			return rep, err
+			return err
 		}
-		b := ix.blobs[d]
-		if !later(b.Created, b.Linked).Before(cutoff) {
+		b := sw.ix.blobs[d]
+		if !later(b.Created, b.Linked).Before(sw.cutoff) {
 			continue
 		}
-		// Local links that no kept manifest of their repository needs.
 		var stale []string
 		mirrored := false
-		for _, repo := range ix.links[d] {
+		for _, repo := range sw.ix.links[d] {
 			switch {
-			case !ix.isLocal(repo):
+			case !sw.ix.isLocal(repo):
 				mirrored = true
-			case !mk.keptIn[repo][d]:
+			case !sw.mk.keptIn[repo][d]:
 				stale = append(stale, repo)
 			}
 		}
-		if mk.keptBlobs[d] || mirrored {
-			// Kept: by a local manifest, or by eviction's rules.
+		if sw.mk.keptBlobs[d] || mirrored { // kept: by a local manifest, or by eviction's rules
 			if len(stale) == 0 {
 				continue
 			}
-			ok := true
-			if !opts.DryRun {
-				if ok, err = s.unlinkOld(d, stale, cutoff); err != nil {
-					return rep, err
-				}
+			ok, err := true, error(nil)
+			if !sw.dry {
+				ok, err = sw.s.unlinkOld(d, stale, sw.cutoff)
+			}
+			if err != nil {
+				return err
 			}
 			if ok {
-				rep.Unlinked += len(stale)
-				lose(stale, d)
+				sw.rep.Unlinked += len(stale)
+				sw.lose(stale, d)
 			}
 			continue
 		}
-		ok := true
-		size := b.Size
-		if !opts.DryRun {
-			if size, ok, err = s.removeBlob(d, cutoff, stale, false); err != nil {
-				return rep, err
-			}
+		ok, size, err := true, b.Size, error(nil)
+		if !sw.dry {
+			size, ok, err = sw.s.removeBlob(d, sw.cutoff, stale, false)
+		}
+		if err != nil {
+			return err
 		}
 		if ok {
-			rep.Blobs = append(rep.Blobs, GCBlob{Digest: d, Size: size})
-			rep.Bytes += size
-			lose(stale, d)
+			sw.rep.Blobs = append(sw.rep.Blobs, GCBlob{Digest: d, Size: size})
+			sw.rep.Bytes += size
+			sw.lose(stale, d)
 		}
 	}
+	return nil
+}
 
-	// Repositories left with nothing.
+// repos removes the records of repositories left with nothing (a dry run
+// works out which would be).
+func (sw *sweep) repos(ctx context.Context) error {
+	deadMans := map[string]map[digest.Digest]bool{}
+	for _, m := range sw.mk.deadManifests {
+		if deadMans[m.Repo] == nil {
+			deadMans[m.Repo] = map[digest.Digest]bool{}
+		}
+		deadMans[m.Repo][m.Digest] = true
+	}
 	linksOf := map[string][]digest.Digest{}
-	for d, repos := range ix.links {
+	for d, repos := range sw.ix.links {
 		for _, r := range repos {
 			linksOf[r] = append(linksOf[r], d)
 		}
 	}
-	for _, repo := range sortedKeys(ix.origin) {
-		if opts.DryRun {
-			if ix.isLocal(repo) && emptyAfter(repo, ix, rep.Tags, deadManifest[repo], linksOf[repo], goneLinks[repo]) {
-				rep.Repos = append(rep.Repos, repo)
+	for _, repo := range sortedKeys(sw.ix.origin) {
+		if sw.dry {
+			if sw.ix.isLocal(repo) && emptyAfter(repo, sw.ix, sw.rep.Tags, deadMans[repo], linksOf[repo], sw.gone[repo]) {
+				sw.rep.Repos = append(sw.rep.Repos, repo)
 			}
 			continue
 		}
-		if ok, err := s.removeEmptyRepo(repo); err != nil {
-			return rep, err
+		if ok, err := sw.s.removeEmptyRepo(repo); err != nil {
+			return err
 		} else if ok {
-			rep.Repos = append(rep.Repos, repo)
+			sw.rep.Repos = append(sw.rep.Repos, repo)
 		}
 	}
+	return nil
+}
 
-	if err := ctx.Err(); err != nil {
-		return rep, err
-	}
-	orphans, err := s.orphanFiles(opts.DryRun, cutoff)
+// leftovers removes blob files a crash left without a record, the pull
+// times of tags that are gone, and upload sessions past their TTL.
+func (sw *sweep) leftovers(ctx context.Context) error {
+	orphans, err := sw.s.orphanFiles(sw.dry, sw.cutoff)
 	if err != nil {
-		return rep, err
+		return err
 	}
 	for _, o := range orphans {
-		rep.Blobs = append(rep.Blobs, o)
-		rep.Bytes += o.Size
+		sw.rep.Blobs = append(sw.rep.Blobs, o)
+		sw.rep.Bytes += o.Size
 	}
-
-	// Pull times of tags that are gone (deleted by a client or above).
-	if !opts.DryRun {
-		for _, repo := range sortedKeys(ix.pulls) {
-			for _, tag := range sortedKeys(ix.pulls[repo]) {
-				if _, ok := ix.tags[repo][tag]; !ok {
-					if err := s.dropPull(repo, tag); err != nil {
-						return rep, err
+	if !sw.dry {
+		for _, repo := range sortedKeys(sw.ix.pulls) {
+			for _, tag := range sortedKeys(sw.ix.pulls[repo]) {
+				if _, ok := sw.ix.tags[repo][tag]; !ok {
+					if err := sw.s.dropPull(repo, tag); err != nil {
+						return err
 					}
 				}
 			}
 		}
 	}
-
-	ups, err := s.expiredUploads(opts.DryRun)
+	ups, err := sw.s.expiredUploads(sw.dry)
 	if err != nil {
-		return rep, err
+		return err
 	}
-	rep.Uploads = append(rep.Uploads, ups...)
+	sw.rep.Uploads = append(sw.rep.Uploads, ups...)
 	for _, u := range ups {
-		rep.Bytes += u.Size
+		sw.rep.Bytes += u.Size
 	}
-	return rep, nil
+	return nil
 }
 
 // emptyAfter reports whether a dry run's plan leaves repo with nothing.
