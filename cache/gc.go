@@ -59,6 +59,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/berth-dev/berth/internal/registry"
@@ -76,6 +77,10 @@ var (
 type gcState struct {
 	mu    sync.Mutex // one collection at a time
 	pulls sync.Map   // repo+sep+tag -> *pullEntry, not yet saved
+	// refs caches what stored manifests reference (content-addressed, so
+	// never stale): a run reads only the bodies pushed since the last.
+	// Guarded by mu; made by the first run.
+	refs *lru.Cache[digest.Digest, *registry.Manifest]
 
 	runs, errs, blobs, bytes, manifests, tags, repos, uploads atomic.Int64
 	lastTook                                                  atomic.Int64 // nanoseconds
@@ -658,6 +663,28 @@ func (s *Store) parseStored(d digest.Digest, mediaType string) (*registry.Manife
 	return registry.ParseManifest(mediaType, b, d)
 }
 
+// refsCacheEntries bounds the collector's cache of manifest references.
+const refsCacheEntries = 16384
+
+// parseCached is parseStored through gcState.refs, keeping only the
+// references (no body, no annotations). The caller holds gc.mu.
+func (s *Store) parseCached(d digest.Digest, mediaType string) (*registry.Manifest, error) {
+	if s.gc.refs == nil {
+		s.gc.refs, _ = lru.New[digest.Digest, *registry.Manifest](refsCacheEntries)
+	}
+	if m, ok := s.gc.refs.Get(d); ok {
+		return m, nil
+	}
+	m, err := s.parseStored(d, mediaType)
+	if err != nil {
+		return nil, err
+	}
+	refs := &registry.Manifest{Desc: registry.Descriptor{MediaType: m.Desc.MediaType, Digest: d, Size: m.Desc.Size},
+		Subject: m.Subject, Blobs: m.Blobs, Children: m.Children}
+	s.gc.refs.Add(d, refs)
+	return refs, nil
+}
+
 // --- collect ------------------------------------------------------------------
 
 // Collect runs one garbage collection of local repositories (see the top of
@@ -701,7 +728,7 @@ func (s *Store) collect(ctx context.Context, opts GCOptions) (*GCReport, error) 
 	if err != nil {
 		return rep, err
 	}
-	mk, err := mark(ix, opts.Retention, start, s.parseStored)
+	mk, err := mark(ix, opts.Retention, start, s.parseCached)
 	if err != nil {
 		return rep, fmt.Errorf("mark: %w (nothing removed)", err)
 	}
@@ -864,7 +891,7 @@ func (sw *sweep) repos(ctx context.Context) error {
 // leftovers removes blob files a crash left without a record, the pull
 // times of tags that are gone, and upload sessions past their TTL.
 func (sw *sweep) leftovers(ctx context.Context) error {
-	orphans, err := sw.s.orphanFiles(sw.dry, sw.cutoff)
+	orphans, err := sw.s.orphanFiles(sw.dry, sw.cutoff, sw.ix.blobs)
 	if err != nil {
 		return err
 	}
@@ -944,7 +971,8 @@ func (s *Store) removeTag(t GCTag, start time.Time) (bool, error) {
 // between a removal's index update and its unlink. commitFile holds the
 // digest's commit lock from its rename to its index update, so under that
 // lock a file without a record is not one being committed.
-func (s *Store) orphanFiles(dry bool, cutoff time.Time) ([]GCBlob, error) {
+// indexed are the blobs the snapshot knew: their files are not looked at.
+func (s *Store) orphanFiles(dry bool, cutoff time.Time, indexed map[digest.Digest]blobRecord) ([]GCBlob, error) {
 	var out []GCBlob
 	root := filepath.Join(s.root, "blobs")
 	err := filepath.WalkDir(root, func(p string, e os.DirEntry, err error) error {
@@ -957,8 +985,8 @@ func (s *Store) orphanFiles(dry bool, cutoff time.Time) ([]GCBlob, error) {
 			return nil
 		}
 		d := digest.NewDigestFromEncoded(digest.Algorithm(parts[0]), parts[2])
-		if d.Validate() != nil || blobPath(s.root, d) != p {
-			return nil // not a file this store writes
+		if _, known := indexed[d]; known || d.Validate() != nil || blobPath(s.root, d) != p {
+			return nil // indexed, or not a file this store writes
 		}
 		fi, err := e.Info()
 		if err != nil || !fi.ModTime().Before(cutoff) {
