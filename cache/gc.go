@@ -512,13 +512,14 @@ type bodyFunc func(d digest.Digest, mediaType string) (*registry.Manifest, error
 func mark(ix *gcIndex, rules []RetentionRule, now time.Time, body bodyFunc) (*gcMark, error) {
 	out := &gcMark{keptBlobs: map[digest.Digest]bool{}, keptIn: map[string]map[digest.Digest]bool{}}
 	parsed := map[digest.Digest]*registry.Manifest{}
+	var repo string // the repository being marked, for errors
 	parse := func(m ManifestRecord) (*registry.Manifest, error) {
 		if p, ok := parsed[m.Digest]; ok {
 			return p, nil
 		}
 		p, err := body(m.Digest, m.MediaType)
 		if err != nil {
-			return nil, fmt.Errorf("manifest %s: %w", m.Digest, err)
+			return nil, fmt.Errorf("manifest %s@%s cannot be read (%w): delete it (berth rm) or restore its blob", repo, m.Digest, err)
 		}
 		parsed[m.Digest] = p
 		return p, nil
@@ -533,7 +534,7 @@ func mark(ix *gcIndex, rules []RetentionRule, now time.Time, body bodyFunc) (*gc
 		}
 	}
 	slices.Sort(repos)
-	for _, repo := range repos {
+	for _, repo = range repos {
 		rule := ruleFor(rules, repo)
 		tags, mans := ix.tags[repo], ix.manifests[repo]
 		dead := map[string]bool{}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -724,5 +725,26 @@ func TestGCCancelled(t *testing.T) {
 	}
 	if s := st.GCStats(); s.Runs != 1 || s.Errors != 1 {
 		t.Errorf("stats %+v", s)
+	}
+}
+
+// A kept manifest whose body cannot be read stops the collection before it
+// removes anything: what it references is unknown.
+func TestGCUnreadableManifest(t *testing.T) {
+	t.Parallel()
+	clock := newClock()
+	st := openGC(t, clock, Options{})
+	d, _ := image(t, st, "team/broken", "v1", nil, []byte("layer"))
+	loose := put(t, st, "team/loose", "", []byte("loose"))
+	if err := os.Remove(blobPath(st.Root(), d)); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(2 * time.Hour)
+	_, err := st.Collect(context.Background(), GCOptions{Grace: time.Hour})
+	if err == nil || !strings.Contains(err.Error(), "team/broken@"+d.String()) || !strings.Contains(err.Error(), "nothing removed") {
+		t.Fatalf("Collect = %v", err)
+	}
+	if !isStored(st, loose) || !isStored(st, digest.FromBytes([]byte("layer"))) {
+		t.Error("a failed mark removed blobs")
 	}
 }
