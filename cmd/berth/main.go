@@ -293,7 +293,8 @@ func serveWith(ctx context.Context, cfg Config, h hooks) error {
 	page.SetUpstreams(names)
 	log.Info().Str("addr", ln.Addr().String()).Str("data", cfg.Data).Strs("upstreams", names).
 		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Bool("read_only", cfg.ReadOnly).Bool("auth", cfg.Auth.Htpasswd != "").
-		Int64("max_cache_bytes", cfg.MaxCacheBytes).Str("version", version).Msg("berth serving")
+		Int64("max_cache_bytes", cfg.MaxCacheBytes).Dur("gc_interval", cfg.GC.Interval).Int("retention_rules", len(cfg.Retention)).
+		Str("version", version).Msg("berth serving")
 	for _, w := range advisories(cfg) {
 		log.Warn().Msg(w)
 	}
