@@ -49,6 +49,8 @@ type options struct {
 	// The air-gap bundle: an image of bundleLayers layers, bundleSize in all.
 	bundleSize   int64
 	bundleLayers int
+	// only, when "tls", runs the TLS rows alone (tls.go).
+	only string
 }
 
 const (
@@ -70,6 +72,8 @@ func main() {
 	flag.Float64Var(&o.rateMBps, "upstream-rate", 100, "throttle between the proxies and the upstream, MB/s (0: none)")
 	dur := flag.Duration("duration", 0, "duration of each request-rate run (default 5s, 300ms with -smoke)")
 	bundleMiB := flag.Int64("bundle-mib", 0, "size of the image exported and imported, MiB (default 2048, 16 with -smoke)")
+	flag.StringVar(&o.only, "only", "", "tls: only the rows over TLS (berth vs nginx with the same certificate); docs/benchmarks.md is left alone")
+	bigMiB := flag.Int64("big-mib", 0, "size of the warm throughput blob, MiB (default 1024, 8 with -smoke)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "berthbench: unexpected arguments", flag.Args())
@@ -99,6 +103,13 @@ func main() {
 	}
 	if *bundleMiB > 0 {
 		o.bundleSize = *bundleMiB * mib
+	}
+	if *bigMiB > 0 {
+		o.bigSize = *bigMiB * mib
+	}
+	if o.only != "" && o.only != "tls" {
+		fmt.Fprintln(os.Stderr, "berthbench: -only takes tls")
+		os.Exit(2)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -201,10 +212,10 @@ func (b *bench) run(ctx context.Context) error {
 		return err
 	}
 	b.root = root
-	if b.o.out == "" && !b.o.smoke {
+	if b.o.out == "" && !b.o.smoke && b.o.only == "" {
 		b.o.out = filepath.Join(root, "bench", "results")
 	}
-	if b.o.doc == "" && !b.o.smoke {
+	if b.o.doc == "" && !b.o.smoke && b.o.only == "" {
 		b.o.doc = filepath.Join(root, "docs", "benchmarks.md")
 	}
 	if b.tmp, err = os.MkdirTemp("", "berthbench-"); err != nil {
@@ -216,11 +227,18 @@ func (b *bench) run(ctx context.Context) error {
 	if err := b.findTools(ctx); err != nil {
 		return err
 	}
-	if err := b.setup(ctx); err != nil {
-		return err
-	}
-	if err := b.measure(ctx); err != nil {
-		return err
+	if b.o.only == "tls" {
+		b.samples = samples{}
+		if err := b.measureTLS(ctx); err != nil {
+			return fmt.Errorf("tls: %w", err)
+		}
+	} else {
+		if err := b.setup(ctx); err != nil {
+			return err
+		}
+		if err := b.measure(ctx); err != nil {
+			return err
+		}
 	}
 	rep := b.report()
 	fmt.Println(rep.markdown())

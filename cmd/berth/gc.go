@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/cache"
+	"github.com/berth-dev/berth/internal/access"
+	"github.com/berth-dev/berth/internal/bucket"
 	"github.com/berth-dev/berth/internal/oci"
 	"github.com/berth-dev/berth/internal/registry"
 	"github.com/berth-dev/berth/internal/route"
@@ -132,10 +134,31 @@ type rmResult struct {
 }
 
 // ops serves the operator endpoints (berth ls, du, rm, gc); handled is
-// false for any other path.
-func (a *admin) ops(w http.ResponseWriter, r *http.Request, cfg Config) (handled bool, err error) {
+// false for any other path. With access rules, admit and can check the
+// caller's rights: ls shows the repositories it may pull, tags and
+// revalidate need pull on the repository, rm needs delete on it; du needs
+// pull on every repository, a dry run pull on every local one and a
+// collection delete on every local one.
+func (a *admin) ops(w http.ResponseWriter, r *http.Request, cfg Config,
+	admit func(repo string, act access.Action) error, can func(repo string, act access.Action) bool) (handled bool, err error) {
 	st := a.api.store
 	q := r.URL.Query()
+	// every admits act on each repository (each local one, if localOnly).
+	every := func(act access.Action, localOnly bool) error {
+		repos, err := st.Repos()
+		if err != nil {
+			return err
+		}
+		for _, ri := range repos {
+			if localOnly && ri.Origin != "local" {
+				continue
+			}
+			if !can(ri.Name, act) {
+				return admit(ri.Name, act)
+			}
+		}
+		return nil
+	}
 	type route struct{ path, method string }
 	endpoints := map[route]func() error{
 		{"/admin/repos", http.MethodGet}: func() error {
@@ -143,11 +166,15 @@ func (a *admin) ops(w http.ResponseWriter, r *http.Request, cfg Config) (handled
 			if err != nil {
 				return err
 			}
+			repos = slices.DeleteFunc(repos, func(ri cache.RepoInfo) bool { return !can(ri.Name, access.Pull) })
 			return writeJSON(w, map[string]any{"repos": repos})
 		},
 		{"/admin/tags", http.MethodGet}: func() error {
 			repo, err := repoParam(q)
 			if err != nil {
+				return err
+			}
+			if err := admit(repo, access.Pull); err != nil {
 				return err
 			}
 			tags, err := st.TagInfos(repo)
@@ -160,6 +187,9 @@ func (a *admin) ops(w http.ResponseWriter, r *http.Request, cfg Config) (handled
 			return writeJSON(w, map[string]any{"name": repo, "tags": tags})
 		},
 		{"/admin/du", http.MethodGet}: func() error {
+			if err := every(access.Pull, false); err != nil {
+				return err
+			}
 			du, err := st.DiskUsage()
 			if err != nil {
 				return err
@@ -179,6 +209,13 @@ func (a *admin) ops(w http.ResponseWriter, r *http.Request, cfg Config) (handled
 				}
 				grace = d
 			}
+			act := access.Delete
+			if dry {
+				act = access.Pull
+			}
+			if err := every(act, true); err != nil {
+				return err
+			}
 			// The request's context: a client that gives up (^C on berth gc) stops
 			// the collection between two removals.
 			rep, err := collectGarbage(r.Context(), st, cfg, *zerolog.Ctx(r.Context()), grace, dry)
@@ -195,6 +232,9 @@ func (a *admin) ops(w http.ResponseWriter, r *http.Request, cfg Config) (handled
 			if err != nil {
 				return err
 			}
+			if err := admit(repo, access.Delete); err != nil {
+				return err
+			}
 			tagOnly, _ := parseBool(q.Get("tag_only"))
 			res, err := remove(st, repo, q.Get("ref"), tagOnly)
 			if err != nil {
@@ -209,8 +249,11 @@ func (a *admin) ops(w http.ResponseWriter, r *http.Request, cfg Config) (handled
 			if err != nil {
 				return err
 			}
+			if err := admit(repo, access.Pull); err != nil {
+				return err
+			}
 			tag := q.Get("tag")
-			if rec, err := st.Repository(repo); err != nil || rec.Origin == "" {
+			if rec, err := st.Repository(repo); err != nil || rec.Origin == "" || rec.Origin == bucket.Origin {
 				return oci.Errorf(oci.CodeNameUnknown, "no mirrored repository %s (local tags need no revalidation)", repo)
 			}
 			if err := st.Revalidate(repo, tag); errors.Is(err, cache.ErrNotFound) {
@@ -251,6 +294,9 @@ func remove(st *cache.Store, repo, ref string, tagOnly bool) (*rmResult, error) 
 		return nil, oci.Errorf(oci.CodeNameUnknown, "repository %s unknown", repo)
 	} else if err != nil {
 		return nil, err
+	}
+	if rec.Origin == bucket.Origin {
+		return nil, oci.Errorf(oci.CodeUnsupported, "%s is in the storage bucket (storage.driver s3): delete it through the registry API (DELETE /v2/%s/manifests/DIGEST); berth rm removes content of the filesystem driver and mirrored content", repo, repo)
 	}
 	res := &rmResult{Repo: repo, Ref: ref, Origin: rec.Origin,
 		PurgeReport: cache.PurgeReport{Tags: []string{}, Manifests: []digest.Digest{}, Blobs: []cache.GCBlob{}}}

@@ -10,6 +10,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,8 +28,10 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/cache"
+	"github.com/berth-dev/berth/internal/cluster"
 	"github.com/berth-dev/berth/internal/mirror"
 	"github.com/berth-dev/berth/internal/status"
+	"github.com/berth-dev/berth/internal/tlsserve"
 	"github.com/berth-dev/berth/proxy"
 	"github.com/mattn/go-isatty"
 	"github.com/prometheus/client_golang/prometheus"
@@ -220,9 +223,20 @@ type hooks struct {
 }
 
 // serveWith is serve, with reloads.
-func serveWith(ctx context.Context, cfg Config, h hooks) error {
+func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 	log, logw := newLogger(cfg)
 	defer logw.Close()
+	var certs *tlsserve.Reloader
+	var tlsConfig *tls.Config
+	if cfg.TLS.CertFile != "" {
+		certs, err = tlsserve.NewReloader(tlsserve.Config(cfg.TLS), log)
+		if ke := (*tlsserve.KeyError)(nil); errors.As(err, &ke) {
+			return keyError(ke.Key, "", ke.Err)
+		} else if err != nil {
+			return err
+		}
+		tlsConfig = tlsserve.ServerConfig(certs)
+	}
 	// The index gets a few seconds to close: a data directory removed or
 	// made read-only under berth must not hold its exit for minutes.
 	store, err := cache.Open(cfg.Data, cache.Options{Logger: log, MaxBytes: cfg.MaxCacheBytes, CloseTimeout: 5 * time.Second,
@@ -233,11 +247,26 @@ func serveWith(ctx context.Context, cfg Config, h hooks) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerStore(reg, store)
+	if certs != nil {
+		reg.MustRegister(certs.Collectors()...)
+	}
 	registerGC(reg, store)
 	page := status.New(status.Options{Version: version, Store: store})
 	api := &reloadable{log: log, store: store, mirrorMet: mirror.NewMetrics(reg), httpMet: proxy.NewMetrics(reg),
-		readOnly: new(atomic.Bool), page: page}
+		readOnly: new(atomic.Bool), page: page, local: cache.NewLocal(store)}
 	api.readOnly.Store(cfg.ReadOnly)
+	shared, err := openShared(ctx, cfg, store, reg, log)
+	if err != nil {
+		store.Close()
+		return err
+	}
+	defer shared.close()
+	if shared.registry != nil {
+		api.local = shared.registry
+	}
+	if shared.source != nil {
+		api.source = shared.source
+	}
 	first, err := api.build(cfg)
 	if err != nil {
 		store.Close()
@@ -251,6 +280,9 @@ func serveWith(ctx context.Context, cfg Config, h hooks) error {
 	mux.Handle("/v2", api)
 	mux.Handle("/admin/", &admin{api: api})
 	mux.Handle("/", page) // the status page; any other unknown path is 404
+	if shared.cluster != nil {
+		mux.Handle(cluster.Prefix, api.peers(shared.cluster))
+	}
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
@@ -288,13 +320,24 @@ func serveWith(ctx context.Context, cfg Config, h hooks) error {
 		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          stdlog.New(io.Discard, "", 0),
+		TLSConfig:         tlsConfig, // ServeTLS adds HTTP/2
+	}
+	if certs != nil {
+		srv.ErrorLog = certs.ErrorLog() // counts failed handshakes
 	}
 	names := upstreamNames(cfg)
 	page.SetUpstreams(names)
 	log.Info().Str("addr", ln.Addr().String()).Str("data", cfg.Data).Strs("upstreams", names).
-		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Bool("read_only", cfg.ReadOnly).Bool("auth", cfg.Auth.Htpasswd != "").
-		Int64("max_cache_bytes", cfg.MaxCacheBytes).Dur("gc_interval", cfg.GC.Interval).Int("retention_rules", len(cfg.Retention)).
+		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Bool("read_only", cfg.ReadOnly).Bool("auth", cfg.Auth.Htpasswd != "").Bool("tls", certs != nil).
+		Bool("ldap", cfg.Auth.LDAP.URL != "").Bool("token", cfg.Auth.Token.Enabled).Int("access_rules", len(cfg.Access)).
+		Int64("max_cache_bytes", cfg.MaxCacheBytes).Str("storage", cfg.Storage.Driver).Str("cluster_self", cfg.Cluster.Self).
+		Dur("gc_interval", cfg.GC.Interval).Int("retention_rules", len(cfg.Retention)).
 		Str("version", version).Msg("berth serving")
+	if certs != nil {
+		leaf := certs.Leaf()
+		log.Info().Str("subject", leaf.Subject.String()).Str("serial", tlsserve.Serial(leaf)).Time("not_after", leaf.NotAfter).
+			Bool("client_certificates", cfg.TLS.ClientCAFile != "").Msg("tls: serving HTTPS (HTTP/2 and HTTP/1.1, TLS 1.2+)")
+	}
 	for _, w := range advisories(cfg) {
 		log.Warn().Msg(w)
 	}
@@ -315,11 +358,18 @@ func serveWith(ctx context.Context, cfg Config, h hooks) error {
 		g.Go(func() error { <-gctx.Done(); return dbg.Close() })
 	}
 	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		serve := srv.Serve
+		if tlsConfig != nil {
+			serve = func(ln net.Listener) error { return srv.ServeTLS(ln, "", "") }
+		}
+		if err := serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil
 	})
+	if certs != nil {
+		g.Go(func() error { certs.Run(gctx, tlsserve.DefaultInterval); return nil })
+	}
 	g.Go(func() error { runCollector(gctx, api); return nil })
 	g.Go(func() error {
 		for {
@@ -327,6 +377,9 @@ func serveWith(ctx context.Context, cfg Config, h hooks) error {
 			case <-gctx.Done():
 				return nil
 			case <-h.reload:
+				if certs != nil {
+					_, _ = certs.Check() // at once, as after nginx -s reload; it logs its own outcome
+				}
 				err := api.reload(h.load)
 				if h.reloaded != nil {
 					select {
@@ -359,6 +412,7 @@ func serveWith(ctx context.Context, cfg Config, h hooks) error {
 		return err
 	}
 	api.stop()
+	shared.close()
 	if cerr := store.Close(); cerr != nil {
 		log.Error().Err(cerr).Msg("closing the index")
 	}
