@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-dev/berth/internal/access"
+	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -260,5 +262,60 @@ func TestReloadGCKeys(t *testing.T) {
 	}
 	if !restart {
 		t.Error("uploads.ttl is not restart-only")
+	}
+}
+
+// With access rules, the operator endpoints check the caller's rights.
+func TestOpsAccessRules(t *testing.T) {
+	t.Parallel()
+	line, err := htpasswdLine("ci", strings.NewReader("s3cret\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	htpasswd := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(htpasswd, []byte(line+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, nil)
+	cfg.Auth.Htpasswd = htpasswd
+	cfg.Access = []access.Rule{
+		{Repos: []string{"team-a/**"}, Subjects: []string{"ci"}, Actions: []access.Action{access.Pull, access.Push, access.Delete}},
+		{Repos: []string{"team-b/**"}, Subjects: []string{"ci"}, Actions: []access.Action{access.Pull, access.Push}},
+	}
+	addr, _ := runServe(t, cfg)
+	for _, repo := range []string{"team-a/app", "team-b/app", "team-c/app"} {
+		b := []byte("blob of " + repo)
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/v2/"+repo+"/blobs/uploads/?digest="+digest.FromBytes(b).String(), bytes.NewReader(b))
+		req.SetBasicAuth("ci", "s3cret")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if want := map[bool]int{true: 201, false: 403}[repo != "team-c/app"]; resp.StatusCode != want {
+			t.Fatalf("push to %s: %d, want %d", repo, resp.StatusCode, want)
+		}
+	}
+	as := func(args ...string) (string, error) {
+		return runCmd(t, "s3cret\n", append(args, "--server", "http://"+addr, "--username", "ci", "--password-stdin")...)
+	}
+	out, err := as("ls")
+	if err != nil || !strings.Contains(out, "team-a/app") || !strings.Contains(out, "team-b/app") {
+		t.Errorf("ls: %v\n%s", err, out)
+	}
+	if _, err := as("du"); err != nil {
+		t.Errorf("du with pull everywhere: %v", err)
+	}
+	if _, err := as("gc", "--dry-run"); err != nil {
+		t.Errorf("gc --dry-run with pull everywhere: %v", err)
+	}
+	if out, err := as("gc"); err == nil || !strings.Contains(err.Error(), "DENIED") {
+		t.Errorf("gc without delete on team-b: %v %s", err, out)
+	}
+	if out, err := as("rm", "team-b/app@"+digest.FromBytes([]byte("blob of team-b/app")).String()); err == nil || !strings.Contains(err.Error(), "DENIED") {
+		t.Errorf("rm in team-b without delete: %v %s", err, out)
+	}
+	if out, err := as("rm", "team-a/app@"+digest.FromBytes([]byte("blob of team-a/app")).String()); err != nil {
+		t.Errorf("rm in team-a: %v %s", err, out)
 	}
 }
