@@ -10,7 +10,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 # Tool versions are pinned in .ci/install-tools.sh.
 
-.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e upstream-auth-e2e tls-e2e auth-e2e bench bench-smoke lint tools clean diskfull-e2e crash-e2e soak soak-short
+.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e upstream-auth-e2e tls-e2e auth-e2e gc-e2e bench bench-smoke lint tools clean diskfull-e2e crash-e2e soak soak-short
 
 run: build
 	./$(BIN) serve --addr :5000 --data ./data
@@ -22,7 +22,7 @@ build:
 ## OCI conformance suite against a real `berth serve`, the mirror e2e, every
 ## real client (skipped with a reason where one cannot run; required in CI),
 ## the status page in headless Chromium, the air-gap bundle workflow.
-test: lint race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e upstream-auth-e2e tls-e2e auth-e2e diskfull-e2e crash-e2e bench-smoke soak-short
+test: lint race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e upstream-auth-e2e tls-e2e auth-e2e gc-e2e diskfull-e2e crash-e2e bench-smoke soak-short
 
 unit:
 	$(GO) test ./...
@@ -95,6 +95,10 @@ soak: build
 
 soak-short: build
 	$(GO) run ./bench/soak -berth $(BIN) -duration 3m -out $${SOAK_OUT:-$$(mktemp -d)} -doc ''
+
+## garbage collection, retention, purge and the operator CLI (.ci/gc-e2e.sh)
+gc-e2e: build tools
+	@bash .ci/gc-e2e.sh
 
 # The status page at / in headless Chromium (installed with apt-get as root,
 # else skipped); the screenshot is kept (its path is printed).

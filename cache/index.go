@@ -18,6 +18,10 @@ type blobRecord struct {
 	// Created is when the blob was indexed: its age for eviction until it is
 	// read. Zero in records written before eviction existed.
 	Created time.Time `json:"created,omitzero"`
+	// Linked is when a repository was last linked to the blob or a pushed
+	// manifest last referenced it: the collector's grace period runs from
+	// the later of Created and Linked (see gc.go).
+	Linked time.Time `json:"linked,omitzero"`
 }
 
 // ManifestRecord describes a manifest stored in a repository.
@@ -28,6 +32,9 @@ type ManifestRecord struct {
 	ArtifactType string            `json:"artifactType,omitempty"`
 	Subject      digest.Digest     `json:"subject,omitempty"`
 	Annotations  map[string]string `json:"annotations,omitempty"`
+	// Pushed is when the manifest was last stored or referenced by an index
+	// pushed after it (zero in records written before it existed).
+	Pushed time.Time `json:"pushed,omitzero"`
 }
 
 // TagRecord is what a tag points at and when that was last confirmed.

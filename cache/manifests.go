@@ -24,8 +24,17 @@ func (s *Store) PutManifest(repo, origin string, m ManifestRecord, body []byte, 
 	if err := s.space.admitSmall(int64(len(body))); err != nil {
 		return err
 	}
+	return s.PutManifestRefs(repo, origin, m, body, tag, fetchedAt, nil, nil)
+}
+
+// PutManifestRefs is PutManifest for a pushed manifest whose blobs and
+// child manifests the caller found in repo. The same transaction checks
+// them again and stamps them as referenced now, so a collection that
+// races the push either sees the stamp and keeps them, or removed them
+// first and the push fails with ErrRefGone (see gc.go).
+func (s *Store) PutManifestRefs(repo, origin string, m ManifestRecord, body []byte, tag string, fetchedAt time.Time, blobs, children []digest.Digest) error {
 	for attempt := 0; ; attempt++ {
-		err := s.putManifest(repo, origin, m, body, tag, fetchedAt)
+		err := s.putManifest(repo, origin, m, body, tag, fetchedAt, blobs, children)
 		// ErrNotFound: the body was evicted between storing and indexing
 		// it (a race with an eviction pass); store it again.
 		if !errors.Is(err, ErrNotFound) || attempt == 2 {
@@ -34,7 +43,7 @@ func (s *Store) PutManifest(repo, origin string, m ManifestRecord, body []byte, 
 	}
 }
 
-func (s *Store) putManifest(repo, origin string, m ManifestRecord, body []byte, tag string, fetchedAt time.Time) error {
+func (s *Store) putManifest(repo, origin string, m ManifestRecord, body []byte, tag string, fetchedAt time.Time, blobs, children []digest.Digest) error {
 	if _, err := s.StatBlob(m.Digest); err != nil {
 		if err := s.putBlob(repo, origin, m.Digest, int64(len(body)), bytes.NewReader(body), s.space.reserve/2); err != nil {
 			return err
@@ -42,7 +51,10 @@ func (s *Store) putManifest(repo, origin string, m ManifestRecord, body []byte, 
 	}
 	s.cacheManifestBody(m.Digest, body)
 	return s.update(func(txn *wtxn) error {
-		if err := s.stillStored(txn, m.Digest); err != nil {
+		if err := s.stampLinked(txn, m.Digest); err != nil {
+			return err
+		}
+		if err := s.stampRefs(txn, repo, blobs, children); err != nil {
 			return err
 		}
 		if err := ensureRepo(txn, repo, origin); err != nil {
@@ -55,6 +67,7 @@ func (s *Store) putManifest(repo, origin string, m ManifestRecord, body []byte, 
 		// record is read on every pull and stays small.
 		rec := m
 		rec.Annotations = nil
+		rec.Pushed = s.now()
 		if err := setJSON(txn, key(kindManifest, repo, m.Digest.String()), rec); err != nil {
 			return err
 		}

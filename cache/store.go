@@ -41,6 +41,11 @@ type Options struct {
 	Logger zerolog.Logger
 	// UploadTTL is how long an idle upload is kept; zero means 24 hours.
 	UploadTTL time.Duration
+	// MaxUploads and MaxUploadBytes cap the upload sessions open at once
+	// and the bytes they hold: a new session past either is refused with
+	// ErrUploadLimit. Zero: no cap.
+	MaxUploads     int
+	MaxUploadBytes int64
 	// ManifestCacheEntries bounds the in-memory manifest body cache.
 	ManifestCacheEntries int
 	// MaxBytes bounds the bytes of mirrored content on disk; least recently
@@ -111,7 +116,8 @@ type Store struct {
 	evictMu     sync.Mutex   // one eviction pass at a time
 	evictCh     chan struct{}
 
-	space *space // free-space reserve and storage health (space.go)
+	space *space  // free-space reserve and storage health (space.go)
+	gc    gcState // garbage collection and pull times (gc.go)
 }
 
 // Open opens (creating if needed) the store under root.
@@ -279,6 +285,9 @@ func (s *Store) Close() error {
 		// Last, so that LRU order survives the restart.
 		if err := s.flushAccess(); err != nil {
 			s.log.Warn().Err(err).Msg("saving blob access times")
+		}
+		if err := s.FlushPulls(); err != nil {
+			s.log.Warn().Err(err).Msg("saving tag pull times")
 		}
 		closed <- s.opts.closeIndex(s.db)
 	}()

@@ -25,6 +25,9 @@ func (s *Store) NewUpload(repo string) (Upload, error) {
 	if err := s.space.admit(0); err != nil {
 		return Upload{}, err
 	}
+	if err := s.checkUploadLimits(); err != nil {
+		return Upload{}, err
+	}
 	f, err := s.createStaging()
 	if err != nil {
 		return Upload{}, err
@@ -258,20 +261,26 @@ func (s *Store) CommitUpload(repo, id string, d digest.Digest, r io.Reader) (int
 	if !v.Verified() {
 		return 0, ErrDigestMismatch
 	}
+	linked := false
 	if _, err := s.StatBlob(d); err == nil {
-		os.Remove(f.Name()) // already stored: keep the first copy
-	} else {
+		// Already stored: keep the first copy, unless it was collected or
+		// evicted since StatBlob; then this upload's file takes its place.
+		if err := s.Link(repo, "", d); err == nil {
+			linked = true
+			os.Remove(f.Name())
+		} else if !errors.Is(err, ErrNotFound) {
+			return 0, err
+		}
+	}
+	if !linked {
 		if err := f.Truncate(size); err != nil {
 			return 0, err
 		}
-		if err := s.commitFile(f, d, size); errors.Is(err, os.ErrNotExist) {
+		if err := s.commitLinked(f, d, size, repo, ""); errors.Is(err, os.ErrNotExist) {
 			return 0, fmt.Errorf("%w: cancelled while it was verified", ErrUploadUnknown)
 		} else if err != nil {
 			return 0, err
 		}
-	}
-	if err := s.Link(repo, "", d); err != nil {
-		return 0, err
 	}
 	s.dropUpload(id)
 	return size, nil

@@ -48,7 +48,7 @@ func keyCases(t *testing.T) []keyCase {
 		{key: "prefetch", good: "-1", get: func(c Config) any { return c.Prefetch }, want: -1,
 			bad: "-7", why: "-7 is out of range (-1 or more: 0 and -1 turn prefetching off)"},
 		{key: "shutdown_timeout", good: "90", get: func(c Config) any { return c.ShutdownTimeout }, want: 90 * time.Second,
-			bad: "10 minutes", why: `"10 minutes" is not a duration (a number of seconds, or Go syntax such as 90s, 10m, 1h30m)`},
+			bad: "10 minutes", why: `"10 minutes" is not a duration (a number of seconds, or Go syntax such as 90s, 10m, 1h30m, or days: 30d)`},
 		{key: "max_manifest_bytes", good: "8MiB", get: func(c Config) any { return c.MaxManifestBytes }, want: int64(8 << 20),
 			bad: "4 MB?", why: `"4 MB?" is not a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB...)`},
 		{key: "max_cache_bytes", good: "1.5 TB", get: func(c Config) any { return c.MaxCacheBytes }, want: int64(1.5e12),
@@ -115,6 +115,16 @@ func keyCases(t *testing.T) []keyCase {
 			bad: htpasswd + ".missing", why: "no such file", env: map[string]string{"BERTH_AUTH_HTPASSWD": htpasswd}},
 		{key: "auth.token.ttl", good: "10m", get: func(c Config) any { return c.Auth.Token.TTL }, want: 10 * time.Minute,
 			bad: "500ms", why: "500ms is out of range (at least 1s)", env: map[string]string{"BERTH_AUTH_HTPASSWD": htpasswd}},
+		{key: "gc.interval", good: "30d", get: func(c Config) any { return c.GC.Interval }, want: 30 * 24 * time.Hour,
+			bad: "-1h", why: "-1h is out of range (0 or more: 0 runs the collector only on demand)"},
+		{key: "gc.grace", good: "0", get: func(c Config) any { return c.GC.Grace }, want: time.Duration(0),
+			bad: "soon", why: `"soon" is not a duration`},
+		{key: "uploads.ttl", good: "15m", get: func(c Config) any { return c.Uploads.TTL }, want: 15 * time.Minute,
+			bad: "0", why: "0 is out of range (at least 1s)"},
+		{key: "uploads.max_sessions", good: "20", get: func(c Config) any { return c.Uploads.MaxSessions }, want: 20,
+			bad: "-2", why: "-2 is out of range (0 or more)"},
+		{key: "uploads.max_bytes", good: "2GiB", get: func(c Config) any { return c.Uploads.MaxBytes }, want: int64(2 << 30),
+			bad: "lots", why: `"lots" is not a size`},
 	}
 }
 

@@ -60,6 +60,11 @@ commands:
   warm      pull images through a running berth so that they are cached
   export    write images berth holds to a bundle file (an OCI layout tar)
   import    import a bundle into a running berth, or a stopped one's data
+  ls        list repositories, or a repository's tags, of a running berth
+  du        show the bytes a running berth holds: local, by upstream, total, limit
+  rm        remove a tag, image or blob (mirrored content: purge it)
+  gc        collect unreferenced local content now (--dry-run: list it)
+  revalidate  make a mirrored tag ask its upstream at the next pull
   htpasswd  print an htpasswd line for USER with a bcrypt hash of the password read from stdin
   version   print the version
   help      print this, or with a command's name its usage`
@@ -81,9 +86,14 @@ var clientCommands = map[string]struct {
 	run   func(context.Context, []string, stdio) error
 	usage string
 }{
-	"warm":   {warmCmd, warmUsage},
-	"export": {exportCmd, exportUsage},
-	"import": {importCmd, importUsage},
+	"warm":       {warmCmd, warmUsage},
+	"export":     {exportCmd, exportUsage},
+	"import":     {importCmd, importUsage},
+	"ls":         {lsCmd, lsUsage},
+	"du":         {duCmd, duUsage},
+	"rm":         {rmCmd, rmUsage},
+	"gc":         {gcCmd, gcUsage},
+	"revalidate": {revalidateCmd, revalidateUsage},
 }
 
 // isHelp reports whether arg asks for help, as -h, --help or -help.
@@ -111,7 +121,7 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		return serveWith(ctx, cfg, hooks{reload: hup, load: load})
-	case "warm", "export", "import":
+	case "warm", "export", "import", "ls", "du", "rm", "gc", "revalidate":
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		s := stdio{in: stdin, out: stdout, err: os.Stderr, getenv: os.Getenv, tty: isatty.IsTerminal(os.Stderr.Fd())}
@@ -233,7 +243,8 @@ func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 	if reserve == 0 {
 		reserve = -1 // cache.Options: negative is no check
 	}
-	store, err := cache.Open(cfg.Data, cache.Options{Logger: log, MaxBytes: cfg.MaxCacheBytes, CloseTimeout: 5 * time.Second, DiskReserve: reserve})
+	store, err := cache.Open(cfg.Data, cache.Options{Logger: log, MaxBytes: cfg.MaxCacheBytes, CloseTimeout: 5 * time.Second, DiskReserve: reserve,
+		UploadTTL: cfg.Uploads.TTL, MaxUploads: cfg.Uploads.MaxSessions, MaxUploadBytes: cfg.Uploads.MaxBytes})
 	if errors.Is(err, cache.ErrNoSpace) {
 		return keyError("disk_reserve", "", err)
 	}
@@ -246,6 +257,7 @@ func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 	if certs != nil {
 		reg.MustRegister(certs.Collectors()...)
 	}
+	registerGC(reg, store)
 	page := status.New(status.Options{Version: version, Store: store})
 	api := &reloadable{log: log, store: store, mirrorMet: mirror.NewMetrics(reg), httpMet: proxy.NewMetrics(reg),
 		readOnly: new(atomic.Bool), page: page, local: cache.NewLocal(store)}
@@ -330,6 +342,7 @@ func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Bool("read_only", cfg.ReadOnly).Bool("auth", cfg.Auth.Htpasswd != "").Bool("tls", certs != nil).
 		Bool("ldap", cfg.Auth.LDAP.URL != "").Bool("token", cfg.Auth.Token.Enabled).Int("access_rules", len(cfg.Access)).
 		Int64("max_cache_bytes", cfg.MaxCacheBytes).Int64("disk_reserve", cfg.DiskReserve).Str("storage", cfg.Storage.Driver).Str("cluster_self", cfg.Cluster.Self).
+		Dur("gc_interval", cfg.GC.Interval).Int("retention_rules", len(cfg.Retention)).
 		Str("version", version).Msg("berth serving")
 	if certs != nil {
 		leaf := certs.Leaf()
@@ -368,6 +381,7 @@ func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 	if certs != nil {
 		g.Go(func() error { certs.Run(gctx, tlsserve.DefaultInterval); return nil })
 	}
+	g.Go(func() error { runCollector(gctx, api); return nil })
 	g.Go(func() error {
 		for {
 			select {

@@ -216,6 +216,9 @@ var restartOnly = []struct {
 	{"storage", func(n *Config, c Config) { n.Storage = c.Storage }},
 	{"cluster", func(n *Config, c Config) { n.Cluster = c.Cluster }},
 	{"tls", func(n *Config, c Config) { n.TLS = c.TLS }},
+	{"uploads.ttl", func(n *Config, c Config) { n.Uploads.TTL = c.Uploads.TTL }},
+	{"uploads.max_sessions", func(n *Config, c Config) { n.Uploads.MaxSessions = c.Uploads.MaxSessions }},
+	{"uploads.max_bytes", func(n *Config, c Config) { n.Uploads.MaxBytes = c.Uploads.MaxBytes }},
 }
 
 // reload builds a generation from load's configuration and swaps it in.
@@ -273,7 +276,7 @@ func changedKeys(a, b Config) []string {
 				continue
 			}
 			name := prefix + snake(f.Name)
-			if f.Type == reflect.TypeFor[AuthConfig]() {
+			if f.Type == reflect.TypeFor[AuthConfig]() || f.Type == reflect.TypeFor[GCConfig]() || f.Type == reflect.TypeFor[UploadsConfig]() {
 				walk(name+".", x.Field(i), y.Field(i))
 				continue
 			}
