@@ -180,7 +180,7 @@ type Source struct {
 type Bucket interface {
 	StatBlob(ctx context.Context, d digest.Digest) (int64, error)
 	Opener(d digest.Digest) cache.FetchFunc
-	PublishFile(ctx context.Context, d digest.Digest, f *os.File, size int64) error
+	PublishFile(ctx context.Context, d digest.Digest, f *os.File, size int64, origin string) error
 }
 
 // NewSource returns the blob source of a replica.
@@ -251,7 +251,7 @@ var errOwn = errors.New("this replica owns the download")
 
 // Stored publishes blob d, downloaded from the upstream by this replica as
 // its owner, to the bucket, in the background.
-func (s *Source) Stored(d digest.Digest, size int64) {
+func (s *Source) Stored(d digest.Digest, size int64, origin string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -265,7 +265,7 @@ func (s *Source) Stored(d digest.Digest, size int64) {
 			return // evicted already
 		}
 		defer f.Close()
-		if err := s.b.PublishFile(s.store.Context(), d, f, size); err != nil {
+		if err := s.b.PublishFile(s.store.Context(), d, f, size, origin); err != nil {
 			s.log.Warn().Err(err).Str("digest", d.String()).Msg("publishing a downloaded blob to the bucket")
 		}
 	}()

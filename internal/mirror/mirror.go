@@ -48,7 +48,7 @@ type Upstream interface {
 // an offset, for a download taken over midway.
 type BlobSource interface {
 	OpenBlob(ctx context.Context, upstream, repo string, d digest.Digest, direct func(ctx context.Context, offset int64) (io.ReadCloser, error)) (rc io.ReadCloser, size int64, from string, err error)
-	Stored(d digest.Digest, size int64)
+	Stored(d digest.Digest, size int64, upstream string)
 }
 
 // Options configure a Mirror.
@@ -558,7 +558,7 @@ func (m *Mirror) startFill(fctx context.Context, peer bool, repo string, d diges
 				} else {
 					m.met.fillsOK.Inc()
 					if m.o.Source != nil {
-						m.o.Source.Stored(d, size)
+						m.o.Source.Stored(d, size, m.name)
 					}
 				}
 			})
