@@ -224,7 +224,7 @@ func TestHerdSharesOneUpstreamDownload(t *testing.T) {
 			t.Errorf("berth_cache_requests_total%v = %v, want %v", l, got, want)
 		}
 	}
-	if got := testutil.Value(t, e.reg, "berth_http_response_bytes_total", map[string]string{"source": "upstream"}); got != clients*size {
+	if got := testutil.ValueReaches(t, e.reg, "berth_http_response_bytes_total", map[string]string{"source": "upstream"}, clients*size); got != clients*size {
 		t.Errorf("bytes served from the upstream stream = %v, want %d", got, clients*size)
 	}
 }

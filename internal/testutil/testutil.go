@@ -67,3 +67,19 @@ func Value(t testing.TB, reg prometheus.Gatherer, name string, want map[string]s
 	}
 	return m.GetGauge().GetValue()
 }
+
+// ValueReaches polls metric name (with labels want) until it equals v or
+// ten seconds pass, and returns its last value. A handler records a
+// response's metrics after its last byte is written, so a client that has
+// read every byte may look before the server has counted them.
+func ValueReaches(t testing.TB, reg prometheus.Gatherer, name string, want map[string]string, v float64) float64 {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := Value(t, reg, name, want)
+		if got == v || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
