@@ -53,6 +53,13 @@ func NewRegistry(b *Bucket, s *cache.Store, maxManifest int64) *Registry {
 // Bucket is the bucket this registry keeps its repositories in.
 func (r *Registry) Bucket() *Bucket { return r.b }
 
+// Known reports whether repo is a local repository this replica has seen
+// (route.Remote): no request to the bucket.
+func (r *Registry) Known(repo string) bool {
+	_, ok := r.known.Get(repo)
+	return ok
+}
+
 // Pushed reports whether repo is a local repository (it was pushed to some
 // replica). Only a positive answer is remembered, so a repository pushed
 // through another replica is seen at its first request here.

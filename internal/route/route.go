@@ -44,6 +44,13 @@ type Local interface {
 	Pushed(ctx context.Context, repo string) (bool, error)
 }
 
+// Remote is implemented by a Local kept elsewhere (the bucket of a
+// cluster), where Pushed costs a round trip: Known answers from what it
+// has already seen, without one.
+type Remote interface {
+	Known(repo string) bool
+}
+
 // Router is a registry.Interface over local storage and the upstreams.
 type Router struct {
 	local     Local
@@ -152,12 +159,12 @@ func (rt *Router) route(ctx context.Context, repo string, write bool) (registry.
 	}
 	// Implicit local: a repository that was pushed here stays here; a new
 	// one is created by a push unless that would shadow mirrored content.
-	if pushed, err := rt.local.Pushed(ctx, repo); err != nil {
+	up := mirrored(rt.def, repo)
+	if pushed, err := rt.pushed(ctx, repo, up, write); err != nil {
 		return nil, Target{}, err
 	} else if pushed {
 		return rt.localTarget(info, repo)
 	}
-	up := mirrored(rt.def, repo)
 	if write {
 		if up != repo {
 			// A one-element name under Docker's library rule: as with
@@ -182,6 +189,25 @@ func (rt *Router) route(ctx context.Context, repo string, write bool) (registry.
 		return nil, Target{}, oci.Errorf(oci.CodeDenied, "upstream %q is not configured on this mirror", oci.Clip(first))
 	}
 	return rt.upstream(info, rt.def, up)
+}
+
+// pushed applies the implicit local rule. With a Remote local (a cluster's
+// bucket), a read of a name this replica already mirrors from the default
+// upstream (up) is not asked of the bucket: a push could not have created
+// that name anywhere, since it would shadow the mirrored one (a push
+// checks the upstream, which has it). So the hot path of a warm mirrored
+// pull costs no bucket request, and mirrored content on local disk is
+// served while the bucket is unreachable.
+func (rt *Router) pushed(ctx context.Context, repo, up string, write bool) (bool, error) {
+	if r, ok := rt.local.(Remote); ok && !write {
+		if r.Known(repo) {
+			return true, nil
+		}
+		if rec, err := rt.store.Repository(rt.def.Name + "/" + up); err == nil && rec.Origin == rt.def.Name {
+			return false, nil
+		}
+	}
+	return rt.local.Pushed(ctx, repo)
 }
 
 func (rt *Router) localTarget(info *registry.RequestInfo, repo string) (registry.Interface, Target, error) {

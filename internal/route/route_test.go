@@ -466,3 +466,57 @@ func TestMatchPattern(t *testing.T) {
 		}
 	}
 }
+
+// remoteLocal is a Local kept elsewhere (route.Remote) that counts the
+// round trips the router makes to it.
+type remoteLocal struct {
+	*cache.Local
+	pushed map[string]bool
+	asked  int
+	fail   error
+}
+
+func (r *remoteLocal) Known(repo string) bool { return false }
+
+func (r *remoteLocal) Pushed(_ context.Context, repo string) (bool, error) {
+	r.asked++
+	return r.pushed[repo], r.fail
+}
+
+// With a local kept in a bucket, a read of a name this replica mirrors
+// costs no round trip (and works while the bucket is down); a name it has
+// not seen is asked, and a push always is.
+func TestRouteRemoteLocal(t *testing.T) {
+	t.Parallel()
+	st := openStore(t)
+	loc := &remoteLocal{Local: cache.NewLocal(st), pushed: map[string]bool{"team/app": true}}
+	rt := route.New(route.Options{Local: loc, Store: st,
+		Upstreams: []route.Upstream{{Name: "docker.io", Default: true, Registry: &fakeUpstream{tags: func(string) error { return oci.ErrNameUnknown }}}}})
+	ctx := context.Background()
+	if got, err := rt.Route(ctx, "team/app", false); err != nil || got != (route.Target{Repo: "team/app"}) {
+		t.Fatalf("a pushed name: %+v, %v", got, err)
+	}
+	if got, err := rt.Route(ctx, "org/tool", false); err != nil || got.Upstream != "docker.io" {
+		t.Fatalf("an unknown name: %+v, %v", got, err)
+	}
+	if loc.asked != 2 {
+		t.Fatalf("asked the bucket %d times, want 2", loc.asked)
+	}
+	// Mirrored here now: reads no longer ask, even with the bucket down.
+	if err := st.EnsureRepository("docker.io/org/tool", "docker.io"); err != nil {
+		t.Fatal(err)
+	}
+	loc.fail = errors.New("bucket down")
+	for range 3 {
+		if got, err := rt.Route(ctx, "org/tool", false); err != nil || got.Upstream != "docker.io" {
+			t.Fatalf("a mirrored name with the bucket down: %+v, %v", got, err)
+		}
+	}
+	if loc.asked != 2 {
+		t.Errorf("asked the bucket %d times for a mirrored name, want no more", loc.asked)
+	}
+	// A push is always checked against the bucket.
+	if _, err := rt.Route(ctx, "org/tool", true); err == nil || loc.asked != 3 {
+		t.Errorf("a push with the bucket down: %v (asked %d)", err, loc.asked)
+	}
+}
