@@ -29,15 +29,23 @@ build() {
 start() {
   build
   SW_DIR=${SW_DIR:-$(mktemp -d /tmp/seaweedfs.XXXXXX)}; mkdir -p "$SW_DIR"
-  local port=${SW_S3_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
+  # Every port weed mini opens is picked free, so that several stores (other
+  # tests, other users of the machine) can run at once.
+  local ports port
+  ports=($(python3 -c 'import socket
+ss=[socket.socket() for _ in range(11)]
+[s.bind(("127.0.0.1",0)) for s in ss]
+print(" ".join(str(s.getsockname()[1]) for s in ss))'))
+  port=${SW_S3_PORT:-${ports[0]}}
   cat >"$SW_DIR/s3.json" <<JSON
 {"identities":[{"name":"ci","credentials":[{"accessKey":"testkey","secretKey":"testsecret"}],
   "actions":["Admin","Read","List","Tagging","Write"]}]}
 JSON
-  # weed mini also takes master/volume/filer ports: it picks them from -s3.port's
-  # neighbourhood only when told, so leave them at its defaults unless they clash.
   GOMEMLIMIT=384MiB setsid "$SW_BIN" mini -dir="$SW_DIR/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-    -s3.port="$port" -s3.config="$SW_DIR/s3.json" -master.telemetry=false \
+    -s3.port="$port" -s3.port.grpc="${ports[1]}" -master.port="${ports[2]}" -master.port.grpc="${ports[3]}" \
+    -volume.port="${ports[4]}" -volume.port.grpc="${ports[5]}" -filer.port="${ports[6]}" -filer.port.grpc="${ports[7]}" \
+    -admin.port="${ports[8]}" -admin.port.grpc="${ports[9]}" -admin.port.legacy=0 -debug.port="${ports[10]}" \
+    -s3.config="$SW_DIR/s3.json" -master.telemetry=false \
     -master.volumeSizeLimitMB=64 -volume.max=2000 \
     -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 \
     -bucket=berth-ci >"$SW_DIR/weed.log" 2>&1 </dev/null &
