@@ -30,14 +30,17 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "address to listen on")
 	backends := flag.String("backends", "", "comma-separated backend addresses (host:port)")
 	dialTimeout := flag.Duration("dial-timeout", 2*time.Second, "how long one backend may take to accept")
+	logConns := flag.Bool("log", false, "print \"conn N ADDR\" for each connection handed to backend ADDR")
+	rate := flag.Float64("rate", 0, "cap each connection's backend-to-client bytes per second (0: none); a slow upstream for tests")
 	flag.Parse()
-	if err := run(*listen, strings.Split(*backends, ","), *dialTimeout); err != nil {
+	o := &balancer{dialTimeout: *dialTimeout, log: *logConns, rate: *rate}
+	if err := run(*listen, strings.Split(*backends, ","), o); err != nil {
 		fmt.Fprintln(os.Stderr, "lb:", err)
 		os.Exit(1)
 	}
 }
 
-func run(listen string, backends []string, dialTimeout time.Duration) error {
+func run(listen string, backends []string, o *balancer) error {
 	var bs []string
 	for _, b := range backends {
 		if b = strings.TrimSpace(b); b != "" {
@@ -53,7 +56,7 @@ func run(listen string, backends []string, dialTimeout time.Duration) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	b := &balancer{backends: bs, counts: make([]counter, len(bs)), dialTimeout: dialTimeout}
+	b := &balancer{backends: bs, counts: make([]counter, len(bs)), dialTimeout: o.dialTimeout, log: o.log, rate: o.rate}
 	fmt.Printf("listening on %s\n", ln.Addr())
 	go func() { <-ctx.Done(); ln.Close() }()
 	err = b.serve(ln)
@@ -72,6 +75,10 @@ type balancer struct {
 	counts      []counter
 	next        atomic.Uint64
 	dialTimeout time.Duration
+	log         bool
+	rate        float64 // bytes/s per connection, backend to client; 0 is unlimited
+	conns       atomic.Int64
+	outMu       sync.Mutex
 	wg          sync.WaitGroup
 }
 
@@ -100,6 +107,11 @@ func (b *balancer) dial() (net.Conn, error) {
 		c, err := net.DialTimeout("tcp", b.backends[k], b.dialTimeout)
 		if err == nil {
 			b.counts[k].Add(1)
+			if b.log {
+				b.outMu.Lock()
+				fmt.Printf("conn %d %s\n", b.conns.Add(1), b.backends[k])
+				b.outMu.Unlock()
+			}
 			return c, nil
 		}
 		errs = append(errs, err)
@@ -116,8 +128,12 @@ func (b *balancer) handle(c net.Conn) {
 	}
 	defer be.Close()
 	done := make(chan struct{}, 2)
-	pipe := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
+	pipe := func(dst, src net.Conn, rate float64) {
+		if rate > 0 {
+			_, _ = io.Copy(dst, &slowReader{r: src, rate: rate, start: time.Now()})
+		} else {
+			_, _ = io.Copy(dst, src)
+		}
 		// Pass the half-close on, so a client's end of request body (or a
 		// server's end of response) is seen on the other side.
 		if tc, ok := dst.(*net.TCPConn); ok {
@@ -125,8 +141,8 @@ func (b *balancer) handle(c net.Conn) {
 		}
 		done <- struct{}{}
 	}
-	go pipe(be, c)
-	go pipe(c, be)
+	go pipe(be, c, 0)
+	go pipe(c, be, b.rate)
 	<-done
 	// One side is finished; when the backend dies, the client must see its
 	// connection close too rather than wait forever.
@@ -135,3 +151,24 @@ func (b *balancer) handle(c net.Conn) {
 
 // counter counts one backend's connections.
 type counter = atomic.Int64
+
+// slowReader reads at most rate bytes per second on average.
+type slowReader struct {
+	r     io.Reader
+	rate  float64
+	start time.Time
+	n     int64
+}
+
+func (s *slowReader) Read(p []byte) (int, error) {
+	if len(p) > 32<<10 {
+		p = p[:32<<10]
+	}
+	// Pacing, not synchronisation: wait until the bytes read so far are due.
+	if due := s.start.Add(time.Duration(float64(s.n) / s.rate * float64(time.Second))); time.Until(due) > 0 {
+		time.Sleep(time.Until(due))
+	}
+	n, err := s.r.Read(p)
+	s.n += int64(n)
+	return n, err
+}
