@@ -10,7 +10,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 # Tool versions are pinned in .ci/install-tools.sh.
 
-.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e bench bench-smoke lint tools clean
+.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e cluster-e2e bench bench-smoke lint tools clean
 
 run: build
 	./$(BIN) serve --addr :5000 --data ./data
@@ -22,7 +22,7 @@ build:
 ## OCI conformance suite against a real `berth serve`, the mirror e2e, every
 ## real client (skipped with a reason where one cannot run; required in CI),
 ## the status page in headless Chromium, the air-gap bundle workflow.
-test: lint race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e bench-smoke
+test: lint race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e cluster-e2e bench-smoke
 
 unit:
 	$(GO) test ./...
@@ -58,6 +58,13 @@ e2e: build tools
 # result (dockerd/containerd skipped with a reason when not root).
 airgap-e2e: build tools
 	@bash .ci/airgap-e2e.sh
+
+# Three replicas on one S3 bucket (SeaweedFS, built once into ~/.cache by
+# make tools) behind a round-robin balancer: one upstream GET for a herd on
+# all three, read-after-write across replicas, tag races, conformance through
+# the balancer, kill -9 during a fill and a chunked push, dockerd as a client.
+cluster-e2e: build tools
+	@bash .ci/cluster-e2e.sh
 
 # The status page at / in headless Chromium (installed with apt-get as root,
 # else skipped); the screenshot is kept (its path is printed).
