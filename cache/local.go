@@ -26,6 +26,19 @@ type Local struct {
 // NewLocal returns the registry of the store's local repositories.
 func NewLocal(s *Store) *Local { return &Local{s: s} }
 
+// NewLocalOrigin is NewLocal for content that came from elsewhere: the
+// repositories it creates record origin, so their blobs may be evicted.
+func NewLocalOrigin(s *Store, origin string) *Local { return &Local{s: s, origin: origin} }
+
+// Pushed reports whether repo is a local (pushed) repository.
+func (l *Local) Pushed(_ context.Context, repo string) (bool, error) {
+	rec, err := l.s.Repository(repo)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return err == nil && rec.Origin == "", err
+}
+
 var _ registry.Interface = (*Local)(nil)
 
 // Store is the store this registry serves.

@@ -20,7 +20,8 @@ type Staged struct {
 	path   string // closed between Stage and Commit: a bundle may stage thousands
 }
 
-// Stage copies r into a staging file, verifying it against d and size. The
+// Stage copies r into a staging file, verifying it against d and size
+// (size < 0: any length). The
 // file stays out of the store (and safe from CleanIngest) until Commit or
 // Discard.
 func (s *Store) Stage(d digest.Digest, size int64, r io.Reader) (*Staged, error) {
@@ -32,7 +33,7 @@ func (s *Store) Stage(d digest.Digest, size int64, r io.Reader) (*Staged, error)
 	n, err := io.CopyBuffer(io.MultiWriter(f, v), r, make([]byte, 1<<20))
 	switch {
 	case err != nil:
-	case n != size:
+	case size >= 0 && n != size:
 		err = fmt.Errorf("%w: blob %s: got %d bytes, want %d", ErrSizeMismatch, d, n, size)
 	case !v.Verified():
 		err = fmt.Errorf("%w: blob %s", ErrDigestMismatch, d)
@@ -46,6 +47,19 @@ func (s *Store) Stage(d digest.Digest, size int64, r io.Reader) (*Staged, error)
 		return nil, err
 	}
 	return &Staged{Digest: d, Size: n, s: s, path: f.Name()}, nil
+}
+
+// Open opens the staged file for reading.
+func (st *Staged) Open() (*os.File, error) { return os.Open(st.path) }
+
+// TempFile creates a scratch file in the staging directory (CleanIngest
+// leaves it alone while it lives); done closes and removes it.
+func (s *Store) TempFile() (f *os.File, done func(), err error) {
+	f, err = s.createStaging()
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, func() { s.cleanupStaging(f) }, nil
 }
 
 // ReadAll returns the staged content (for a manifest, which is small).

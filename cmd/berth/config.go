@@ -43,7 +43,41 @@ type Config struct {
 	// MaxCacheBytes bounds the mirrored content kept on disk; 0 is
 	// unbounded. Pushed content is never evicted and does not count.
 	MaxCacheBytes int64
+	// Storage is where blobs and local repositories live.
+	Storage StorageConfig
+	// Cluster makes this process one replica of several on one bucket.
+	Cluster ClusterConfig
 }
+
+// StorageConfig is the storage driver: the data directory alone
+// (filesystem), or an S3-compatible bucket with the data directory as each
+// replica's local cache.
+type StorageConfig struct {
+	Driver       string
+	Bucket       string
+	Endpoint     string
+	Region       string
+	Prefix       string
+	AccessKeyEnv string
+	SecretKeyEnv string
+	PathStyle    bool
+	// AccessKey and SecretKey are read from the environment variables
+	// named above by validate; never from a file, never logged.
+	AccessKey, SecretKey string
+}
+
+// ClusterConfig is the set of replicas this one belongs to.
+type ClusterConfig struct {
+	Self      string
+	Members   []string
+	DNS       string
+	SecretEnv string
+	// Secret is read from SecretEnv by validate.
+	Secret string
+}
+
+// Enabled reports whether a cluster is configured.
+func (c ClusterConfig) Enabled() bool { return c.Self != "" || len(c.Members) > 0 || c.DNS != "" }
 
 // AuthConfig is client authentication: an htpasswd file of bcrypt hashes.
 type AuthConfig struct {
@@ -86,7 +120,8 @@ func defaultUpstreams() []UpstreamConfig {
 
 func defaultConfig() Config {
 	return Config{Addr: ":5000", Data: "./data", LogLevel: "info", ShutdownTimeout: 30 * time.Second,
-		MaxManifestBytes: 4 << 20, Prefetch: 4}
+		MaxManifestBytes: 4 << 20, Prefetch: 4,
+		Storage: StorageConfig{Driver: "filesystem", Region: "us-east-1", AccessKeyEnv: "AWS_ACCESS_KEY_ID", SecretKeyEnv: "AWS_SECRET_ACCESS_KEY"}}
 }
 
 // key is one configuration key: its name in the file (dotted when nested),
@@ -148,6 +183,31 @@ func (c *Config) keys() []key {
 			usage: "htpasswd file (bcrypt): pushes and deletes need credentials (default: none)", value: fileValue(&c.Auth.Htpasswd)},
 		{name: "auth.anonymous_pull", env: []string{"BERTH_AUTH_ANONYMOUS_PULL"}, flag: "auth-anonymous-pull",
 			usage: "with auth.htpasswd, pulls need no credentials (default true)", value: optionalBoolValue(&c.Auth.AnonymousPull)},
+		{name: "storage.driver", env: []string{"BERTH_STORAGE_DRIVER"}, flag: "storage-driver",
+			usage: "filesystem (the data directory) or s3 (a bucket; the data directory is a local cache) (default filesystem)",
+			value: choiceValue(&c.Storage.Driver, "filesystem", "s3")},
+		{name: "storage.bucket", env: []string{"BERTH_STORAGE_BUCKET"}, flag: "storage-bucket",
+			usage: "with storage.driver s3: the bucket", value: bucketValue(&c.Storage.Bucket)},
+		{name: "storage.endpoint", env: []string{"BERTH_STORAGE_ENDPOINT"}, flag: "storage-endpoint",
+			usage: "with storage.driver s3: the S3 endpoint, e.g. https://s3.eu-west-1.amazonaws.com", value: urlValue(&c.Storage.Endpoint)},
+		{name: "storage.region", env: []string{"BERTH_STORAGE_REGION"}, flag: "storage-region",
+			usage: "with storage.driver s3: the region (default us-east-1)", value: stringValue(&c.Storage.Region, false)},
+		{name: "storage.prefix", env: []string{"BERTH_STORAGE_PREFIX"}, flag: "storage-prefix",
+			usage: "with storage.driver s3: key prefix inside the bucket, e.g. berth/ (default: none)", value: prefixValue(&c.Storage.Prefix)},
+		{name: "storage.access_key_env", env: []string{"BERTH_STORAGE_ACCESS_KEY_ENV"}, flag: "storage-access-key-env",
+			usage: "environment variable holding the S3 access key (default AWS_ACCESS_KEY_ID)", value: envNameValue(&c.Storage.AccessKeyEnv, false)},
+		{name: "storage.secret_key_env", env: []string{"BERTH_STORAGE_SECRET_KEY_ENV"}, flag: "storage-secret-key-env",
+			usage: "environment variable holding the S3 secret key (default AWS_SECRET_ACCESS_KEY)", value: envNameValue(&c.Storage.SecretKeyEnv, false)},
+		{name: "storage.path_style", env: []string{"BERTH_STORAGE_PATH_STYLE"}, flag: "storage-path-style",
+			usage: "path-style bucket URLs, as MinIO, SeaweedFS and Ceph want (default false)", value: boolValue(&c.Storage.PathStyle)},
+		{name: "cluster.self", env: []string{"BERTH_CLUSTER_SELF"}, flag: "cluster-self",
+			usage: "this replica's URL as its peers reach it, e.g. http://10.0.0.5:5000", value: urlValue(&c.Cluster.Self)},
+		{name: "cluster.members", env: []string{"BERTH_CLUSTER_MEMBERS"}, flag: "cluster-members",
+			usage: "the replicas' URLs, this one among them (comma-separated)", value: urlsValue(&c.Cluster.Members)},
+		{name: "cluster.dns", env: []string{"BERTH_CLUSTER_DNS"}, flag: "cluster-dns",
+			usage: "a URL whose host name resolves to every replica, e.g. a Kubernetes headless Service", value: urlValue(&c.Cluster.DNS)},
+		{name: "cluster.secret_env", env: []string{"BERTH_CLUSTER_SECRET_ENV"}, flag: "cluster-secret-env",
+			usage: "environment variable holding a secret the replicas authenticate each other with", value: envNameValue(&c.Cluster.SecretEnv, true)},
 	}
 }
 
@@ -402,6 +462,70 @@ func hostValue(p *string) value {
 	return value{forms: forms, set: func(s string) error {
 		if !oci.ValidName(strings.ToLower(s)) || strings.Contains(s, "/") {
 			return fmt.Errorf("%q is not %s", s, forms)
+		}
+		*p = s
+		return nil
+	}}
+}
+
+// bucketValue is an S3 bucket name: 3 to 63 lower-case letters, digits,
+// dots and hyphens.
+func bucketValue(p *string) value {
+	const forms = "a bucket name (3 to 63 characters: a-z, 0-9, dots and hyphens)"
+	return value{forms: forms, arg: "NAME", set: func(s string) error {
+		ok := len(s) >= 3 && len(s) <= 63
+		for _, r := range s {
+			ok = ok && (r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '.' || r == '-')
+		}
+		if !ok {
+			return fmt.Errorf("%q is not %s", s, forms)
+		}
+		*p = s
+		return nil
+	}}
+}
+
+// envNameValue names an environment variable.
+func envNameValue(p *string, mayBeEmpty bool) value {
+	const forms = "an environment variable name (letters, digits and _)"
+	return value{forms: forms, arg: "NAME", set: func(s string) error {
+		ok := s != "" || mayBeEmpty
+		for i, r := range s {
+			ok = ok && (r == '_' || r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || i > 0 && r >= '0' && r <= '9')
+		}
+		if !ok {
+			return fmt.Errorf("%q is not %s", s, forms)
+		}
+		*p = s
+		return nil
+	}}
+}
+
+// urlsValue is a list of http(s) URLs.
+func urlsValue(p *[]string) value {
+	const forms = "a list of URLs starting with http:// or https://"
+	return value{forms: forms, list: true, set: func(s string) error {
+		list := splitList(s)
+		for _, u := range list {
+			if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+				return fmt.Errorf("%q is not %s", u, forms)
+			}
+		}
+		*p = list
+		return nil
+	}}
+}
+
+// prefixValue is a key prefix in a bucket: "" or ending with "/".
+func prefixValue(p *string) value {
+	const forms = "a key prefix such as berth/"
+	return value{forms: forms, arg: "PREFIX", set: func(s string) error {
+		if strings.Contains(s, "//") || strings.Contains(s, "..") {
+			return fmt.Errorf("%q is not %s", s, forms)
+		}
+		s = strings.TrimPrefix(s, "/")
+		if s != "" && !strings.HasSuffix(s, "/") {
+			s += "/"
 		}
 		*p = s
 		return nil
@@ -728,6 +852,51 @@ func (c *Config) validate(getenv func(string) string) error {
 	}
 	if defaults > 1 {
 		return keyError("upstreams", "", errors.New("more than one has default: true"))
+	}
+	return c.validateStorage(getenv)
+}
+
+// validateStorage checks the storage and cluster keys, and reads their
+// secrets from the environment.
+func (c *Config) validateStorage(getenv func(string) string) error {
+	s := &c.Storage
+	if s.Driver == "s3" {
+		if s.Bucket == "" {
+			return keyError("storage.bucket", "", errors.New("required with storage.driver s3"))
+		}
+		if s.Endpoint == "" {
+			return keyError("storage.endpoint", "", errors.New("required with storage.driver s3 (https://s3.REGION.amazonaws.com for AWS)"))
+		}
+		if s.AccessKey = getenv(s.AccessKeyEnv); s.AccessKey == "" {
+			return keyError("storage.access_key_env", "", fmt.Errorf("environment variable %s is empty", s.AccessKeyEnv))
+		}
+		if s.SecretKey = getenv(s.SecretKeyEnv); s.SecretKey == "" {
+			return keyError("storage.secret_key_env", "", fmt.Errorf("environment variable %s is empty", s.SecretKeyEnv))
+		}
+	}
+	cl := &c.Cluster
+	if !cl.Enabled() {
+		if cl.SecretEnv != "" {
+			return keyError("cluster.secret_env", "", errors.New("needs cluster.self and cluster.members or cluster.dns"))
+		}
+		return nil
+	}
+	if s.Driver != "s3" {
+		return keyError("cluster", "", errors.New("needs storage.driver s3: the replicas share one bucket"))
+	}
+	if cl.Self == "" {
+		return keyError("cluster.self", "", errors.New("required in a cluster (this replica's URL, e.g. http://10.0.0.5:5000)"))
+	}
+	if len(cl.Members) == 0 && cl.DNS == "" {
+		return keyError("cluster.members", "", errors.New("required in a cluster, or cluster.dns"))
+	}
+	if len(cl.Members) > 0 && !slices.Contains(cl.Members, strings.TrimSuffix(cl.Self, "/")) && !slices.Contains(cl.Members, cl.Self) {
+		return keyError("cluster.members", "", fmt.Errorf("must include cluster.self (%s)", cl.Self))
+	}
+	if cl.SecretEnv != "" {
+		if cl.Secret = getenv(cl.SecretEnv); cl.Secret == "" {
+			return keyError("cluster.secret_env", "", fmt.Errorf("environment variable %s is empty", cl.SecretEnv))
+		}
 	}
 	return nil
 }

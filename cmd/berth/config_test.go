@@ -57,7 +57,53 @@ func keyCases(t *testing.T) []keyCase {
 			bad: htpasswd + ".missing", why: "no such file"},
 		{key: "auth.anonymous_pull", good: "off", get: func(c Config) any { return *c.Auth.AnonymousPull }, want: false,
 			bad: "nope", why: `"nope" is not a boolean`, env: map[string]string{"BERTH_AUTH_HTPASSWD": htpasswd}},
+		{key: "storage.driver", good: "s3", get: func(c Config) any { return c.Storage.Driver }, want: "s3",
+			bad: "nfs", why: `"nfs" is not filesystem or s3`, env: without(s3Env, "BERTH_STORAGE_DRIVER")},
+		{key: "storage.bucket", good: "berth-ci", get: func(c Config) any { return c.Storage.Bucket }, want: "berth-ci",
+			bad: "Berth_CI", why: `"Berth_CI" is not a bucket name`},
+		{key: "storage.endpoint", good: "http://127.0.0.1:8333", get: func(c Config) any { return c.Storage.Endpoint }, want: "http://127.0.0.1:8333",
+			bad: "s3.example.com", why: `"s3.example.com" is not a URL starting with http:// or https://`},
+		{key: "storage.region", good: "eu-west-1", get: func(c Config) any { return c.Storage.Region }, want: "eu-west-1",
+			bad: "", why: "must not be empty"},
+		{key: "storage.prefix", good: "berth", get: func(c Config) any { return c.Storage.Prefix }, want: "berth/",
+			bad: "a//b", why: `"a//b" is not a key prefix`},
+		{key: "storage.access_key_env", good: "S3_KEY", get: func(c Config) any { return c.Storage.AccessKeyEnv }, want: "S3_KEY",
+			bad: "S3 KEY", why: `"S3 KEY" is not an environment variable name`},
+		{key: "storage.secret_key_env", good: "S3_SECRET", get: func(c Config) any { return c.Storage.SecretKey }, want: "s",
+			bad: "", why: `"" is not an environment variable name`, env: with(s3Env, "S3_SECRET", "s")},
+		{key: "storage.path_style", good: "true", get: func(c Config) any { return c.Storage.PathStyle }, want: true,
+			bad: "maybe", why: `"maybe" is not a boolean`},
+		{key: "cluster.self", good: "http://10.0.0.1:5000", get: func(c Config) any { return c.Cluster.Self }, want: "http://10.0.0.1:5000",
+			bad: "10.0.0.1:5000", why: `"10.0.0.1:5000" is not a URL`, env: with(s3Env, "BERTH_CLUSTER_DNS", "http://berth:5000")},
+		{key: "cluster.members", good: "http://10.0.0.1:5000,http://10.0.0.2:5000", get: func(c Config) any { return c.Cluster.Members },
+			want: []string{"http://10.0.0.1:5000", "http://10.0.0.2:5000"},
+			bad:  "10.0.0.2:5000", why: `"10.0.0.2:5000" is not a list of URLs`, env: with(s3Env, "BERTH_CLUSTER_SELF", "http://10.0.0.1:5000")},
+		{key: "cluster.dns", good: "http://berth-headless:5000", get: func(c Config) any { return c.Cluster.DNS }, want: "http://berth-headless:5000",
+			bad: "berth-headless", why: `"berth-headless" is not a URL`, env: with(s3Env, "BERTH_CLUSTER_SELF", "http://10.0.0.1:5000")},
+		{key: "cluster.secret_env", good: "PEER_SECRET", get: func(c Config) any { return c.Cluster.Secret }, want: "p",
+			bad: "PEER-SECRET", why: `"PEER-SECRET" is not an environment variable name`,
+			env: with(with(with(s3Env, "BERTH_CLUSTER_SELF", "http://10.0.0.1:5000"), "BERTH_CLUSTER_DNS", "http://berth:5000"), "PEER_SECRET", "p")},
 	}
+}
+
+// s3Env is what an s3 driver needs besides its driver key.
+var s3Env = map[string]string{"BERTH_STORAGE_DRIVER": "s3", "BERTH_STORAGE_BUCKET": "berth-ci",
+	"BERTH_STORAGE_ENDPOINT": "http://127.0.0.1:8333", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+
+// without is m less k, m unchanged.
+func without(m map[string]string, k string) map[string]string {
+	out := with(m, k, "")
+	delete(out, k)
+	return out
+}
+
+// with is m plus k=v, m unchanged.
+func with(m map[string]string, k, v string) map[string]string {
+	out := map[string]string{k: v}
+	for n, x := range m {
+		out[n] = x
+	}
+	return out
 }
 
 // yamlFor is key: v as a file, nested for dotted keys.

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/cache"
+	"github.com/berth-dev/berth/internal/cluster"
 	"github.com/berth-dev/berth/internal/mirror"
 	"github.com/berth-dev/berth/internal/status"
 	"github.com/berth-dev/berth/proxy"
@@ -224,8 +225,20 @@ func serveWith(ctx context.Context, cfg Config, h hooks) error {
 	registerStore(reg, store)
 	page := status.New(status.Options{Version: version, Store: store})
 	api := &reloadable{log: log, store: store, mirrorMet: mirror.NewMetrics(reg), httpMet: proxy.NewMetrics(reg),
-		readOnly: new(atomic.Bool), page: page}
+		readOnly: new(atomic.Bool), page: page, local: cache.NewLocal(store)}
 	api.readOnly.Store(cfg.ReadOnly)
+	shared, err := openShared(ctx, cfg, store, reg, log)
+	if err != nil {
+		store.Close()
+		return err
+	}
+	defer shared.close()
+	if shared.registry != nil {
+		api.local = shared.registry
+	}
+	if shared.source != nil {
+		api.source = shared.source
+	}
 	first, err := api.build(cfg)
 	if err != nil {
 		store.Close()
@@ -239,6 +252,9 @@ func serveWith(ctx context.Context, cfg Config, h hooks) error {
 	mux.Handle("/v2", api)
 	mux.Handle("/admin/", &admin{api: api})
 	mux.Handle("/", page) // the status page; any other unknown path is 404
+	if shared.cluster != nil {
+		mux.Handle(cluster.Prefix, api.peers(shared.cluster))
+	}
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
@@ -281,7 +297,8 @@ func serveWith(ctx context.Context, cfg Config, h hooks) error {
 	page.SetUpstreams(names)
 	log.Info().Str("addr", ln.Addr().String()).Str("data", cfg.Data).Strs("upstreams", names).
 		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Bool("read_only", cfg.ReadOnly).Bool("auth", cfg.Auth.Htpasswd != "").
-		Int64("max_cache_bytes", cfg.MaxCacheBytes).Str("version", version).Msg("berth serving")
+		Int64("max_cache_bytes", cfg.MaxCacheBytes).Str("storage", cfg.Storage.Driver).Str("cluster_self", cfg.Cluster.Self).
+		Str("version", version).Msg("berth serving")
 	for _, w := range advisories(cfg) {
 		log.Warn().Msg(w)
 	}
@@ -345,6 +362,7 @@ func serveWith(ctx context.Context, cfg Config, h hooks) error {
 		return err
 	}
 	api.stop()
+	shared.close()
 	if cerr := store.Close(); cerr != nil {
 		log.Error().Err(cerr).Msg("closing the index")
 	}

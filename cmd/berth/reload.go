@@ -14,6 +14,7 @@ import (
 	"unicode"
 
 	"github.com/berth-dev/berth/cache"
+	"github.com/berth-dev/berth/internal/cluster"
 	"github.com/berth-dev/berth/internal/mirror"
 	"github.com/berth-dev/berth/internal/registry"
 	"github.com/berth-dev/berth/internal/route"
@@ -64,12 +65,16 @@ func (g *generation) leave() {
 // read-only switch live as long as the process, a generation as long as its
 // configuration.
 type reloadable struct {
-	log        zerolog.Logger
-	store      *cache.Store
-	mirrorMet  *mirror.Metrics
-	httpMet    *proxy.Metrics
-	readOnly   *atomic.Bool // registry.Maintenance's switch: read_only, applied at once
-	page       *status.Status
+	log       zerolog.Logger
+	store     *cache.Store
+	mirrorMet *mirror.Metrics
+	httpMet   *proxy.Metrics
+	readOnly  *atomic.Bool // registry.Maintenance's switch: read_only, applied at once
+	page      *status.Status
+	// local serves local repositories: the store itself, or the bucket.
+	local route.Local
+	// source, in a cluster, is where mirrors find the blobs they miss.
+	source     mirror.BlobSource
 	current    atomic.Pointer[generation]
 	retirement sync.WaitGroup // goroutines closing retired generations
 }
@@ -107,15 +112,37 @@ func (a *reloadable) build(cfg Config) (*generation, error) {
 			return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
 		}
 		m := mirror.New(mirror.Options{Store: a.store, Client: c, TagTTL: u.TagTTL, KeepOnNotFound: u.KeepOnNotFound,
-			Offline: cfg.Offline, Prefetch: prefetch(cfg.Prefetch), Metrics: a.mirrorMet, Logger: a.log})
+			Offline: cfg.Offline, Prefetch: prefetch(cfg.Prefetch), Metrics: a.mirrorMet, Logger: a.log, Source: a.source})
 		g.mirrors = append(g.mirrors, m)
 		ups = append(ups, route.Upstream{Name: u.Name, Aliases: u.Aliases, Default: u.Default, Registry: m})
 	}
-	router := route.New(route.Options{Local: cache.NewLocal(a.store), Store: a.store, Upstreams: ups,
+	router := route.New(route.Options{Local: a.local, Store: a.store, Upstreams: ups,
 		LocalPatterns: cfg.Local, Offline: cfg.Offline})
 	g.api = proxy.New(proxy.Options{Registry: registry.Maintenance(router, a.readOnly), Logger: a.log, Metrics: a.httpMet,
 		MaxManifestSize: cfg.MaxManifestBytes, Auth: auth, OnRequest: a.page.Request})
 	return g, nil
+}
+
+// peers serves the cluster's peer API on the current generation's mirrors.
+func (a *reloadable) peers(cl *cluster.Cluster) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for {
+			g := a.current.Load()
+			if !g.enter() {
+				continue
+			}
+			defer g.leave()
+			cl.Handler(func(name string) cluster.BlobGetter {
+				for _, m := range g.mirrors {
+					if m.Name() == name {
+						return m
+					}
+				}
+				return nil
+			}).ServeHTTP(w, r)
+			return
+		}
+	})
 }
 
 // close stops the generation's background work (its mirrors' prefetches).
@@ -156,6 +183,8 @@ var restartOnly = []struct {
 	{"max_cache_bytes", func(n *Config, c Config) { n.MaxCacheBytes = c.MaxCacheBytes }},
 	{"log_level", func(n *Config, c Config) { n.LogLevel = c.LogLevel }},
 	{"log_format", func(n *Config, c Config) { n.LogFormat = c.LogFormat }},
+	{"storage", func(n *Config, c Config) { n.Storage = c.Storage }},
+	{"cluster", func(n *Config, c Config) { n.Cluster = c.Cluster }},
 }
 
 // reload builds a generation from load's configuration and swaps it in.

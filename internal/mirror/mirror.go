@@ -40,6 +40,17 @@ type Upstream interface {
 	Referrers(ctx context.Context, repo string, d digest.Digest, artifactType string) ([]ocispec.Descriptor, bool, error)
 }
 
+// BlobSource is where a mirror of a cluster looks for a blob it misses
+// before its upstream (cluster.Source implements it). OpenBlob returns the
+// blob's bytes and size and where they come from; from == "upstream" (and
+// no reader) means this replica owns the download and asks its upstream,
+// then calls Stored once the blob is stored. direct opens the upstream at
+// an offset, for a download taken over midway.
+type BlobSource interface {
+	OpenBlob(ctx context.Context, upstream, repo string, d digest.Digest, direct func(ctx context.Context, offset int64) (io.ReadCloser, error)) (rc io.ReadCloser, size int64, from string, err error)
+	Stored(d digest.Digest, size int64)
+}
+
 // Options configure a Mirror.
 type Options struct {
 	Store  *cache.Store
@@ -60,6 +71,10 @@ type Options struct {
 	// each (a manifest fetch, a tag revalidation); zero means 20 s. Blob
 	// downloads are bounded by the upstream client's minimum rate instead.
 	Timeout time.Duration
+	// Source, in a cluster, is asked for a blob before the upstream: the
+	// bucket, or the replica that owns the blob's download. Nil: a single
+	// node, the upstream alone.
+	Source BlobSource
 	// Metrics receives the mirror's counters; nil counts nothing.
 	Metrics *Metrics
 	Logger  zerolog.Logger
@@ -316,7 +331,7 @@ func (m *Mirror) prefetchBlobs(ctx context.Context, repo string, descs []ocispec
 			default:
 				return // all prefetch slots busy: the client's own requests fetch the rest
 			}
-			f, _, err := m.startFill(log.WithContext(m.o.Store.Context()), repo, d.Digest)
+			f, _, err := m.startFill(log.WithContext(m.o.Store.Context()), false, repo, d.Digest)
 			if err != nil || f == nil { // nil: a client's own request stored it meanwhile
 				<-m.prefetch
 				if err != nil {
@@ -423,7 +438,7 @@ func (m *Mirror) GetBlob(ctx context.Context, repo string, d digest.Digest) (reg
 func (m *Mirror) fillReader(ctx context.Context, repo string, d digest.Digest) (registry.BlobReader, error) {
 	sr := m.storeRepo(repo)
 	for try := range 3 {
-		f, joined, err := m.startFill(zerolog.Ctx(ctx).WithContext(m.o.Store.Context()), repo, d)
+		f, joined, err := m.startFill(zerolog.Ctx(ctx).WithContext(m.o.Store.Context()), registry.InfoFrom(ctx).Peer, repo, d)
 		if try == 0 {
 			if joined {
 				m.met.result(ctx, "blob", "joined")
@@ -486,7 +501,7 @@ func (b *fillBlob) Streaming() bool                 { return true }
 // another repository is returned as it is: the caller decides whether repo
 // may join it.
 // joined reports that the caller shares a download someone else started.
-func (m *Mirror) startFill(fctx context.Context, repo string, d digest.Digest) (f *cache.Fill, joined bool, err error) {
+func (m *Mirror) startFill(fctx context.Context, peer bool, repo string, d digest.Digest) (f *cache.Fill, joined bool, err error) {
 	sr := m.storeRepo(repo)
 	// Keyed by repository too: one repository's failure (a 404 for a digest
 	// it does not have) must not become another's. Repositories still share
@@ -501,7 +516,7 @@ func (m *Mirror) startFill(fctx context.Context, repo string, d digest.Digest) (
 		if _, err := m.o.Store.StatBlob(d); err == nil {
 			return (*cache.Fill)(nil), nil
 		}
-		rc, size, err := m.o.Client.GetBlob(fctx, repo, d, 0)
+		rc, size, from, err := m.openBlob(fctx, peer, repo, d)
 		if err != nil {
 			m.met.mismatch("blob", err)
 			return nil, err
@@ -511,12 +526,18 @@ func (m *Mirror) startFill(fctx context.Context, repo string, d digest.Digest) (
 			func(context.Context) (io.ReadCloser, error) { return rc, nil },
 			func(res cache.FillResult) {
 				m.met.inFlight.Dec()
+				if from != "upstream" {
+					return // counted by the cluster's series
+				}
 				m.met.upstreamBytes.Add(float64(res.Bytes))
 				if res.Err != nil {
 					m.met.fillsFailed.Inc()
 					m.met.mismatch("blob", res.Err)
 				} else {
 					m.met.fillsOK.Inc()
+					if m.o.Source != nil {
+						m.o.Source.Stored(d, size)
+					}
 				}
 			})
 		if err != nil || storeJoined {
@@ -531,6 +552,33 @@ func (m *Mirror) startFill(fctx context.Context, repo string, d digest.Digest) (
 	}
 	f = v.(*cache.Fill)
 	return f, f != nil && (found || !ran), nil
+}
+
+// openBlob opens blob d for a fill: from the upstream on a single node;
+// in a cluster from the bucket or the blob's owner, or from the upstream
+// when this replica owns the download (peer: a peer asked it as the owner).
+func (m *Mirror) openBlob(fctx context.Context, peer bool, repo string, d digest.Digest) (io.ReadCloser, int64, string, error) {
+	if m.o.Source != nil {
+		ctx := registry.WithInfo(fctx, &registry.RequestInfo{Peer: peer})
+		direct := func(ctx context.Context, offset int64) (io.ReadCloser, error) {
+			rc, _, err := m.o.Client.GetBlob(ctx, repo, d, offset)
+			return rc, err
+		}
+		rc, size, from, err := m.o.Source.OpenBlob(ctx, m.name, repo, d, direct)
+		if from != "upstream" {
+			if err == nil && from == "bucket" {
+				// Knowing a digest is not access to it: the upstream
+				// confirms this repository has the blob (a HEAD).
+				if _, cerr := m.confirm(fctx, repo, d); cerr != nil {
+					rc.Close()
+					return nil, 0, from, cerr
+				}
+			}
+			return rc, size, from, err
+		}
+	}
+	rc, size, err := m.o.Client.GetBlob(fctx, repo, d, 0)
+	return rc, size, "upstream", err
 }
 
 // --- lists -------------------------------------------------------------------

@@ -82,6 +82,10 @@ type RequestInfo struct {
 	// RequestID names the request in logs (and to the client, as
 	// X-Request-Id): a backend that logs during a request adds it.
 	RequestID string
+	// Peer marks a request from another replica of the cluster, which asks
+	// this one as the owner of a blob's download: a mirror then downloads
+	// it itself rather than ask the cluster again.
+	Peer bool
 }
 
 type infoKey struct{}

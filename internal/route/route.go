@@ -35,9 +35,18 @@ type Upstream struct {
 	Registry registry.ReadLister
 }
 
+// Local is the registry of local repositories (cache.Local on one node,
+// bucket.Registry in a cluster).
+type Local interface {
+	registry.Interface
+	// Pushed reports whether repo is a local repository (the implicit
+	// local rule: an unqualified name pushed here stays here).
+	Pushed(ctx context.Context, repo string) (bool, error)
+}
+
 // Router is a registry.Interface over local storage and the upstreams.
 type Router struct {
-	local     registry.Interface
+	local     Local
 	store     *cache.Store
 	upstreams []*upstreamEntry
 	def       *upstreamEntry
@@ -53,9 +62,10 @@ type upstreamEntry struct {
 
 // Options configure a Router.
 type Options struct {
-	// Local serves local repositories; Store answers the implicit local rule
-	// (was this unqualified name pushed here?).
-	Local registry.Interface
+	// Local serves local repositories and answers the implicit local rule
+	// (was this unqualified name pushed here?); Store knows what is
+	// mirrored.
+	Local Local
 	Store *cache.Store
 	// Upstreams are the configured upstreams, at most one of them Default.
 	Upstreams []Upstream
@@ -142,7 +152,9 @@ func (rt *Router) route(ctx context.Context, repo string, write bool) (registry.
 	}
 	// Implicit local: a repository that was pushed here stays here; a new
 	// one is created by a push unless that would shadow mirrored content.
-	if rec, err := rt.store.Repository(repo); err == nil && rec.Origin == "" {
+	if pushed, err := rt.local.Pushed(ctx, repo); err != nil {
+		return nil, Target{}, err
+	} else if pushed {
 		return rt.localTarget(info, repo)
 	}
 	up := mirrored(rt.def, repo)
