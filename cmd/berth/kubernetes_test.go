@@ -284,7 +284,15 @@ func TestKubernetesManifests(t *testing.T) {
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := loadConfig([]string{"--config", path}, func(k string) string { return env[k] }); err != nil {
+	cfg, err := loadConfig([]string{"--config", path}, func(k string) string { return env[k] })
+	if err != nil {
 		t.Fatalf("berth refuses the ConfigMap's berth.yaml: %v", err)
+	}
+	// What a replica runs with: the pod's own URL, the secrets from the Secret.
+	if cfg.Storage.Driver != "s3" || cfg.Cluster.Self != "http://"+podIP+":5000" || cfg.Cluster.DNS != dns.String() {
+		t.Errorf("loaded storage.driver %q, cluster.self %q, cluster.dns %q", cfg.Storage.Driver, cfg.Cluster.Self, cfg.Cluster.DNS)
+	}
+	if cfg.Storage.AccessKey != "value-of-s3-access-key" || cfg.Storage.SecretKey != "value-of-s3-secret-key" || cfg.Cluster.Secret != "value-of-cluster-secret" {
+		t.Errorf("credentials not from the Secret: access %q, secret %q, cluster %q", cfg.Storage.AccessKey, cfg.Storage.SecretKey, cfg.Cluster.Secret)
 	}
 }
