@@ -173,11 +173,15 @@ type Source struct {
 	mu     sync.Mutex
 	closed bool
 	wg     sync.WaitGroup // publishes
+	// downloads are the blobs this replica asks its upstream for, as their
+	// owner: from the start, or from where a dead owner stopped. Stored
+	// publishes only those.
+	downloads map[digest.Digest]bool
 }
 
 // NewSource returns the blob source of a replica.
 func NewSource(c *Cluster, b *bucket.Registry, store *cache.Store, log zerolog.Logger) *Source {
-	return &Source{c: c, b: b, store: store, log: log}
+	return &Source{c: c, b: b, store: store, log: log, downloads: map[digest.Digest]bool{}}
 }
 
 // Where a blob came from, as OpenBlob reports it.
@@ -201,6 +205,7 @@ func (s *Source) OpenBlob(ctx context.Context, up, repo string, d digest.Digest,
 		s.log.Warn().Err(err).Str("digest", d.String()).Msg("bucket unavailable; asking the blob's owner")
 	}
 	if registry.InfoFrom(ctx).Peer {
+		s.downloading(d)
 		return nil, 0, FromUpstream, nil // asked as the owner
 	}
 	var size int64
@@ -211,6 +216,7 @@ func (s *Source) OpenBlob(ctx context.Context, up, repo string, d digest.Digest,
 				if offset == 0 {
 					return nil, errOwn
 				}
+				s.downloading(d)
 				return direct(ctx, offset)
 			}
 			rc, n, err := s.c.fetch(ctx, owner, up, repo, d, offset)
@@ -227,6 +233,7 @@ func (s *Source) OpenBlob(ctx context.Context, up, repo string, d digest.Digest,
 	rc, err := bucket.Resume(ctx, 3, open)
 	switch {
 	case errors.Is(err, errOwn):
+		s.downloading(d)
 		return nil, 0, FromUpstream, nil
 	case errors.Is(err, upstream.ErrNotFound):
 		return nil, 0, FromPeer, err
@@ -234,6 +241,7 @@ func (s *Source) OpenBlob(ctx context.Context, up, repo string, d digest.Digest,
 		// The owner failed (its upstream, its disk): availability first,
 		// this replica downloads the blob itself.
 		s.log.Warn().Err(err).Str("digest", d.String()).Msg("the blob's owner failed; downloading it here")
+		s.downloading(d)
 		return nil, 0, FromUpstream, nil
 	}
 	return rc, size, FromPeer, nil
@@ -241,12 +249,22 @@ func (s *Source) OpenBlob(ctx context.Context, up, repo string, d digest.Digest,
 
 var errOwn = errors.New("this replica owns the download")
 
-// Stored publishes blob d, downloaded from the upstream by this replica as
-// its owner, to the bucket, in the background.
+func (s *Source) downloading(d digest.Digest) {
+	s.mu.Lock()
+	s.downloads[d] = true
+	s.mu.Unlock()
+}
+
+// Stored publishes blob d, if this replica downloaded it from the upstream
+// (as its owner, or taking over from a dead owner), to the bucket, in the
+// background. It is called after every stored fill that did not come from
+// the bucket.
 func (s *Source) Stored(d digest.Digest, size int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	mine := s.downloads[d]
+	delete(s.downloads, d)
+	if s.closed || !mine {
 		return
 	}
 	s.wg.Add(1)
