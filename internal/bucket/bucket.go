@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-dev/berth/internal/oci"
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/prometheus/client_golang/prometheus"
@@ -123,7 +124,10 @@ func (b *Bucket) count(op string, err error) error {
 		return fmt.Errorf("%w: %v", ErrExists, err)
 	}
 	b.ops.WithLabelValues(op, "error").Inc()
-	return fmt.Errorf("bucket %s: %w", op, err)
+	// The bucket failing is the server's trouble, not the client's: 503,
+	// so that clients retry (through another replica, if one can).
+	return &oci.Error{Code: oci.CodeUnavailable, HTTPStatus: http.StatusServiceUnavailable,
+		Message: "the storage bucket is unavailable; retry", Cause: fmt.Errorf("bucket %s: %w", op, err)}
 }
 
 func isNotFound(err error) bool {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -166,7 +167,7 @@ func (c *Cluster) fetch(ctx context.Context, u, up, repo string, d digest.Digest
 // upstream, and it publishes what it stored to the bucket.
 type Source struct {
 	c     *Cluster
-	b     *bucket.Registry
+	b     Bucket
 	store *cache.Store
 	log   zerolog.Logger
 
@@ -179,8 +180,15 @@ type Source struct {
 	downloads map[digest.Digest]bool
 }
 
+// Bucket is what a Source needs of the shared bucket (*bucket.Registry).
+type Bucket interface {
+	StatBlob(ctx context.Context, d digest.Digest) (int64, error)
+	Opener(d digest.Digest) cache.FetchFunc
+	PublishFile(ctx context.Context, d digest.Digest, f *os.File, size int64) error
+}
+
 // NewSource returns the blob source of a replica.
-func NewSource(c *Cluster, b *bucket.Registry, store *cache.Store, log zerolog.Logger) *Source {
+func NewSource(c *Cluster, b Bucket, store *cache.Store, log zerolog.Logger) *Source {
 	return &Source{c: c, b: b, store: store, log: log, downloads: map[digest.Digest]bool{}}
 }
 
