@@ -10,7 +10,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 # Tool versions are pinned in .ci/install-tools.sh.
 
-.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e cluster-e2e bench bench-smoke lint tools clean
+.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e cluster-e2e bench bench-cluster bench-smoke lint tools clean
 
 run: build
 	./$(BIN) serve --addr :5000 --data ./data
@@ -76,6 +76,11 @@ status-e2e: build tools
 ## the latest run into docs/benchmarks.md. ~10 minutes on 2 cores.
 bench: build
 	$(GO) run ./bench -berth $(BIN)
+
+## bench-cluster: three replicas on SeaweedFS and a single node (bench/cluster.go):
+## the herd across replicas, warm reads, first read from the bucket, RSS.
+bench-cluster: build
+	$(GO) run ./bench -only cluster -berth $(BIN)
 
 bench-smoke: build
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./proxy/

@@ -5,6 +5,8 @@
 #   seaweedfs.sh start     build if needed, start `weed mini` on a free 127.0.0.1 port with
 #                          bucket berth-ci, and print the exports a test evals:
 #                          eval "$(.ci/seaweedfs.sh start)"  (stop: kill $(cat "$SW_DIR/weed.pid"))
+#   seaweedfs.sh run       the same in the foreground: prints the exports line first, then
+#                          runs weed (the caller polls S3_ENDPOINT for a 403; bench/cluster.go)
 # Quirks: `go install` refuses the module (it has a replace line), so it is built inside
 # the downloaded module; -ip/-ip.bind keep it on loopback, -master.telemetry=false keeps it
 # from phoning home; S3 answers ~5 s after start; one bucket per store, a prefix per test.
@@ -27,6 +29,7 @@ build() {
 }
 
 start() {
+  local fg=${1:-}
   build
   SW_DIR=${SW_DIR:-$(mktemp -d /tmp/seaweedfs.XXXXXX)}; mkdir -p "$SW_DIR"
   # Every port weed mini opens is picked free, so that several stores (other
@@ -41,14 +44,17 @@ print(" ".join(str(s.getsockname()[1]) for s in ss))'))
 {"identities":[{"name":"ci","credentials":[{"accessKey":"testkey","secretKey":"testsecret"}],
   "actions":["Admin","Read","List","Tagging","Write"]}]}
 JSON
-  GOMEMLIMIT=384MiB setsid "$SW_BIN" mini -dir="$SW_DIR/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+  local exports="export S3_ENDPOINT=http://127.0.0.1:$port S3_BUCKET=berth-ci AWS_ACCESS_KEY_ID=testkey AWS_SECRET_ACCESS_KEY=testsecret AWS_REGION=us-east-1 SW_DIR=$SW_DIR"
+  local args=(mini -dir="$SW_DIR/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
     -s3.port="$port" -s3.port.grpc="${ports[1]}" -master.port="${ports[2]}" -master.port.grpc="${ports[3]}" \
     -volume.port="${ports[4]}" -volume.port.grpc="${ports[5]}" -filer.port="${ports[6]}" -filer.port.grpc="${ports[7]}" \
     -admin.port="${ports[8]}" -admin.port.grpc="${ports[9]}" -admin.port.legacy=0 -debug.port="${ports[10]}" \
     -s3.config="$SW_DIR/s3.json" -master.telemetry=false \
     -master.volumeSizeLimitMB=64 -volume.max=2000 \
     -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 \
-    -bucket=berth-ci >"$SW_DIR/weed.log" 2>&1 </dev/null &
+    -bucket=berth-ci)
+  if [ "$fg" = fg ]; then echo "$exports"; GOMEMLIMIT=384MiB exec "$SW_BIN" "${args[@]}"; fi
+  GOMEMLIMIT=384MiB setsid "$SW_BIN" "${args[@]}" >"$SW_DIR/weed.log" 2>&1 </dev/null &
   echo $! >"$SW_DIR/weed.pid"
   local ok=
   for _ in $(seq 1 600); do
@@ -57,11 +63,12 @@ JSON
     sleep 0.2
   done
   [ -n "$ok" ] || { echo "seaweedfs did not answer on :$port; log $SW_DIR/weed.log:" >&2; tail -20 "$SW_DIR/weed.log" >&2; return 1; }
-  echo "export S3_ENDPOINT=http://127.0.0.1:$port S3_BUCKET=berth-ci AWS_ACCESS_KEY_ID=testkey AWS_SECRET_ACCESS_KEY=testsecret AWS_REGION=us-east-1 SW_DIR=$SW_DIR"
+  echo "$exports"
 }
 
 case "${1:-start}" in
   build) build ;;
   start) start ;;
-  *) echo "usage: $0 build|start" >&2; exit 2 ;;
+  run) start fg ;;
+  *) echo "usage: $0 build|start|run" >&2; exit 2 ;;
 esac

@@ -6,6 +6,7 @@
 //
 //	go run ./bench                # the full run (make bench), ~10 minutes on 2 cores
 //	go run ./bench -smoke         # tiny sizes, a few seconds (make bench-smoke)
+//	go run ./bench -only cluster  # three replicas on SeaweedFS only (make bench-cluster; cluster.go)
 package main
 
 import (
@@ -23,6 +24,7 @@ import (
 
 type options struct {
 	smoke    bool
+	only     string // "cluster": the cluster run alone
 	out      string
 	doc      string
 	rounds   int
@@ -60,6 +62,7 @@ const (
 func main() {
 	var o options
 	flag.BoolVar(&o.smoke, "smoke", false, "tiny sizes and short runs (seconds), to check that the bench still works")
+	flag.StringVar(&o.only, "only", "", "\"cluster\": only the cluster run (three replicas on SeaweedFS; writes cluster.{json,md} and its own section of the doc)")
 	flag.StringVar(&o.out, "out", "", "directory for latest.{json,svg,md} (default bench/results; a temporary one with -smoke)")
 	flag.StringVar(&o.doc, "doc", "", "markdown file whose generated section is replaced with this run (default docs/benchmarks.md; none with -smoke)")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds of every measurement, interleaved across servers; medians are reported")
@@ -77,6 +80,10 @@ func main() {
 	}
 	if o.rounds < 1 {
 		o.rounds = 1
+	}
+	if o.only != "" && o.only != "cluster" {
+		fmt.Fprintln(os.Stderr, "berthbench: -only takes cluster")
+		os.Exit(2)
 	}
 	if o.smoke {
 		o.bigSize, o.smallSize, o.nSmall = 8*mib, 10*kib, 20
@@ -215,6 +222,9 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	if err := b.findTools(ctx); err != nil {
 		return err
+	}
+	if b.o.only == "cluster" {
+		return b.runCluster(ctx)
 	}
 	if err := b.setup(ctx); err != nil {
 		return err
