@@ -6,7 +6,7 @@
 #                          bucket berth-ci, and print the exports a test evals:
 #                          eval "$(.ci/seaweedfs.sh start)"  (stop: kill $(cat "$SW_DIR/weed.pid"))
 #   seaweedfs.sh run       the same in the foreground: prints the exports line first, then
-#                          runs weed (the caller polls S3_ENDPOINT for a 403; bench/cluster.go)
+#                          runs weed (the caller polls for the bucket berth-ci; bench/cluster.go)
 # Quirks: `go install` refuses the module (it has a replace line), so it is built inside
 # the downloaded module; -ip/-ip.bind keep it on loopback, -master.telemetry=false keeps it
 # from phoning home; S3 answers ~5 s after start; one bucket per store, a prefix per test.
@@ -58,7 +58,9 @@ JSON
   echo $! >"$SW_DIR/weed.pid"
   local ok=
   for _ in $(seq 1 600); do
-    if [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/")" = 403 ]; then ok=1; break; fi
+    # S3 answers before weed mini has made the bucket: wait for the bucket.
+    if [ "$(curl -s -o /dev/null -w '%{http_code}' -I --aws-sigv4 aws:amz:us-east-1:s3 --user testkey:testsecret \
+      "http://127.0.0.1:$port/berth-ci")" = 200 ]; then ok=1; break; fi
     kill -0 "$(cat "$SW_DIR/weed.pid")" 2>/dev/null || break
     sleep 0.2
   done

@@ -21,12 +21,15 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 )
@@ -120,6 +123,22 @@ func (b *bench) startSeaweedFS(ctx context.Context) (map[string]string, error) {
 	}
 	if err := waitReady(ctx, p, env["S3_ENDPOINT"]+"/"); err != nil {
 		return nil, err
+	}
+	// S3 answers before weed mini has made the bucket.
+	u, _ := url.Parse(env["S3_ENDPOINT"])
+	mc, err := minio.New(u.Host, &minio.Options{Creds: credentials.NewStaticV4(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], ""),
+		Region: env["AWS_REGION"], BucketLookup: minio.BucketLookupPath})
+	if err != nil {
+		return nil, err
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		if ok, _ := mc.BucketExists(ctx, env["S3_BUCKET"]); ok {
+			break
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return nil, fmt.Errorf("seaweedfs has no bucket %s after 60 s:\n%s", env["S3_BUCKET"], p.tail())
+		}
+		time.Sleep(100 * time.Millisecond) // polling for the bucket
 	}
 	b.versions["seaweedfs"] = "SeaweedFS"
 	if script, err := os.ReadFile(filepath.Join(b.root, ".ci", "seaweedfs.sh")); err == nil {
