@@ -196,8 +196,15 @@ sc_conformance() {
     fail "conformance through the balancer: suite rc=$rc; full log $out/output.log"; fi
 }
 
-# established_to PORT : PIDs with an established TCP connection to 127.0.0.1:PORT.
-established_to() { ss -Htnp state established "( dport = :$1 )" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u; }
+# received_from PORT : "PID LOCALPORT BYTES" for each established connection to
+# 127.0.0.1:PORT (bytes received so far).
+received_from() { ss -Htnpi state established "( dport = :$1 )" 2>/dev/null | awk '
+  /users:/ { match($0, /pid=[0-9]+/); pid = substr($0, RSTART+4, RLENGTH-4); split($3, a, ":"); lp = a[2] }
+  /bytes_received:/ { match($0, /bytes_received:[0-9]+/); print pid, lp, substr($0, RSTART+15, RLENGTH-15) }'; }
+# downloading_from PORT : the PIDs receiving bytes from 127.0.0.1:PORT right now (an idle
+# keep-alive connection of an earlier fill does not count).
+downloading_from() { local a b; a=$(received_from "$1"); sleep 0.2; b=$(received_from "$1")
+  join <(sort -k2 <<<"$a" | awk '{print $2, $1, $3}' | sort) <(awk '{print $2, $3}' <<<"$b" | sort) | awk '$4 > $3 {print $2}' | sort -u; }
 
 sc_kill_fill() {
   ensure_all || fail "a replica does not start"
@@ -205,12 +212,12 @@ sc_kill_fill() {
   local d; d=$(push_upstream library/fillkill "$RT/fill.bin") || fail "pushing the blob to the upstream"
   "$RT/cc" get -urls "http://$LB" -n 12 -retries 6 -repo library/fillkill -digest "$d" -size $((128 << 20)) >"$RT/kill-fill.out" 2>&1 &
   local cc=$! owner="" p
-  # The filler is the replica with a connection to the upstream.
-  for _ in $(seq 600); do
-    for p in $(established_to "$SLOW_PORT"); do owner=$(replica_of "$p"); [ -n "$owner" ] && break; done
-    [ -n "$owner" ] && break; sleep 0.05
+  # The filler is the replica receiving bytes from the upstream.
+  for _ in $(seq 150); do
+    for p in $(downloading_from "$SLOW_PORT"); do owner=$(replica_of "$p"); [ -n "$owner" ] && break; done
+    [ -n "$owner" ] && break
   done
-  [ -n "$owner" ] || { kill "$cc"; fail "no replica connected to the upstream within 30s"; }
+  [ -n "$owner" ] || { kill "$cc"; fail "no replica downloaded from the upstream within 30s"; }
   kill9 "$owner"; echo "  killed r$owner (pid $p) while it filled $d"
   wait "$cc" || fail "clients through the balancer after the kill: $(cat "$RT/kill-fill.out")"
   cat "$RT/kill-fill.out"
