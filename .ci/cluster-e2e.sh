@@ -17,8 +17,8 @@
 #                balancer: retries succeed, the new owner completes the fill
 #                (2 upstream GETs: the killed one and the new owner's), the
 #                replica restarts, is ready and serves the blob
-#   kill-push    kill -9 the replica that took the last PATCH of a chunked push
-#                through the balancer: the push resumes and completes, its
+#   kill-push    kill -9 the replica receiving a PATCH of a chunked push through
+#                the balancer, mid-body: the client retries, the push completes, its
 #                image reads back everywhere; the replica restarts and rejoins
 #   durable      everything acknowledged above reads back from every replica
 #   dockerd      dockerd with registry-mirrors = the balancer pulls and runs an image
@@ -245,15 +245,16 @@ sc_kill_push() {
     >"$RT/kill-push.out" 2>"$RT/kill-push.err" &
   local cc=$!
   for _ in $(seq 600); do [ -f "$RT/pk" ] && break; kill -0 "$cc" 2>/dev/null || break; sleep 0.05; done
-  [ -f "$RT/pk" ] || fail "the push did not reach its 5th chunk: $(cat "$RT/kill-push.err")"
-  # Kill the replica that took the last acknowledged PATCH.
+  [ -f "$RT/pk" ] || fail "the push did not reach its 6th chunk: $(cat "$RT/kill-push.err")"
+  # Kill the replica receiving the 6th PATCH, halfway through its body.
   local last victim i; last=$(grep '^conn ' "$RT/lb.log" | tail -1 | awk '{print $3}')
   for i in 1 2 3; do [ "127.0.0.1:${P[i]}" = "$last" ] && victim=$i; done
   [ -n "$victim" ] || fail "the balancer's last connection ($last) is to no replica"
-  kill9 "$victim"; echo "  killed r$victim, which took the 5th PATCH"
+  kill9 "$victim"; echo "  killed r$victim while it received the 6th PATCH"
   touch "$RT/pk.go"
   wait "$cc" || fail "the push after the kill: $(cat "$RT/kill-push.err")"
   cat "$RT/kill-push.err"
+  grep -q 'retrying' "$RT/kill-push.err" || fail "the client saw no failed request: the kill did not interrupt the PATCH"
   local m l; read -r _ m l _ <"$RT/kill-push.out"
   start_replica "$victim" || fail "r$victim did not restart"
   for i in 1 2 3; do

@@ -17,7 +17,8 @@
 // upload's status (GET, Range) says where to resume; an upload the registry
 // acknowledged and then forgot is an error. With -pause-after k it writes
 // "paused" to F after k acknowledged chunks and waits until F.go exists. It
-// prints "pushed MANIFEST-DIGEST BLOB-DIGEST retries=N".
+// prints "pushed MANIFEST-DIGEST BLOB-DIGEST retries=N". (With -pause-after k,
+// the pause is halfway through the body of chunk k+1, with the request in flight.)
 package main
 
 import (
@@ -164,6 +165,7 @@ func (p *pusher) do(what string, mk func() (*http.Request, error)) (*http.Respon
 		}
 		resp, err := client.Do(req)
 		if err != nil {
+			fmt.Fprintf(os.Stderr, "clusterclient: %s: %v (retrying)\n", what, err)
 			last = err
 			continue
 		}
@@ -240,8 +242,23 @@ func (p *pusher) blob(data []byte, chunk int64, pauseAfter int, pauseFile string
 	for acked < int64(len(data)) {
 		end := min(acked+chunk, int64(len(data)))
 		from := acked
+		// The chunk after the pause-after'th stops halfway through its body
+		// (once) until the test says go: a replica killed then dies with the
+		// request in flight.
+		var body func() io.Reader = func() io.Reader { return bytes.NewReader(data[from:end]) }
+		if chunks == pauseAfter && pauseFile != "" {
+			paused := false
+			body = func() io.Reader {
+				if paused {
+					return bytes.NewReader(data[from:end])
+				}
+				paused = true
+				half := from + (end-from)/2
+				return io.MultiReader(bytes.NewReader(data[from:half]), &pauser{file: pauseFile}, bytes.NewReader(data[half:end]))
+			}
+		}
 		resp, err := p.do("PATCH", func() (*http.Request, error) {
-			req, err := http.NewRequest(http.MethodPatch, loc, bytes.NewReader(data[from:end]))
+			req, err := http.NewRequest(http.MethodPatch, loc, body())
 			if err != nil {
 				return nil, err
 			}
@@ -275,20 +292,6 @@ func (p *pusher) blob(data []byte, chunk int64, pauseAfter int, pauseFile string
 		}
 		acked = end
 		chunks++
-		if chunks == pauseAfter && pauseFile != "" {
-			if err := os.WriteFile(pauseFile, []byte("paused\n"), 0o644); err != nil {
-				return "", err
-			}
-			for deadline := time.Now().Add(5 * time.Minute); ; {
-				if _, err := os.Stat(pauseFile + ".go"); err == nil {
-					break
-				}
-				if time.Now().After(deadline) {
-					return "", errors.New("nobody created " + pauseFile + ".go")
-				}
-				time.Sleep(50 * time.Millisecond) // polling for the test's go-ahead
-			}
-		}
 	}
 	sep := "?"
 	if strings.Contains(loc, "?") {
@@ -329,7 +332,7 @@ func push(args []string) error {
 	sizeS := fs.String("size", "64MiB", "size of the pushed layer")
 	chunkS := fs.String("chunk", "8MiB", "PATCH size")
 	retries := fs.Int("retries", 5, "retries per request")
-	pauseAfter := fs.Int("pause-after", 0, "pause after this many acknowledged chunks")
+	pauseAfter := fs.Int("pause-after", 0, "pause halfway through the chunk after this many acknowledged ones")
 	pauseFile := fs.String("pause-file", "", "written when paused; continue once FILE.go exists")
 	_ = fs.Parse(args)
 	size, err := parseSize(*sizeS)
@@ -376,4 +379,30 @@ func push(args []string) error {
 	}
 	fmt.Printf("pushed sha256:%x %s retries=%d\n", sha256.Sum256(man), ld, p.tries)
 	return nil
+}
+
+// pauser is a body part that reads nothing: on its first Read it writes
+// "paused" to file and waits until file.go exists.
+type pauser struct {
+	file string
+	done bool
+}
+
+func (p *pauser) Read([]byte) (int, error) {
+	if p.done {
+		return 0, io.EOF
+	}
+	p.done = true
+	if err := os.WriteFile(p.file, []byte("paused\n"), 0o644); err != nil {
+		return 0, err
+	}
+	for deadline := time.Now().Add(5 * time.Minute); ; {
+		if _, err := os.Stat(p.file + ".go"); err == nil {
+			return 0, io.EOF
+		}
+		if time.Now().After(deadline) {
+			return 0, errors.New("nobody created " + p.file + ".go")
+		}
+		time.Sleep(50 * time.Millisecond) // polling for the test's go-ahead
+	}
 }
