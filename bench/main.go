@@ -159,6 +159,8 @@ type bench struct {
 	servers map[string]*server
 	content *content
 	samples samples
+	// clusterHerd is the cluster run's herd size (cluster.go).
+	clusterHerd int
 }
 
 func (b *bench) logf(format string, args ...any) {
