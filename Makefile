@@ -10,7 +10,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 # Tool versions are pinned in .ci/install-tools.sh.
 
-.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e cluster-e2e bench bench-cluster bench-smoke lint tools clean
+.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e upstream-auth-e2e tls-e2e auth-e2e cluster-e2e bench bench-cluster bench-smoke lint tools clean
 
 run: build
 	./$(BIN) serve --addr :5000 --data ./data
@@ -22,7 +22,7 @@ build:
 ## OCI conformance suite against a real `berth serve`, the mirror e2e, every
 ## real client (skipped with a reason where one cannot run; required in CI),
 ## the status page in headless Chromium, the air-gap bundle workflow.
-test: lint race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e cluster-e2e bench-smoke
+test: lint race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e upstream-auth-e2e tls-e2e auth-e2e cluster-e2e bench-smoke
 
 unit:
 	$(GO) test ./...
@@ -34,7 +34,7 @@ race:
 # which `go test -fuzz` reports as a failure on a loaded machine.
 FUZZTIME ?= 100000x
 fuzz:
-	@for f in FuzzParseRequest FuzzParseDigest FuzzParseRange FuzzResolveRange FuzzValidName FuzzValidTag FuzzParse; do \
+	@for f in FuzzParseRequest FuzzParseDigest FuzzParseRange FuzzResolveRange FuzzValidName FuzzValidTag FuzzParse FuzzAccess; do \
 	  pkg=$$(grep -rl "func $$f(" --include='*_test.go' . | xargs -n1 dirname | head -1); \
 	  echo "fuzz $$f in $$pkg"; \
 	  $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
@@ -66,10 +66,29 @@ airgap-e2e: build tools
 cluster-e2e: build tools
 	@bash .ci/cluster-e2e.sh
 
+# berth over TLS: a CA made by internal/testutil/mkcert; curl, crane, skopeo,
+# regctl, oras (SSL_CERT_FILE), podman and dockerd (certs.d), containerd
+# (hosts.toml ca); the conformance suite over TLS; a certificate rotation
+# under load; mTLS. Root-only clients SKIP with the reason when not root.
+tls-e2e: build tools
+	@bash .ci/tls-e2e.sh
+
+# Access rules, LDAP (Debian's slapd, started by the script) and the token
+# flow with dockerd, podman, crane and the OCI conformance suite.
+auth-e2e: build tools
+	@bash .ci/auth-e2e.sh
+
 # The status page at / in headless Chromium (installed with apt-get as root,
 # else skipped); the screenshot is kept (its path is printed).
 status-e2e: build tools
 	@bash .ci/status-e2e.sh
+
+# An upstream over TLS with a private CA and htpasswd (distribution's
+# registry), pulled through berth with ca_file and a credential helper;
+# without ca_file: 502 naming the upstream and a warn line with the cause; a
+# refused token realm (0 connections) and an upstream 429 (one request).
+upstream-auth-e2e: build tools
+	@bash .ci/upstream-auth-e2e.sh
 
 ## bench: berth against distribution's registry (plain and as a proxy) and
 ## nginx, on loopback; prints the table, writes bench/results/latest.* and

@@ -99,8 +99,8 @@ for _ in 1 2 3; do pull team/app 1 "$local_layer"; done
 pull library/busybox latest "$up_layer" # misses: filled from the upstream
 pull library/busybox latest "$up_layer" # hits
 code=$(curl -s -o /dev/null -w '%{http_code}' "http://$B/v2/registry.example.test/org/tool/manifests/1")
-# Not cached and the upstream unreachable: berth answers 404 (MANIFEST_UNKNOWN).
-[ "$code" = 404 ] || fail "status-e2e: a pull through the dead upstream answered $code, want 404"
+# Not cached and the upstream unreachable: berth answers 503 (UNAVAILABLE).
+[ "$code" = 503 ] || fail "status-e2e: a pull through the dead upstream answered $code, want 503"
 code=$(curl -s -o /dev/null -w '%{http_code}' "http://$B/")
 [ "$code" = 200 ] || fail "status-e2e: GET / answered $code"
 code=$(curl -s -o /dev/null -w '%{http_code}' "http://$B/no-such-page")

@@ -142,6 +142,11 @@ func getManifest(ctx context.Context, client *http.Client, url string) ([]byte, 
 func pullMany(ctx context.Context, url string, want blob, n int) (time.Duration, []fetchResult, error) {
 	client := newClient(n)
 	defer client.CloseIdleConnections()
+	return pullManyWith(ctx, client, url, want, n)
+}
+
+// pullManyWith is pullMany with the client given (one that trusts a CA).
+func pullManyWith(ctx context.Context, client *http.Client, url string, want blob, n int) (time.Duration, []fetchResult, error) {
 	results := make([]fetchResult, n)
 	startGate := make(chan struct{})
 	g, gctx := errgroup.WithContext(ctx)
@@ -174,6 +179,11 @@ type rateResult struct {
 // dur, after a warm-up of dur/5, and reports completed requests per second
 // and their latency percentiles.
 func rate(ctx context.Context, urls []string, accept string, conns int, dur time.Duration) (rateResult, error) {
+	return rateHeader(ctx, urls, accept, nil, conns, dur)
+}
+
+// rateHeader is rate with hdr on every request (an Authorization, say).
+func rateHeader(ctx context.Context, urls []string, accept string, hdr http.Header, conns int, dur time.Duration) (rateResult, error) {
 	client := newClient(conns)
 	defer client.CloseIdleConnections()
 	warm := dur / 5
@@ -196,6 +206,9 @@ func rate(ctx context.Context, urls []string, accept string, conns int, dur time
 				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, urls[i%len(urls)], nil)
 				if accept != "" {
 					req.Header.Set("Accept", accept)
+				}
+				for k, v := range hdr {
+					req.Header[k] = v
 				}
 				resp, err := client.Do(req)
 				if err == nil {

@@ -24,7 +24,6 @@ import (
 
 type options struct {
 	smoke    bool
-	only     string // "cluster": the cluster run alone
 	out      string
 	doc      string
 	rounds   int
@@ -51,6 +50,9 @@ type options struct {
 	// The air-gap bundle: an image of bundleLayers layers, bundleSize in all.
 	bundleSize   int64
 	bundleLayers int
+	// only, when "tls", runs the TLS rows alone (tls.go); when "cluster",
+	// the cluster run alone (cluster.go).
+	only string
 }
 
 const (
@@ -62,7 +64,6 @@ const (
 func main() {
 	var o options
 	flag.BoolVar(&o.smoke, "smoke", false, "tiny sizes and short runs (seconds), to check that the bench still works")
-	flag.StringVar(&o.only, "only", "", "\"cluster\": only the cluster run (three replicas on SeaweedFS; writes cluster.{json,md} and its own section of the doc)")
 	flag.StringVar(&o.out, "out", "", "directory for latest.{json,svg,md} (default bench/results; a temporary one with -smoke)")
 	flag.StringVar(&o.doc, "doc", "", "markdown file whose generated section is replaced with this run (default docs/benchmarks.md; none with -smoke)")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds of every measurement, interleaved across servers; medians are reported")
@@ -73,6 +74,8 @@ func main() {
 	flag.Float64Var(&o.rateMBps, "upstream-rate", 100, "throttle between the proxies and the upstream, MB/s (0: none)")
 	dur := flag.Duration("duration", 0, "duration of each request-rate run (default 5s, 300ms with -smoke)")
 	bundleMiB := flag.Int64("bundle-mib", 0, "size of the image exported and imported, MiB (default 2048, 16 with -smoke)")
+	flag.StringVar(&o.only, "only", "", "tls: only the rows over TLS (berth vs nginx with the same certificate); docs/benchmarks.md is left alone.\ncluster: only the cluster run (three replicas on SeaweedFS; writes cluster.{json,md} and its own section of docs/benchmarks.md)")
+	bigMiB := flag.Int64("big-mib", 0, "size of the warm throughput blob, MiB (default 1024, 8 with -smoke)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "berthbench: unexpected arguments", flag.Args())
@@ -80,10 +83,6 @@ func main() {
 	}
 	if o.rounds < 1 {
 		o.rounds = 1
-	}
-	if o.only != "" && o.only != "cluster" {
-		fmt.Fprintln(os.Stderr, "berthbench: -only takes cluster")
-		os.Exit(2)
 	}
 	if o.smoke {
 		o.bigSize, o.smallSize, o.nSmall = 8*mib, 10*kib, 20
@@ -106,6 +105,13 @@ func main() {
 	}
 	if *bundleMiB > 0 {
 		o.bundleSize = *bundleMiB * mib
+	}
+	if *bigMiB > 0 {
+		o.bigSize = *bigMiB * mib
+	}
+	if o.only != "" && o.only != "tls" && o.only != "cluster" {
+		fmt.Fprintln(os.Stderr, "berthbench: -only takes tls or cluster")
+		os.Exit(2)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -210,10 +216,10 @@ func (b *bench) run(ctx context.Context) error {
 		return err
 	}
 	b.root = root
-	if b.o.out == "" && !b.o.smoke {
+	if b.o.out == "" && !b.o.smoke && (b.o.only == "" || b.o.only == "cluster") {
 		b.o.out = filepath.Join(root, "bench", "results")
 	}
-	if b.o.doc == "" && !b.o.smoke {
+	if b.o.doc == "" && !b.o.smoke && (b.o.only == "" || b.o.only == "cluster") {
 		b.o.doc = filepath.Join(root, "docs", "benchmarks.md")
 	}
 	if b.tmp, err = os.MkdirTemp("", "berthbench-"); err != nil {
@@ -228,11 +234,18 @@ func (b *bench) run(ctx context.Context) error {
 	if b.o.only == "cluster" {
 		return b.runCluster(ctx)
 	}
-	if err := b.setup(ctx); err != nil {
-		return err
-	}
-	if err := b.measure(ctx); err != nil {
-		return err
+	if b.o.only == "tls" {
+		b.samples = samples{}
+		if err := b.measureTLS(ctx); err != nil {
+			return fmt.Errorf("tls: %w", err)
+		}
+	} else {
+		if err := b.setup(ctx); err != nil {
+			return err
+		}
+		if err := b.measure(ctx); err != nil {
+			return err
+		}
 	}
 	rep := b.report()
 	fmt.Println(rep.markdown())

@@ -206,6 +206,15 @@ func (b *bench) measure(ctx context.Context) error {
 		return fmt.Errorf("bundles: %w", err)
 	}
 
+	// 5b. The warm blob over TLS, berth against nginx (tls.go).
+	if err := b.measureTLS(ctx); err != nil {
+		return fmt.Errorf("tls: %w", err)
+	}
+	// 5b. Manifests by tag with token auth on and off (auth.go).
+	if err := b.measureAuth(ctx); err != nil {
+		return fmt.Errorf("auth: %w", err)
+	}
+
 	// 6. The request logs berth and nginx wrote: a log that stayed empty
 	// would mean one side ran without the cost the other paid.
 	for _, l := range []struct{ name, path string }{

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -198,10 +199,30 @@ func (b *bench) report() *report {
 		r.Rows = append(r.Rows, rw)
 	}
 
-	rw := mk(fmt.Sprintf("%s blob, %d conns (req/s)", smallName, o.conns), mSmallRPS, srvBerth, srvDistProxy, srvDist, srvNginx)
-	be, ok1 := med(mSmallRPS, srvBerth)
-	ng, ok2 := med(mSmallRPS, srvNginx)
+	// Over TLS (tls.go): berth and nginx with the same certificate.
+	for i, n := range []int{1, o.warmClients} {
+		metric, clients := mTLSWarm1, "1 client"
+		if i == 1 {
+			metric, clients = mTLSWarmN, fmt.Sprintf("%d clients", n)
+		}
+		rw := mk(fmt.Sprintf("warm %s blob over TLS, %s (GB/s)", bigName, clients), metric, srvBerth, srvNginx)
+		be, ok1 := med(metric, srvBerth)
+		ng, ok2 := med(metric, srvNginx)
+		v, ok := div(be, ng, ok1, ok2)
+		judge(&rw, v, ok, "berth / nginx, both TLS", ">= 0.9x", "warm blob over TLS, "+clients+" vs nginx", 0.9, true)
+		r.Rows = append(r.Rows, rw)
+	}
+	rw := mk(fmt.Sprintf("warm %s blob over TLS, HTTP/2, 1 client (GB/s)", bigName), mTLSWarmH2, srvBerth, srvNginx)
+	be, ok1 := med(mTLSWarmH2, srvBerth)
+	ng, ok2 := med(mTLSWarmH2, srvNginx)
 	v, ok := div(be, ng, ok1, ok2)
+	judge(&rw, v, ok, "berth / nginx, both HTTP/2", "", "", 0, true)
+	r.Rows = append(r.Rows, rw)
+
+	rw = mk(fmt.Sprintf("%s blob, %d conns (req/s)", smallName, o.conns), mSmallRPS, srvBerth, srvDistProxy, srvDist, srvNginx)
+	be, ok1 = med(mSmallRPS, srvBerth)
+	ng, ok2 = med(mSmallRPS, srvNginx)
+	v, ok = div(be, ng, ok1, ok2)
 	judge(&rw, v, ok, "berth / nginx", ">= 0.8x", smallName+" blob req/s vs nginx", 0.8, true)
 	dp, ok3 := med(mSmallRPS, srvDistProxy)
 	v, ok = div(dp, ng, ok3, ok2)
@@ -289,6 +310,17 @@ func (b *bench) report() *report {
 	judge(&rw, be/100, ok1, "berth / 100 MiB", "<= 100 MiB", "peak RSS / 100 MiB", 1, false)
 	r.Rows = append(r.Rows, rw)
 
+	// Token auth on vs off (auth.go), the same build in the same run.
+	rw = mk(fmt.Sprintf("manifest by tag with token auth, %d conns (req/s)", o.conns), mAuthOnRPS, srvBerth)
+	be, ok1 = med(mAuthOnRPS, srvBerth)
+	off, okOff := med(mAuthOffRPS, srvBerth)
+	v, ok = div(be, off, ok1, okOff)
+	judge(&rw, v, ok, "token auth on / off", ">= 0.8x", "manifest by tag, token auth on / off", 0.8, true)
+	if okOff {
+		rw.Other = "auth off " + num(off) + " req/s"
+	}
+	r.Rows = append(r.Rows, rw)
+
 	// The air-gap bundle (bundle.go): each command against cp of the bundle
 	// file, and the peak RSS of the server and of the CLI during each.
 	bundleName := size(o.bundleSize)
@@ -312,6 +344,9 @@ func (b *bench) report() *report {
 		i, ok2 := med(x.imp, srvBerth)
 		judge(&rw, max(e, i)/100, ok1 && ok2, x.who+" / 100 MiB", "<= 100 MiB", "bundle: peak RSS of the "+x.who+" / 100 MiB", 1, false)
 		r.Rows = append(r.Rows, rw)
+	}
+	if o.only != "" { // the rows measured, without the empty others
+		r.Rows = slices.DeleteFunc(r.Rows, func(rw row) bool { return len(rw.Values) == 0 })
 	}
 	return r
 }

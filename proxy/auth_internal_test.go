@@ -32,3 +32,25 @@ func TestAuthDummyHashCost(t *testing.T) {
 		}
 	}
 }
+
+// Failed logins are counted per address and per user: a user attacked from
+// many addresses is blocked everywhere, other users are not.
+func TestLoginLimitsPerUser(t *testing.T) {
+	t.Parallel()
+	l := newLoginLimits()
+	for i := range failBurst {
+		if l.blocked(fmt.Sprintf("10.0.0.%d", i), "alice") > 0 {
+			t.Fatalf("blocked after %d failures", i)
+		}
+		l.fail(fmt.Sprintf("10.0.0.%d", i), "alice")
+	}
+	if l.blocked("10.0.1.1", "alice") == 0 {
+		t.Error("alice not blocked from a new address after a burst of failures")
+	}
+	if l.blocked("10.0.1.1", "bob") != 0 {
+		t.Error("bob blocked by alice's failures")
+	}
+	if l.blocked("10.0.0.1", "bob") != 0 {
+		t.Error("one failure from an address blocked it")
+	}
+}

@@ -19,8 +19,10 @@ func WithConn(ctx context.Context, c net.Conn) context.Context {
 // and body, then the rest of the body) leaves as one transmission, as
 // nginx's tcp_nopush does: on a small blob the second pass through the TCP
 // stack, and the second wake-up of the client, cost more than the two
-// setsockopt calls. Without a TCP connection (tests, TLS later) it just
-// writes.
+// setsockopt calls. Without a plain TCP connection it just writes: over
+// TLS the connection is a *tls.Conn (its records are already written whole,
+// and with HTTP/2 many streams share the socket, so one handler's cork would
+// hold back the others' frames), and in tests there may be none.
 func corked(ctx context.Context, write func()) {
 	c, _ := ctx.Value(connKey{}).(*net.TCPConn)
 	var raw syscall.RawConn

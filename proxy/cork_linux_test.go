@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"net"
 	"syscall"
@@ -54,4 +55,29 @@ func corkState(t *testing.T, c net.Conn) int {
 		t.Fatal(err)
 	}
 	return v
+}
+
+// Over TLS corked leaves the socket alone: the context holds a *tls.Conn.
+func TestCorkedSkipsTLS(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	during := -1
+	corked(WithConn(context.Background(), tls.Server(server, &tls.Config{})), func() { during = corkState(t, server) })
+	if during != 0 {
+		t.Fatalf("TCP_CORK was %d under a TLS connection, want 0", during)
+	}
 }

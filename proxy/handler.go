@@ -100,6 +100,10 @@ type state struct {
 	query   url.Values
 	req     Request
 	bytesIn int64 // request body bytes read (uploads, manifest pushes)
+	caller  caller
+	// authEvent is what the auth step or the token endpoint counts in
+	// berth_auth_events_total ("" for nothing).
+	authEvent string
 }
 
 // errAbort asks ServeHTTP to cut the connection once the request is logged:
@@ -129,11 +133,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx = registry.WithInfo(ctx, &st.info)
 	req, err := ParseRequest(r.URL.Path)
 	st.req = req
-	if err == nil && h.auth != nil {
-		st.info.User, err = h.auth.authorize(w, r, req)
+	if err == nil && h.auth != nil && req.Kind != KindToken {
+		st.caller, err = h.auth.authorize(ctx, w, r, st)
+		st.info.User = st.caller.id.User
 	}
 	if err == nil {
 		err = h.serve(ctx, w, r, st)
+	}
+	if err == nil && st.status < 300 {
+		h.auditWrite(ctx, r, st)
+	}
+	if st.authEvent != "" {
+		h.metrics.auth.WithLabelValues(st.authEvent).Inc()
 	}
 	if err != nil && err != errAbort {
 		h.writeError(ctx, w, r, err)
@@ -336,6 +347,11 @@ func (h *Handler) serve(ctx context.Context, w http.ResponseWriter, r *http.Requ
 		if get {
 			return h.referrers(ctx, w, r, st)
 		}
+	case KindToken:
+		if h.auth == nil || h.auth.tokens == nil {
+			return errNotAPI
+		}
+		return h.auth.serveToken(ctx, w, r, st)
 	}
 	return h.notAllowed(w, req.Kind)
 }
@@ -350,6 +366,7 @@ var allow = [...]string{
 	KindUpload:      "GET, PATCH, PUT, DELETE",
 	KindTags:        "GET, HEAD",
 	KindReferrers:   "GET, HEAD",
+	KindToken:       "GET, POST",
 }
 
 func (h *Handler) notAllowed(w http.ResponseWriter, k Kind) error {
@@ -379,13 +396,18 @@ func (h *Handler) writeError(ctx context.Context, w http.ResponseWriter, r *http
 	default:
 		e = oci.Errorf(oci.CodeUnknown, "internal error")
 	}
-	if e.Status() >= 500 {
+	// An upstream's failure is logged with its cause where it is
+	// translated (mirror.upstreamErr): it is not an internal error.
+	if e.Status() >= 500 && e.Upstream == "" {
 		zerolog.Ctx(ctx).Error().Err(err).Str("path", r.URL.Path).Str("request_id", registry.InfoFrom(ctx).RequestID).Msg("internal error")
 	}
 	b := oci.Body(e)
 	hdr := w.Header()
 	hdr["Content-Type"] = jsonType
 	hdr["Content-Length"] = []string{strconv.Itoa(len(b))}
+	if e.RetryAfter > 0 {
+		hdr.Set("Retry-After", strconv.FormatInt(int64((e.RetryAfter+time.Second-1)/time.Second), 10))
+	}
 	w.WriteHeader(e.Status())
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(b)
@@ -421,6 +443,29 @@ func (r *recorder) Flush() {
 	if f, ok := r.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
+}
+
+// auditWrite writes the audit line of a successful push (a manifest, or a
+// blob's last request) or delete.
+func (h *Handler) auditWrite(ctx context.Context, r *http.Request, st *state) {
+	var event string
+	switch {
+	case r.Method == http.MethodDelete && (st.req.Kind == KindManifest || st.req.Kind == KindBlob):
+		event = "delete"
+	case r.Method == http.MethodPut && st.req.Kind == KindManifest, st.status == http.StatusCreated && (st.req.Kind == KindUpload || st.req.Kind == KindUploadStart):
+		event = "push"
+	default:
+		return
+	}
+	repo := st.req.Repo
+	if st.info.Host != "" {
+		repo = st.info.Host + "/" + repo
+	}
+	dg := st.Header().Get("Docker-Content-Digest")
+	if dg == "" && event == "delete" {
+		dg = st.req.Reference
+	}
+	audit(ctx, r, event, st.info.User, event, repo, dg)
 }
 
 // isWrite reports whether a request pushes or deletes.

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
+
+	"github.com/berth-dev/berth/internal/access"
 
 	"github.com/berth-dev/berth/internal/oci"
 	"github.com/berth-dev/berth/internal/registry"
@@ -70,6 +73,12 @@ func (h *Handler) catalog(ctx context.Context, w http.ResponseWriter, r *http.Re
 	repos, next, err := h.reg.Repositories(ctx, n, last)
 	if err != nil {
 		return err
+	}
+	if h.auth != nil {
+		// Only what the caller may pull (a page may come out shorter than
+		// n; next still continues after the last name read).
+		pol := h.auth.policy
+		repos = slices.DeleteFunc(repos, func(name string) bool { return !pol.Can(st.caller.id, name, access.Pull) })
 	}
 	if repos == nil {
 		repos = []string{}

@@ -18,6 +18,9 @@ type metrics struct {
 	duration [len(kindNames)]prometheus.Observer
 	bytesOut [len(sources)]prometheus.Counter
 	cells    [len(kindNames)][len(methods) + 1][len(statuses)]atomic.Pointer[prometheus.Counter]
+	// auth counts what an operator of access control watches: failed
+	// logins, rate-limited ones, denied requests, tokens issued.
+	auth *prometheus.CounterVec
 }
 
 var (
@@ -54,11 +57,20 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for i, s := range sources {
 		m.bytesOut[i] = bytesOut.WithLabelValues(s)
 	}
+	m.auth = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_auth_events_total",
+		Help: "Client authentication and access control: login_failed, rate_limited (a login refused unchecked), denied, token_issued."},
+		[]string{"event"})
+	for _, e := range authEvents {
+		m.auth.WithLabelValues(e)
+	}
 	if reg != nil {
-		reg.MustRegister(m.requests, duration, bytesOut)
+		reg.MustRegister(m.requests, duration, bytesOut, m.auth)
 	}
 	return m
 }
+
+// authEvents are the values of berth_auth_events_total's event label.
+var authEvents = [...]string{"login_failed", "rate_limited", "denied", "token_issued"}
 
 func index[T comparable](list []T, v T) int {
 	for i, x := range list {

@@ -20,9 +20,10 @@ const (
 	KindUpload      // .../blobs/uploads/<id>
 	KindTags
 	KindReferrers
+	KindToken // berth's token endpoint, /v2/token
 )
 
-var kindNames = [...]string{"base", "catalog", "manifest", "blob", "upload", "upload", "tags", "referrers"}
+var kindNames = [...]string{"base", "catalog", "manifest", "blob", "upload", "upload", "tags", "referrers", "token"}
 
 func (k Kind) String() string { return kindNames[k] }
 
@@ -51,6 +52,9 @@ func ParseRequest(path string) (Request, error) {
 	}
 	if rest == "_catalog" {
 		return Request{Kind: KindCatalog}, nil
+	}
+	if path == TokenPath {
+		return Request{Kind: KindToken}, nil
 	}
 	var req Request
 	switch {

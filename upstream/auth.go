@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -125,28 +127,69 @@ func (c *Client) authorization(ctx context.Context, op, scope string) (string, e
 			return "", err
 		}
 		return "Bearer " + tok, nil
-	case basic && c.username != "":
-		return c.basicAuth(), nil
+	case basic:
+		cred, err := c.credential(ctx, op)
+		if err != nil || cred.Username == "" {
+			return "", err
+		}
+		return basicAuth(cred), nil
 	}
 	return "", nil
 }
 
+// credential returns the upstream's credential (anonymous without one). A
+// source that fails is ErrMisconfigured: nothing is sent.
+func (c *Client) credential(ctx context.Context, op string) (Credential, error) {
+	if c.creds == nil {
+		return Credential{}, nil
+	}
+	cred, err := c.creds.Get(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return Credential{}, c.ctxError(op, ctx)
+		}
+		c.log.Warn().Str("upstream", c.name).Str("reason", err.Error()).Msg("upstream credentials unavailable")
+		return Credential{}, c.newError(op, ErrMisconfigured, "its credentials could not be obtained (see berth's log)", err)
+	}
+	return cred, nil
+}
+
+// renewCredential drops the credential the upstream rejected and reports
+// whether its source now supplies a different one worth another try.
+func (c *Client) renewCredential(ctx context.Context, rejected Credential) bool {
+	if c.creds == nil {
+		return false
+	}
+	c.creds.Forget()
+	fresh, err := c.creds.Get(ctx)
+	return err == nil && !fresh.anonymous() && fresh != rejected
+}
+
 // basicAuth returns the Basic Authorization header value.
-func (c *Client) basicAuth() string {
-	return "Basic " + base64.StdEncoding.EncodeToString([]byte(c.username+":"+c.password))
+func basicAuth(cred Credential) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(cred.Username+":"+cred.Password))
 }
 
 // handleChallenge reacts to a 401 answer to r, which was sent with the
-// Authorization header value sent. On success the caller retries r.
-func (c *Client) handleChallenge(ctx context.Context, r *request, hdr http.Header, sent string) error {
+// Authorization header value sent. On success the caller retries r;
+// renewed reports that a rejected credential was replaced by a fresh one,
+// which earns the request one more round.
+func (c *Client) handleChallenge(ctx context.Context, r *request, hdr http.Header, sent string) (renewed bool, err error) {
 	denied := func(msg string) error {
 		return &Error{Upstream: c.name, Op: r.op, Status: http.StatusUnauthorized, Message: msg, Kind: ErrDenied}
 	}
 	challenges := parseChallenges(hdr.Values("Www-Authenticate"))
 	if ch, ok := findChallenge(challenges, "bearer"); ok {
 		realm, err := c.parseRealm(ch.params["realm"])
+		var refused realmRefused
+		if err != nil && !errors.As(err, &refused) {
+			return false, c.newError(r.op, ErrUnexpectedResponse, "invalid Bearer challenge", err)
+		}
 		if err != nil {
-			return c.newError(r.op, ErrUnexpectedResponse, "invalid Bearer challenge", err)
+			c.log.Warn().Str("upstream", c.name).Str("reason", err.Error()).
+				Msg("refusing the upstream's token realm; nothing was sent there")
+			return false, c.newError(r.op, ErrMisconfigured,
+				"its token realm is on a host berth may not send credentials to (see berth's log)", err)
 		}
 		bc := bearerChallenge{realm: realm, service: ch.params["service"]}
 		c.auth.mu.Lock()
@@ -154,38 +197,77 @@ func (c *Client) handleChallenge(ctx context.Context, r *request, hdr http.Heade
 		c.auth.mu.Unlock()
 		stale := strings.TrimPrefix(sent, "Bearer ")
 		_, err = c.fetchToken(ctx, r.op, bc, r.scope, ch.params["scope"], stale)
-		return err
+		return false, err
 	}
 	if _, ok := findChallenge(challenges, "basic"); ok {
-		if c.username == "" {
-			return denied("upstream requires Basic authentication but no credentials are configured")
+		cred, err := c.credential(ctx, r.op)
+		if err != nil {
+			return false, err
+		}
+		if cred.Username == "" {
+			return false, denied("upstream requires Basic authentication but no credentials are configured")
 		}
 		if strings.HasPrefix(sent, "Basic ") {
-			return denied("credentials rejected")
+			if sent == basicAuth(cred) && c.renewCredential(ctx, cred) {
+				return true, nil
+			}
+			return false, denied("berth's credentials for it were rejected")
 		}
 		c.auth.mu.Lock()
 		c.auth.useBasic = true
 		c.auth.mu.Unlock()
-		return nil
+		return false, nil
 	}
-	return denied("no supported WWW-Authenticate challenge")
+	return false, denied("no supported WWW-Authenticate challenge")
 }
 
 // parseRealm validates a token realm. Credentials are sent to the realm, so
-// it must be an absolute http(s) URL, and not plain http when the registry
-// itself is reached over https.
+// it must be an absolute URL on the registry's own host or one listed in
+// Config.TokenRealms, over https unless the registry itself is plain http.
+// The error says why, naming the realm's host (for the log).
 func (c *Client) parseRealm(raw string) (*url.URL, error) {
 	if raw == "" {
-		return nil, errString("missing realm")
+		return nil, errString("the challenge names no realm")
 	}
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-		return nil, errString("realm is not an absolute http(s) URL")
+		return nil, errString("the realm is not an absolute http(s) URL")
+	}
+	if u.User != nil {
+		return nil, errString("the realm URL carries credentials")
 	}
 	if u.Scheme == "http" && c.base.Scheme == "https" {
-		return nil, errString("refusing plain-http realm for an https registry")
+		return nil, realmRefused("realm " + u.Host + " is plain http and the registry is https")
+	}
+	if !c.realmAllowed(u) {
+		return nil, realmRefused("realm host " + u.Host + " is neither the registry's host nor listed in token_realms")
 	}
 	return u, nil
+}
+
+// realmRefused is a well-formed realm berth may not send credentials to.
+type realmRefused string
+
+func (e realmRefused) Error() string { return string(e) }
+
+// realmAllowed reports whether u's host may receive credentials: the
+// registry's own host name (any port), or a token_realms entry (a host
+// name, any port; host:port, that port only).
+func (c *Client) realmAllowed(u *url.URL) bool {
+	host := u.Hostname()
+	if strings.EqualFold(host, c.base.Hostname()) {
+		return true
+	}
+	for _, r := range c.realms {
+		if _, _, err := net.SplitHostPort(r); err == nil {
+			if strings.EqualFold(r, u.Host) {
+				return true
+			}
+		} else if strings.EqualFold(strings.Trim(r, "[]"), host) {
+			return true
+		}
+	}
+	return false
 }
 
 // errString is a constant-message error.
@@ -253,31 +335,72 @@ type tokenResponse struct {
 	ExpiresIn   int    `json:"expires_in"`
 }
 
-// requestToken asks the token service for a token valid for the scopes.
+// requestToken asks the token service for a token valid for the scopes:
+// a GET with Basic credentials (or none), or, with an identity token, the
+// OAuth2 refresh-token POST docker uses. Credentials the service rejects
+// are asked for again once, if their source has fresher ones.
 func (c *Client) requestToken(ctx context.Context, bc bearerChallenge, scope, extraScope string) (string, time.Duration, error) {
 	op := "GET token from " + bc.realm.Host
+	cred, err := c.credential(ctx, op)
+	if err != nil {
+		return "", 0, err
+	}
+	for renewals := 0; ; renewals++ {
+		tok, ttl, err := c.tokenRequest(ctx, op, bc, scope, extraScope, cred)
+		if err == nil || !errors.Is(err, ErrDenied) || cred.anonymous() || renewals > 0 || !c.renewCredential(ctx, cred) {
+			return tok, ttl, err
+		}
+		if cred, err = c.credential(ctx, op); err != nil {
+			return "", 0, err
+		}
+	}
+}
+
+// tokenRequest is one token request with cred.
+func (c *Client) tokenRequest(ctx context.Context, op string, bc bearerChallenge, scope, extraScope string, cred Credential) (string, time.Duration, error) {
 	u := *bc.realm
 	q := u.Query()
+	form := url.Values{}
+	set := func(k, v string) {
+		if cred.IdentityToken != "" {
+			form.Add(k, v)
+		} else {
+			q.Add(k, v)
+		}
+	}
 	if bc.service != "" {
-		q.Set("service", bc.service)
+		set("service", bc.service)
 	}
 	if scope != "" {
-		q.Add("scope", scope)
+		set("scope", scope)
 	}
 	if extraScope != "" && extraScope != scope {
-		q.Add("scope", extraScope)
+		set("scope", extraScope)
+	}
+	method := http.MethodGet
+	if cred.IdentityToken != "" {
+		method = http.MethodPost
+		form.Set("grant_type", "refresh_token")
+		form.Set("refresh_token", cred.IdentityToken)
+		form.Set("client_id", "berth")
 	}
 	u.RawQuery = q.Encode()
 	c.log.Debug().Str("upstream", c.name).Str("realm", bc.realm.Host).Str("scope", scope).
-		Bool("credentials", c.username != "").Msg("fetching registry token")
+		Bool("credentials", !cred.anonymous()).Msg("fetching registry token")
 
 	resp, err := c.roundTrip(ctx, op, func(ctx context.Context) (*http.Request, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+		var body io.Reader
+		if method == http.MethodPost {
+			body = strings.NewReader(form.Encode())
+		}
+		req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 		if err != nil {
 			return nil, err
 		}
-		if c.username != "" {
-			req.SetBasicAuth(c.username, c.password)
+		if method == http.MethodPost {
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		} else if cred.Username != "" {
+			req.SetBasicAuth(cred.Username, cred.Password)
 		}
 		return req, nil
 	})

@@ -7,8 +7,12 @@
 //
 //   - the authentication dance (Bearer token challenges with a bounded
 //     per-scope token cache and one shared fetch per scope, or Basic), with
-//     credentials sent only to the upstream host and its token realm, never
-//     to redirect targets such as storage CDNs;
+//     credentials (fixed, from a docker config.json or a credential helper:
+//     Credentials) sent only to the upstream host and to a token realm on
+//     that host or one listed in Config.TokenRealms, never to redirect
+//     targets such as storage CDNs;
+//   - TLS towards the upstream: a private CA, a client certificate;
+//   - honouring a 429's Retry-After: nothing is sent until it has passed;
 //   - timeouts: dial, TLS handshake and response header per attempt, an
 //     overall deadline per metadata operation, and a minimum rate for
 //     response bodies;
@@ -24,13 +28,17 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -67,9 +75,28 @@ type Config struct {
 	// Username and Password are optional credentials. They are used for
 	// Basic challenges and for token requests to a Bearer realm, never
 	// elsewhere. Password is expected to be resolved already (from a file or
-	// environment variable) by the caller.
+	// environment variable) by the caller. Credentials replaces them.
 	Username string
 	Password string
+	// Credentials, when set, supplies the credential on demand instead of
+	// Username and Password (a docker config file, a credential helper).
+	Credentials Credentials
+
+	// CAFile is a PEM file of certificate authorities trusted for this
+	// upstream in addition to the system's; ClientCertFile and
+	// ClientKeyFile are a client certificate (mutual TLS);
+	// InsecureSkipVerify turns certificate verification off. They
+	// configure the default transport (ignored with WithTransport).
+	CAFile             string
+	ClientCertFile     string
+	ClientKeyFile      string
+	InsecureSkipVerify bool
+
+	// TokenRealms are the hosts, besides the upstream's own, that a Bearer
+	// challenge may send berth's credentials to ("auth.docker.io"; an
+	// entry with a port matches that port only). A realm on any other host
+	// is refused with ErrMisconfigured and never contacted.
+	TokenRealms []string
 
 	// DialTimeout, TLSHandshakeTimeout and ResponseHeaderTimeout configure
 	// the default transport (they are ignored when WithTransport is used).
@@ -127,10 +154,14 @@ func WithLogger(l zerolog.Logger) Option {
 
 // Client talks to one upstream registry. Create it with New.
 type Client struct {
-	name     string
-	base     *url.URL
-	username string
-	password string
+	name   string
+	base   *url.URL
+	creds  Credentials // nil: anonymous
+	realms []string    // allowed token realm hosts besides base's
+
+	// limitedUntil is when an upstream 429's Retry-After ends (Unix
+	// nanoseconds); until then no request is sent.
+	limitedUntil atomic.Int64
 
 	retries     int
 	maxManifest int64
@@ -192,12 +223,15 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 	if cfg.Password != "" && cfg.Username == "" {
 		return nil, errors.New("upstream: Config.Username is required when Config.Password is set")
 	}
+	if (cfg.ClientCertFile == "") != (cfg.ClientKeyFile == "") {
+		return nil, errors.New("upstream: Config.ClientCertFile and Config.ClientKeyFile go together")
+	}
 
 	c := &Client{
 		name:        cfg.Name,
 		base:        base,
-		username:    cfg.Username,
-		password:    cfg.Password,
+		creds:       cfg.Credentials,
+		realms:      cfg.TokenRealms,
 		retries:     orDefault(cfg.Retries, DefaultRetries),
 		maxManifest: orDefault(cfg.MaxManifestSize, MaxManifestSize),
 		idleTimeout: orDefault(cfg.IdleStreamTimeout, DefaultIdleStreamTimeout),
@@ -213,11 +247,18 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 	c.opTimeoutCause = fmt.Errorf("operation took longer than %s: %w", c.opTimeout, context.DeadlineExceeded)
 	c.auth.tokens = newTokenCache(maxTokenScopes)
 	c.auth.flights = make(map[string]*tokenFlight)
+	if c.creds == nil && cfg.Username != "" {
+		c.creds = Static{Username: cfg.Username, Password: cfg.Password}
+	}
 	for _, opt := range opts {
 		opt(c)
 	}
 	if c.transport == nil {
-		c.transport = defaultTransport(cfg)
+		tc, err := tlsConfig(cfg)
+		if err != nil {
+			return nil, err
+		}
+		c.transport = defaultTransport(cfg, tc)
 	}
 	rt := c.transport
 	if c.observer != nil {
@@ -270,7 +311,7 @@ func orDefault[T comparable](v, def T) T {
 // defaultTransport builds a transport honouring the Config timeouts. It is
 // built from scratch rather than cloned from http.DefaultTransport so that
 // nothing else in the process can influence it.
-func defaultTransport(cfg Config) *http.Transport {
+func defaultTransport(cfg Config, tc *tls.Config) *http.Transport {
 	dialer := &net.Dialer{
 		Timeout:   orDefault(cfg.DialTimeout, DefaultDialTimeout),
 		KeepAlive: 30 * time.Second,
@@ -285,7 +326,40 @@ func defaultTransport(cfg Config) *http.Transport {
 		TLSHandshakeTimeout:   orDefault(cfg.TLSHandshakeTimeout, DefaultTLSHandshakeTimeout),
 		ResponseHeaderTimeout: orDefault(cfg.ResponseHeaderTimeout, DefaultResponseHeaderTimeout),
 		ExpectContinueTimeout: time.Second,
+		TLSClientConfig:       tc,
 	}
+}
+
+// tlsConfig builds the TLS client configuration of Config's CAFile,
+// ClientCertFile/ClientKeyFile and InsecureSkipVerify; nil when none is set.
+// Errors name the Config field and the file, never its content.
+func tlsConfig(cfg Config) (*tls.Config, error) {
+	if cfg.CAFile == "" && cfg.ClientCertFile == "" && !cfg.InsecureSkipVerify {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: cfg.InsecureSkipVerify} //nolint:gosec // an operator's explicit choice, logged at warn
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("upstream: Config.CAFile: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("upstream: Config.CAFile: %s holds no PEM certificate", cfg.CAFile)
+		}
+		tc.RootCAs = pool
+	}
+	if cfg.ClientCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.ClientCertFile, cfg.ClientKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("upstream: Config.ClientCertFile/ClientKeyFile: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
 }
 
 // checkRedirect follows redirects but drops the Authorization header when the
@@ -330,7 +404,7 @@ func (c *Client) url(path string, q url.Values) string {
 // an *Error otherwise. A 401 triggers one round of the auth dance followed
 // by one more attempt.
 func (c *Client) do(ctx context.Context, r *request) (*http.Response, error) {
-	challenged := false
+	challenged, renewed, renewals := false, false, 0
 	for {
 		authz, err := c.authorization(ctx, r.op, r.scope)
 		if err != nil {
@@ -355,11 +429,17 @@ func (c *Client) do(ctx context.Context, r *request) (*http.Response, error) {
 		// Only the registry's own challenges are answered: a 401 from a
 		// host a redirect led to (a storage CDN) must never make berth
 		// send this upstream's credentials to a realm that host names.
-		if resp.StatusCode == http.StatusUnauthorized && !challenged && c.sameOrigin(resp.Request) {
+		// One more round is allowed when the rejected credential was
+		// replaced by a fresh one (a helper's token that had expired).
+		if resp.StatusCode == http.StatusUnauthorized && (!challenged || renewed && renewals < 2) && c.sameOrigin(resp.Request) {
+			if challenged {
+				renewals++
+			}
 			challenged = true
 			hdr := resp.Header
 			drain(resp)
-			if err := c.handleChallenge(ctx, r, hdr, authz); err != nil {
+			renewed, err = c.handleChallenge(ctx, r, hdr, authz)
+			if err != nil {
 				return nil, err
 			}
 			continue
@@ -385,6 +465,9 @@ func (c *Client) sameOrigin(req *http.Request) bool {
 func (c *Client) roundTrip(ctx context.Context, op string, build func(context.Context) (*http.Request, error)) (*http.Response, error) {
 	var last error
 	for attempt := 1; ; attempt++ {
+		if err := c.rateLimited(op); err != nil {
+			return nil, err
+		}
 		// Each attempt gets its own cancelable context: cancelling it is
 		// how a stalled body read is aborted.
 		reqCtx, cancel := context.WithCancel(ctx)

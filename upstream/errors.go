@@ -1,13 +1,20 @@
 package upstream
 
 import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
+	"syscall"
+	"time"
 	"unicode"
 )
 
@@ -35,6 +42,11 @@ var (
 	// not follow the distribution protocol (unexpected status, malformed
 	// body or headers, inconsistent Content-Range, ...).
 	ErrUnexpectedResponse = errors.New("unexpected upstream response")
+	// ErrMisconfigured means berth's own configuration for the upstream
+	// stopped the request: a token realm on a host it may not send
+	// credentials to, a credential helper or docker config that failed.
+	// Nothing was sent to the host in question.
+	ErrMisconfigured = errors.New("upstream configuration refused the request")
 	// ErrInvalidArgument means the caller passed an invalid repository name,
 	// reference or digest; no request was sent.
 	ErrInvalidArgument = errors.New("invalid argument")
@@ -61,6 +73,9 @@ type Error struct {
 	Message  string // upstream's error message or local detail, truncated
 	Kind     error  // one of the sentinel errors
 	Err      error  // underlying cause, may be nil
+	// RetryAfter is how long a rate-limited upstream asked to be left
+	// alone (its 429's Retry-After, or what remains of it); 0 if unknown.
+	RetryAfter time.Duration
 }
 
 // Error implements the error interface.
@@ -155,7 +170,144 @@ func (c *Client) statusError(op string, resp *http.Response) *Error {
 		}
 	}
 	e.Kind = classify(resp.StatusCode, e.Code)
+	if resp.StatusCode == http.StatusTooManyRequests {
+		e.RetryAfter = c.limit(resp.Header.Get("Retry-After"))
+	}
 	return e
+}
+
+// maxRetryAfter bounds how long one 429 can silence an upstream.
+const maxRetryAfter = time.Hour
+
+// DefaultRetryAfter is the wait after a 429 without a usable Retry-After
+// (Docker Hub's pull limit sends none): long enough that clients retrying
+// meanwhile do not each go upstream, short enough not to matter otherwise.
+const DefaultRetryAfter = 10 * time.Second
+
+// limit records an upstream 429's Retry-After (seconds or an HTTP date;
+// DefaultRetryAfter when missing, unreadable or past): until it ends, no
+// request is sent to the upstream (see rateLimited). It returns the wait.
+func (c *Client) limit(h string) time.Duration {
+	var d time.Duration
+	if n, err := strconv.Atoi(strings.TrimSpace(h)); err == nil && n > 0 {
+		d = time.Duration(n) * time.Second
+	} else if t, err := http.ParseTime(h); err == nil {
+		d = t.Sub(c.now())
+	}
+	if d <= 0 {
+		d = DefaultRetryAfter
+	}
+	d = min(d, maxRetryAfter)
+	until := c.now().Add(d).UnixNano()
+	for {
+		cur := c.limitedUntil.Load()
+		if cur >= until || c.limitedUntil.CompareAndSwap(cur, until) {
+			return d
+		}
+	}
+}
+
+// rateLimited fails op without sending it while an upstream 429's
+// Retry-After lasts, so clients retrying during a rate limit do not each
+// go upstream.
+func (c *Client) rateLimited(op string) error {
+	left := time.Duration(c.limitedUntil.Load() - c.now().UnixNano())
+	if left <= 0 {
+		return nil
+	}
+	return &Error{Upstream: c.name, Op: op, Status: http.StatusTooManyRequests, Kind: ErrRateLimited,
+		Message: "not asked: the upstream's Retry-After has not passed", RetryAfter: left}
+}
+
+// Public describes err for a client of berth: the upstream's name and what
+// went wrong, without its URL, addresses or anything the upstream said
+// beyond its status and error code. ok is false when err is not an
+// upstream *Error.
+func Public(err error) (string, bool) {
+	var e *Error
+	if !errors.As(err, &e) {
+		return "", false
+	}
+	return "upstream " + e.Upstream + ": " + e.reason(), true
+}
+
+// reason is Public's description of what went wrong.
+func (e *Error) reason() string {
+	var (
+		unknownCA x509.UnknownAuthorityError
+		hostErr   x509.HostnameError
+		invalid   x509.CertificateInvalidError
+		record    tls.RecordHeaderError
+		alert     tls.AlertError
+		verify    *tls.CertificateVerificationError
+		dns       *net.DNSError
+	)
+	switch {
+	case e.Kind == ErrRateLimited:
+		return "rate limited (HTTP 429)"
+	case e.Status != 0:
+		s := fmt.Sprintf("answered HTTP %d", e.Status)
+		if e.Code != "" {
+			s += " " + e.Code
+		}
+		if errors.Is(e.Kind, ErrDenied) && e.Message != "" && e.Code == "" {
+			s += ": " + e.Message // berth's own words (credentials rejected, ...)
+		}
+		return s
+	case e.Kind == ErrMisconfigured:
+		return e.Message
+	case errors.As(e.Err, &unknownCA):
+		return "TLS: its certificate is signed by an authority berth does not trust (set ca_file)"
+	case errors.As(e.Err, &hostErr):
+		return "TLS: its certificate is not valid for its host name"
+	case errors.As(e.Err, &invalid):
+		return "TLS: its certificate is not valid (expired, not yet valid, or not for serving)"
+	case errors.As(e.Err, &record):
+		return "TLS: it did not answer with TLS (is its url http://?)"
+	case errors.As(e.Err, &alert) || isRemoteAlert(e.Err):
+		return "TLS: it refused the handshake (a client certificate missing or not accepted?)"
+	case errors.As(e.Err, &verify):
+		return "TLS: its certificate could not be verified"
+	case errors.As(e.Err, &dns):
+		return "its host name could not be resolved"
+	case errors.Is(e.Err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(e.Err, syscall.ECONNRESET):
+		return "connection reset"
+	case errors.Is(e.Err, context.DeadlineExceeded) || isTimeout(e.Err):
+		return "timed out"
+	case e.Kind == ErrUnavailable:
+		return "unreachable"
+	}
+	return e.Kind.Error()
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// IsTLS reports whether err is a failed TLS handshake or certificate check
+// with the upstream: a configuration problem (ca_file, client certificate)
+// rather than an outage.
+func IsTLS(err error) bool {
+	var (
+		unknownCA x509.UnknownAuthorityError
+		hostErr   x509.HostnameError
+		invalid   x509.CertificateInvalidError
+		record    tls.RecordHeaderError
+		alert     tls.AlertError
+		verify    *tls.CertificateVerificationError
+	)
+	return errors.As(err, &unknownCA) || errors.As(err, &hostErr) || errors.As(err, &invalid) ||
+		errors.As(err, &record) || errors.As(err, &alert) || errors.As(err, &verify) || isRemoteAlert(err)
+}
+
+// isRemoteAlert reports a TLS alert the upstream sent (crypto/tls reports
+// it as a *net.OpError "remote error" around an unexported type).
+func isRemoteAlert(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "remote error"
 }
 
 // classify maps an HTTP status and distribution error code to a sentinel.

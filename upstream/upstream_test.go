@@ -1160,19 +1160,46 @@ func TestNextLast(t *testing.T) {
 
 func TestParseRealm(t *testing.T) {
 	t.Parallel()
-	c, err := New(Config{URL: "https://registry.example"})
+	c, err := New(Config{URL: "https://registry.example", TokenRealms: []string{"auth.example", "tokens.example:8443"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for realm, ok := range map[string]bool{
-		"https://auth.example/token": true,
-		"http://auth.example/token":  false, // would send credentials in clear
-		"/token":                     false,
-		"":                           false,
-		"ftp://auth.example/":        false,
-	} {
-		if _, err := c.parseRealm(realm); (err == nil) != ok {
-			t.Errorf("parseRealm(%q) err = %v, want ok=%v", realm, err, ok)
+	plain, err := New(Config{URL: "http://127.0.0.1:5001"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		c     *Client
+		realm string
+		ok    bool
+	}{
+		{c, "https://auth.example/token", true},
+		{c, "https://AUTH.example:444/token", true}, // a listed host name: any port
+		{c, "https://registry.example:8443/token", true},
+		{c, "https://tokens.example:8443/token", true},
+		{c, "https://tokens.example/token", false}, // listed with a port: that port only
+		{c, "https://evil.example/token", false},   // not configured: never contacted
+		{c, "https://auth.example.evil/token", false},
+		{c, "https://user:pw@auth.example/token", false},
+		{c, "http://auth.example/token", false}, // would send credentials in clear
+		{c, "/token", false},
+		{c, "", false},
+		{c, "ftp://auth.example/", false},
+		{plain, "http://127.0.0.1:5002/token", true}, // same host, plain-http registry
+		{plain, "http://127.0.0.2:5001/token", false},
+		{plain, "http://localhost:5001/token", false},
+	}
+	for _, tt := range tests {
+		_, err := tt.c.parseRealm(tt.realm)
+		if (err == nil) != tt.ok {
+			t.Errorf("%s: parseRealm(%q) err = %v, want ok=%v", tt.c.base, tt.realm, err, tt.ok)
+		}
+		// A well-formed realm on a host or scheme berth will not use is
+		// refused (ErrMisconfigured); a malformed one is the upstream's fault.
+		var refused realmRefused
+		malformed := tt.realm == "" || tt.realm == "/token" || strings.HasPrefix(tt.realm, "ftp:") || strings.Contains(tt.realm, "@")
+		if err != nil && errors.As(err, &refused) == malformed {
+			t.Errorf("parseRealm(%q) = %v: refused %v, malformed %v", tt.realm, err, !malformed, malformed)
 		}
 	}
 }

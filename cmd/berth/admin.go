@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/cache"
+	"github.com/berth-dev/berth/internal/bucket"
+	"github.com/berth-dev/berth/internal/access"
 	"github.com/berth-dev/berth/internal/bundle"
 	"github.com/berth-dev/berth/internal/oci"
 	"github.com/rs/zerolog"
@@ -53,18 +56,48 @@ func (a *admin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (a *admin) serve(w http.ResponseWriter, r *http.Request) error {
 	g := a.api.current.Load()
+	var id access.Identity
 	if g.auth != nil {
-		if _, err := g.auth.Authenticate(w, r); err != nil {
+		var err error
+		if id, err = g.auth.Identify(w, r); err != nil {
 			return err
 		}
 	}
+	// With access rules, an import needs push on each local repository it
+	// writes and pull on each mirrored one (it fills the cache as a pull
+	// would); the inventory needs pull.
+	admit := func(repo string, act access.Action) error {
+		if g.auth == nil || len(g.cfg.Access) == 0 {
+			return nil
+		}
+		return g.auth.Admit(w, r, id, repo, act)
+	}
 	switch {
 	case r.URL.Path == "/admin/import" && r.Method == http.MethodPost:
-		return a.importBundle(w, r, g.cfg)
+		return a.importBundle(w, r, g.cfg, func(repo, origin string) error {
+			if origin != "" {
+				return admit(repo, access.Pull)
+			}
+			return admit(repo, access.Push)
+		})
 	case r.URL.Path == "/admin/inventory" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
 		repo := r.URL.Query().Get("repo")
 		if !oci.ValidName(repo) {
 			return oci.Errorf(oci.CodeNameInvalid, "repo=%q is not a repository name", oci.Clip(repo))
+		}
+		if err := admit(repo, access.Pull); err != nil {
+			return err
+		}
+		if b, ok := a.api.local.(*bucket.Registry); ok {
+			if pushed, err := b.Pushed(r.Context(), repo); err != nil {
+				return err
+			} else if pushed {
+				tags, ms, err := b.Inventory(r.Context(), repo)
+				if err != nil {
+					return err
+				}
+				return writeJSON(w, inventory{Name: repo, Tags: tags, Manifests: ms})
+			}
 		}
 		tags, _, err := a.api.store.Tags(repo, 0, "")
 		if err != nil {
@@ -81,14 +114,25 @@ func (a *admin) serve(w http.ResponseWriter, r *http.Request) error {
 	return oci.Errorf(oci.CodeNameUnknown, "no such endpoint").WithStatus(http.StatusNotFound)
 }
 
-func (a *admin) importBundle(w http.ResponseWriter, r *http.Request, cfg Config) error {
+// publishTo publishes imported local images to the bucket of a cluster.
+func publishTo(b *bucket.Registry) func(ctx context.Context, repo, tag string, img bundle.Image, created time.Time) error {
+	return func(ctx context.Context, repo, tag string, img bundle.Image, created time.Time) error {
+		return b.ImportImage(ctx, repo, tag, img.Desc.Digest, img.Blobs, img.Manifests, created)
+	}
+}
+
+func (a *admin) importBundle(w http.ResponseWriter, r *http.Request, cfg Config, allow func(repo, origin string) error) error {
 	if a.api.readOnly.Load() {
 		return oci.Errorf(oci.CodeUnsupported, "read-only maintenance mode: imports are refused")
 	}
 	log := zerolog.Ctx(r.Context())
 	start := time.Now()
 	body := &idleBody{r: r.Body, rc: http.NewResponseController(w)}
-	sum, err := bundle.Import(r.Context(), a.api.store, body, bundle.ImportOptions{Upstream: upstreamOf(cfg)})
+	opts := bundle.ImportOptions{Upstream: upstreamOf(cfg), Allow: allow}
+	if b, ok := a.api.local.(*bucket.Registry); ok {
+		opts.Publish = publishTo(b)
+	}
+	sum, err := bundle.Import(r.Context(), a.api.store, body, opts)
 	if err != nil {
 		log.Warn().Err(err).Msg("bundle refused; nothing of it was indexed")
 		return bundleErr(err)

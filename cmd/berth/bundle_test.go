@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-dev/berth/internal/access"
 	"github.com/berth-dev/berth/internal/bundle"
 	"github.com/berth-dev/berth/upstream/upstreamtest"
 	"github.com/opencontainers/go-digest"
@@ -409,6 +410,32 @@ func TestImportNeedsCredentials(t *testing.T) {
 	}
 	if status, _ := fetch(t, b, "/v2/team/app/manifests/1"); status != http.StatusOK {
 		t.Errorf("after the import: %d", status)
+	}
+
+	// With access rules, an import needs push on every local repository
+	// it writes, and the inventory pull: ci may push other/** only, and
+	// nobody may touch team/**, so the bundle is refused whole.
+	cfgC := testConfig(t, nil)
+	cfgC.Auth.Htpasswd = htpasswd
+	cfgC.Access = []access.Rule{{Repos: []string{"other/**"}, Subjects: []string{"ci"}, Actions: []access.Action{access.Pull, access.Push}},
+		{Repos: []string{"team/**"}, Subjects: []string{"authenticated"}}}
+	c, _ := runServe(t, cfgC)
+	out, err = runCmd(t, "s3cret\n", "import", "--server", "http://"+c, "--username", "ci", "--password-stdin", file)
+	if err == nil || !strings.Contains(err.Error()+out, "DENIED") {
+		t.Errorf("import into team/app without push there: %v\n%s", err, out)
+	}
+	if status, _ := fetch(t, c, "/v2/_catalog"); status == http.StatusOK {
+		t.Error("anonymous catalog answered")
+	}
+	req, _ := http.NewRequest(http.MethodGet, "http://"+c+"/admin/inventory?repo=team/app", nil)
+	req.SetBasicAuth("ci", "s3cret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("inventory of team/app without pull there: %s", resp.Status)
 	}
 }
 

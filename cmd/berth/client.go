@@ -3,10 +3,13 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strings"
 
@@ -33,7 +36,17 @@ type clientFlags struct {
 	server        string
 	username      string
 	passwordStdin bool
+	// An https server's CA (beyond the system's) and a client certificate
+	// for a berth with tls.client_ca_file.
+	cacert, cert, key string
 }
+
+// clientTLSUsage is the usage of the TLS flags, in every client command's.
+const clientTLSUsage = `  --cacert FILE       trust this CA (PEM) for an https:// server, besides the
+                      system's roots (or SSL_CERT_FILE)
+  --cert FILE --key FILE
+                      a client certificate and its key, for a berth with
+                      tls.client_ca_file`
 
 func (c *clientFlags) register(fs *flag.FlagSet, getenv func(string) string) {
 	def := getenv("BERTH_SERVER")
@@ -43,6 +56,45 @@ func (c *clientFlags) register(fs *flag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&c.server, "server", def, "")
 	fs.StringVar(&c.username, "username", "", "")
 	fs.BoolVar(&c.passwordStdin, "password-stdin", false, "")
+	fs.StringVar(&c.cacert, "cacert", "", "")
+	fs.StringVar(&c.cert, "cert", "", "")
+	fs.StringVar(&c.key, "key", "", "")
+}
+
+// httpClient is the HTTP client of the TLS flags; nil (the default
+// client) without them.
+func (c *clientFlags) httpClient() (*http.Client, error) {
+	if c.cacert == "" && c.cert == "" && c.key == "" {
+		return nil, nil
+	}
+	if (c.cert == "") != (c.key == "") {
+		return nil, errors.New("--cert and --key go together")
+	}
+	conf := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.cacert != "" {
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		b, err := os.ReadFile(c.cacert)
+		if err != nil {
+			return nil, fmt.Errorf("--cacert: %w", err)
+		}
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("--cacert %s: no PEM certificate in the file", c.cacert)
+		}
+		conf.RootCAs = pool
+	}
+	if c.cert != "" {
+		pair, err := tls.LoadX509KeyPair(c.cert, c.key)
+		if err != nil {
+			return nil, fmt.Errorf("--cert/--key: %w", err)
+		}
+		conf.Certificates = []tls.Certificate{pair}
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = conf
+	return &http.Client{Transport: tr}, nil
 }
 
 // client is the regclient of the flags: credentials from --username and
@@ -55,7 +107,11 @@ func (c *clientFlags) client(s stdio) (*regclient.Client, error) {
 	if c.username != "" && !c.passwordStdin {
 		return nil, errors.New("--username needs --password-stdin (the password is read from stdin)")
 	}
-	o := regclient.Options{UserAgent: "berth/" + version}
+	hc, err := c.httpClient()
+	if err != nil {
+		return nil, err
+	}
+	o := regclient.Options{UserAgent: "berth/" + version, HTTP: hc}
 	if c.username != "" {
 		pw, _ := bufio.NewReader(s.in).ReadString('\n')
 		if pw = strings.TrimRight(pw, "\r\n"); pw == "" {

@@ -1,18 +1,24 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/berth-dev/berth/internal/access"
 	"github.com/berth-dev/berth/internal/oci"
+	"github.com/berth-dev/berth/upstream"
 	"gopkg.in/yaml.v3"
 )
 
@@ -43,10 +49,22 @@ type Config struct {
 	// MaxCacheBytes bounds the mirrored content kept on disk; 0 is
 	// unbounded. Pushed content is never evicted and does not count.
 	MaxCacheBytes int64
+	// Access are the access rules (file only), first match wins.
+	Access []access.Rule
 	// Storage is where blobs and local repositories live.
 	Storage StorageConfig
 	// Cluster makes this process one replica of several on one bucket.
 	Cluster ClusterConfig
+	// TLS, when CertFile is set, serves the API over TLS on addr.
+	TLS TLSConfig
+}
+
+// TLSConfig is the tls section: the server's certificate pair (re-read
+// when the files change) and, optionally, the CAs of client certificates.
+type TLSConfig struct {
+	CertFile     string
+	KeyFile      string
+	ClientCAFile string // set: clients must present a certificate it signed (mTLS)
 }
 
 // StorageConfig is the storage driver: the data directory alone
@@ -79,12 +97,37 @@ type ClusterConfig struct {
 // Enabled reports whether a cluster is configured.
 func (c ClusterConfig) Enabled() bool { return c.Self != "" || len(c.Members) > 0 || c.DNS != "" }
 
-// AuthConfig is client authentication: an htpasswd file of bcrypt hashes.
+// AuthConfig is client authentication: an htpasswd file of bcrypt hashes,
+// an LDAP directory, and berth's own token endpoint.
 type AuthConfig struct {
 	Htpasswd string
 	// AnonymousPull lets clients without credentials pull (default true);
 	// pushes and deletes always need credentials once Htpasswd is set.
 	AnonymousPull *bool
+	LDAP          LDAPConfig
+	Token         TokenConfig
+}
+
+// LDAPConfig is the LDAP directory users are also checked against.
+type LDAPConfig struct {
+	URL             string
+	BindDN          string
+	BindPasswordEnv string
+	UserBase        string
+	UserFilter      string
+	GroupBase       string
+	GroupFilter     string
+	bindPassword    string // from BindPasswordEnv; never logged
+}
+
+// TokenConfig is berth's token endpoint (the Docker token flow).
+type TokenConfig struct {
+	// Enabled: `token:` is in the file (even as {}), or BERTH_AUTH_TOKEN.
+	Enabled bool
+	Realm   string // the token endpoint's URL in challenges; "": from the request
+	Service string
+	KeyFile string // "": <data>/token.key, made on first start
+	TTL     time.Duration
 }
 
 // UpstreamConfig is one upstream registry.
@@ -100,6 +143,38 @@ type UpstreamConfig struct {
 	PasswordEnv    string
 	Aliases        []string
 	Timeout        time.Duration
+	// CAFile, ClientCertFile/ClientKeyFile and InsecureSkipVerify are the
+	// TLS settings for talking to this upstream.
+	CAFile             string
+	ClientCertFile     string
+	ClientKeyFile      string
+	InsecureSkipVerify bool
+	// TokenRealms are the hosts besides the upstream's own that may receive
+	// its credentials as a Bearer token realm.
+	TokenRealms []string
+	// DockerConfig is a docker config.json the credential is read from
+	// (auths, credHelpers, credsStore); CredentialHelper names a
+	// docker-credential-NAME program run for it instead.
+	DockerConfig     string
+	CredentialHelper string
+	// ServeStaleOnDenied: keep serving cached tags when the upstream answers
+	// 401/403; nil means true.
+	ServeStaleOnDenied *bool
+}
+
+// staleOnDenied is serve_stale_on_denied, default true.
+func (u *UpstreamConfig) staleOnDenied() bool {
+	return u.ServeStaleOnDenied == nil || *u.ServeStaleOnDenied
+}
+
+// credentialHosts are the names a docker config or credential helper may
+// know this upstream by: its URL's host, its name and its aliases.
+func (u *UpstreamConfig) credentialHosts() []string {
+	hosts := []string{}
+	if parsed, err := url.Parse(u.URL); err == nil && parsed.Host != "" {
+		hosts = append(hosts, parsed.Host)
+	}
+	return append(append(hosts, u.Name), u.Aliases...)
 }
 
 // defaultTagTTL is how long a cached tag is served before the upstream is asked.
@@ -108,7 +183,8 @@ const defaultTagTTL = 10 * time.Minute
 // defaultUpstreams are the registries berth knows with no configuration.
 func defaultUpstreams() []UpstreamConfig {
 	return []UpstreamConfig{
-		{Name: "docker.io", URL: "https://registry-1.docker.io", Default: true, TagTTL: defaultTagTTL, Aliases: []string{"index.docker.io", "registry-1.docker.io"}},
+		{Name: "docker.io", URL: "https://registry-1.docker.io", Default: true, TagTTL: defaultTagTTL, Aliases: []string{"index.docker.io", "registry-1.docker.io"},
+			TokenRealms: []string{"auth.docker.io"}},
 		{Name: "ghcr.io", URL: "https://ghcr.io", TagTTL: defaultTagTTL},
 		{Name: "quay.io", URL: "https://quay.io", TagTTL: defaultTagTTL},
 		{Name: "registry.k8s.io", URL: "https://registry.k8s.io", TagTTL: defaultTagTTL},
@@ -121,7 +197,8 @@ func defaultUpstreams() []UpstreamConfig {
 func defaultConfig() Config {
 	return Config{Addr: ":5000", Data: "./data", LogLevel: "info", ShutdownTimeout: 30 * time.Second,
 		MaxManifestBytes: 4 << 20, Prefetch: 4,
-		Storage: StorageConfig{Driver: "filesystem", Region: "us-east-1", AccessKeyEnv: "AWS_ACCESS_KEY_ID", SecretKeyEnv: "AWS_SECRET_ACCESS_KEY"}}
+		Storage: StorageConfig{Driver: "filesystem", Region: "us-east-1", AccessKeyEnv: "AWS_ACCESS_KEY_ID", SecretKeyEnv: "AWS_SECRET_ACCESS_KEY"},
+		Auth: AuthConfig{Token: TokenConfig{Service: "berth", TTL: 5 * time.Minute}}}
 }
 
 // key is one configuration key: its name in the file (dotted when nested),
@@ -208,6 +285,37 @@ func (c *Config) keys() []key {
 			usage: "a URL whose host name resolves to every replica, e.g. a Kubernetes headless Service", value: urlValue(&c.Cluster.DNS)},
 		{name: "cluster.secret_env", env: []string{"BERTH_CLUSTER_SECRET_ENV"}, flag: "cluster-secret-env",
 			usage: "environment variable holding a secret the replicas authenticate each other with", value: envNameValue(&c.Cluster.SecretEnv, true)},
+		{name: "tls.cert_file", env: []string{"BERTH_TLS_CERT_FILE"}, flag: "tls-cert-file",
+			usage: "PEM certificate chain: serve TLS (HTTP/2) on addr; re-read when it changes (default: plain HTTP)", value: fileValue(&c.TLS.CertFile)},
+		{name: "tls.key_file", env: []string{"BERTH_TLS_KEY_FILE"}, flag: "tls-key-file",
+			usage: "PEM private key of tls.cert_file", value: fileValue(&c.TLS.KeyFile)},
+		{name: "tls.client_ca_file", env: []string{"BERTH_TLS_CLIENT_CA_FILE"}, flag: "tls-client-ca-file",
+			usage: "PEM CAs: require client certificates they signed (mTLS); re-read when it changes (default: none)", value: fileValue(&c.TLS.ClientCAFile)},
+		{name: "auth.ldap.url", env: []string{"BERTH_AUTH_LDAP_URL"}, flag: "auth-ldap-url",
+			usage: "LDAP directory users are also checked against: ldap://, ldaps:// or ldap+starttls:// (default: none)", value: ldapURLValue(&c.Auth.LDAP.URL)},
+		{name: "auth.ldap.bind_dn", env: []string{"BERTH_AUTH_LDAP_BIND_DN"}, flag: "auth-ldap-bind-dn",
+			usage: "DN berth searches the directory as (default: anonymous bind)", value: stringValue(&c.Auth.LDAP.BindDN, false)},
+		{name: "auth.ldap.bind_password_env", env: []string{"BERTH_AUTH_LDAP_BIND_PASSWORD_ENV"}, flag: "auth-ldap-bind-password-env",
+			usage: "environment variable holding bind_dn's password", value: stringValue(&c.Auth.LDAP.BindPasswordEnv, false)},
+		{name: "auth.ldap.user_base", env: []string{"BERTH_AUTH_LDAP_USER_BASE"}, flag: "auth-ldap-user-base",
+			usage: "where users are searched, e.g. ou=people,dc=example,dc=com", value: stringValue(&c.Auth.LDAP.UserBase, false)},
+		{name: "auth.ldap.user_filter", env: []string{"BERTH_AUTH_LDAP_USER_FILTER"}, flag: "auth-ldap-user-filter",
+			usage: "filter finding a user, {user} the escaped name (default (uid={user}))", value: stringValue(&c.Auth.LDAP.UserFilter, false)},
+		{name: "auth.ldap.group_base", env: []string{"BERTH_AUTH_LDAP_GROUP_BASE"}, flag: "auth-ldap-group-base",
+			usage: "where groups are searched; their cn become subjects group:CN (default: no groups)", value: stringValue(&c.Auth.LDAP.GroupBase, false)},
+		{name: "auth.ldap.group_filter", env: []string{"BERTH_AUTH_LDAP_GROUP_FILTER"}, flag: "auth-ldap-group-filter",
+			usage: "filter finding a user's groups, {dn} the user's DN (default (member={dn}))", value: stringValue(&c.Auth.LDAP.GroupFilter, false)},
+		{name: "auth.token.enabled", env: []string{"BERTH_AUTH_TOKEN"}, flag: "auth-token",
+			usage: "Bearer tokens from berth's own token endpoint, /v2/token (default: Basic on every request; token: {} in the file turns it on)",
+			value: boolValue(&c.Auth.Token.Enabled)},
+		{name: "auth.token.realm", env: []string{"BERTH_AUTH_TOKEN_REALM"}, flag: "auth-token-realm",
+			usage: "the token endpoint's URL in challenges (default: the request's scheme and host + /v2/token)", value: realmValue(&c.Auth.Token.Realm)},
+		{name: "auth.token.service", env: []string{"BERTH_AUTH_TOKEN_SERVICE"}, flag: "auth-token-service",
+			usage: "the service name in challenges and tokens (default berth)", value: stringValue(&c.Auth.Token.Service, false)},
+		{name: "auth.token.key_file", env: []string{"BERTH_AUTH_TOKEN_KEY_FILE"}, flag: "auth-token-key-file",
+			usage: "the token signing key, 32+ random bytes in hex (default: DATA/token.key, made on first start)", value: fileValue(&c.Auth.Token.KeyFile)},
+		{name: "auth.token.ttl", env: []string{"BERTH_AUTH_TOKEN_TTL"}, flag: "auth-token-ttl",
+			usage: "how long an access token lives (default 5m)", value: durationValue(&c.Auth.Token.TTL, time.Second, "at least 1s")},
 	}
 }
 
@@ -225,6 +333,14 @@ func (u *UpstreamConfig) keys() []key {
 		{name: "password_env", value: stringValue(&u.PasswordEnv, true)},
 		{name: "aliases", value: listValue(&u.Aliases)},
 		{name: "timeout", value: durationValue(&u.Timeout, 0, "0 or more: 0 is the client's default")},
+		{name: "ca_file", value: stringValue(&u.CAFile, true)},
+		{name: "client_cert_file", value: stringValue(&u.ClientCertFile, true)},
+		{name: "client_key_file", value: stringValue(&u.ClientKeyFile, true)},
+		{name: "insecure_skip_verify", value: boolValue(&u.InsecureSkipVerify)},
+		{name: "token_realms", value: listValue(&u.TokenRealms)},
+		{name: "docker_config", value: stringValue(&u.DockerConfig, true)},
+		{name: "credential_helper", value: helperValue(&u.CredentialHelper)},
+		{name: "serve_stale_on_denied", value: optionalBoolValue(&u.ServeStaleOnDenied)},
 	}
 }
 
@@ -485,6 +601,18 @@ func bucketValue(p *string) value {
 	}}
 }
 
+// ldapURLValue is an LDAP URL; empty is none.
+func ldapURLValue(p *string) value {
+	const forms = "a URL starting with ldap://, ldaps:// or ldap+starttls://"
+	return value{forms: forms, arg: "URL", set: func(s string) error {
+		if s != "" && !strings.HasPrefix(s, "ldap://") && !strings.HasPrefix(s, "ldaps://") && !strings.HasPrefix(s, "ldap+starttls://") {
+			return fmt.Errorf("%q is not %s", s, forms)
+		}
+		*p = s
+		return nil
+	}}
+}
+
 // envNameValue names an environment variable.
 func envNameValue(p *string, mayBeEmpty bool) value {
 	const forms = "an environment variable name (letters, digits and _)"
@@ -494,6 +622,18 @@ func envNameValue(p *string, mayBeEmpty bool) value {
 			ok = ok && (r == '_' || r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || i > 0 && r >= '0' && r <= '9')
 		}
 		if !ok {
+			return fmt.Errorf("%q is not %s", s, forms)
+		}
+		*p = s
+		return nil
+	}}
+}
+
+// realmValue is an absolute http(s) URL; empty is none.
+func realmValue(p *string) value {
+	const forms = "an absolute URL such as https://registry.example.com/v2/token"
+	return value{forms: forms, arg: "URL", set: func(s string) error {
+		if u, err := url.Parse(s); s != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
 			return fmt.Errorf("%q is not %s", s, forms)
 		}
 		*p = s
@@ -536,6 +676,18 @@ func urlValue(p *string) value {
 	const forms = "a URL starting with http:// or https://"
 	return value{forms: forms, set: func(s string) error {
 		if !strings.HasPrefix(s, "http://") && !strings.HasPrefix(s, "https://") {
+			return fmt.Errorf("%q is not %s", s, forms)
+		}
+		*p = s
+		return nil
+	}}
+}
+
+// helperValue names a credential helper: NAME runs docker-credential-NAME.
+func helperValue(p *string) value {
+	const forms = "a credential helper name such as ecr-login (runs docker-credential-ecr-login)"
+	return value{forms: forms, set: func(s string) error {
+		if strings.ContainsAny(s, "/\\ \t") || strings.HasPrefix(s, "docker-credential-") {
 			return fmt.Errorf("%q is not %s", s, forms)
 		}
 		*p = s
@@ -640,7 +792,88 @@ func (c *Config) readFile(path string, keys []key) error {
 	if root.Kind != yaml.MappingNode {
 		return fmt.Errorf("config file %s: line %d: want a mapping of keys (addr: \":5000\", ...), not %s", path, root.Line, kindName(root))
 	}
-	return decodeMapping(root, "", keys, map[string]func(*yaml.Node) error{"upstreams": c.readUpstreams})
+	return decodeMapping(root, "", keys, map[string]func(*yaml.Node) error{"upstreams": c.readUpstreams,
+		"access": c.readAccess, "auth.token": func(n *yaml.Node) error { return c.readToken(n, keys) }})
+}
+
+// readToken decodes auth.token: present (even as {} or null) turns the
+// token flow on.
+func (c *Config) readToken(n *yaml.Node, keys []key) error {
+	c.Auth.Token.Enabled = true
+	if isNull(n) {
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		return keyError("auth.token", "", fmt.Errorf("%s is not a mapping of %s ({} for the defaults)", kindName(n), strings.Join(keysUnder(keys, "auth.token"), ", ")))
+	}
+	return decodeMapping(n, "auth.token.", keys, nil)
+}
+
+// readAccess decodes the access rules: a list of repos, subjects and
+// actions, in order.
+func (c *Config) readAccess(n *yaml.Node) error {
+	const forms = "a list of rules (- repos: [\"team-a/**\"], subjects: [alice, \"group:team-a\"], actions: [pull, push, delete])"
+	if isNull(n) {
+		return nil
+	}
+	if n.Kind != yaml.SequenceNode {
+		return keyError("access", "", fmt.Errorf("%s is not %s", kindName(n), forms))
+	}
+	c.Access = make([]access.Rule, len(n.Content))
+	for i, e := range n.Content {
+		e = deref(e)
+		where := fmt.Sprintf("access[%d]", i)
+		if e.Kind != yaml.MappingNode {
+			return keyError(where, "", fmt.Errorf("%s is not a rule (repos: [...], subjects: [...], actions: [...])", kindName(e)))
+		}
+		r := &c.Access[i]
+		var actions []string
+		keys := prefixed(where+".", []key{
+			{name: "repos", value: globsValue(&r.Repos)},
+			{name: "subjects", value: listValue(&r.Subjects)},
+			{name: "actions", value: actionsValue(&actions)},
+		})
+		if err := decodeMapping(e, where+".", keys, nil); err != nil {
+			return err
+		}
+		for _, a := range actions {
+			acts, _ := access.ParseAction(a)
+			r.Actions = append(r.Actions, acts...)
+		}
+		if err := r.Validate(); err != nil {
+			field, _, _ := strings.Cut(err.Error(), ":")
+			return keyError(where+"."+field, "", errors.New(strings.TrimSpace(strings.TrimPrefix(err.Error(), field+":"))))
+		}
+	}
+	return nil
+}
+
+func globsValue(p *[]string) value {
+	const forms = "a list of repository globs such as team-a/** or team-a/*"
+	return value{forms: forms, list: true, set: func(s string) error {
+		list := splitList(s)
+		for _, g := range list {
+			if err := access.ValidGlob(g); err != nil {
+				return err
+			}
+		}
+		*p = list
+		return nil
+	}}
+}
+
+func actionsValue(p *[]string) value {
+	const forms = "a list of actions: pull, push, delete"
+	return value{forms: forms, list: true, set: func(s string) error {
+		list := splitList(s)
+		for _, a := range list {
+			if _, err := access.ParseAction(a); err != nil {
+				return fmt.Errorf("%q is not %s", a, forms)
+			}
+		}
+		*p = list
+		return nil
+	}}
 }
 
 // decodeMapping sets keys from mapping n, whose keys are named prefix+name.
@@ -812,8 +1045,23 @@ func kindName(n *yaml.Node) string {
 // validate checks what no single key can: keys that need each other,
 // upstreams as a whole, files and passwords, which it resolves.
 func (c *Config) validate(getenv func(string) string) error {
-	if c.Auth.Htpasswd == "" && c.Auth.AnonymousPull != nil {
-		return keyError("auth.anonymous_pull", "", errors.New("needs auth.htpasswd"))
+	users := c.Auth.Htpasswd != "" || c.Auth.LDAP.URL != ""
+	if !users && c.Auth.AnonymousPull != nil {
+		return keyError("auth.anonymous_pull", "", errors.New("needs auth.htpasswd or auth.ldap"))
+	}
+	if !users && c.Auth.Token.Enabled {
+		return keyError("auth.token", "", errors.New("needs auth.htpasswd or auth.ldap (who would log in?)"))
+	}
+	if err := c.Auth.LDAP.validate(getenv); err != nil {
+		return err
+	}
+	switch {
+	case c.TLS.CertFile != "" && c.TLS.KeyFile == "":
+		return keyError("tls.key_file", "", errors.New("required with tls.cert_file"))
+	case c.TLS.KeyFile != "" && c.TLS.CertFile == "":
+		return keyError("tls.cert_file", "", errors.New("required with tls.key_file"))
+	case c.TLS.ClientCAFile != "" && c.TLS.CertFile == "":
+		return keyError("tls.client_ca_file", "", errors.New("needs tls.cert_file and tls.key_file"))
 	}
 	seen := map[string]bool{}
 	defaults := 0
@@ -848,6 +1096,9 @@ func (c *Config) validate(getenv func(string) string) error {
 		}
 		if u.Password != "" && u.Username == "" {
 			return keyError(where+".username", "", errors.New("required when a password is set"))
+		}
+		if err := u.validateSecurity(where); err != nil {
+			return err
 		}
 	}
 	if defaults > 1 {
@@ -901,6 +1152,90 @@ func (c *Config) validateStorage(getenv func(string) string) error {
 	return nil
 }
 
+// validateSecurity checks an upstream's TLS files, credential sources and
+// token realms, with one-line errors naming the key. File contents never
+// appear in an error.
+func (u *UpstreamConfig) validateSecurity(where string) error {
+	if u.CAFile != "" {
+		b, err := os.ReadFile(u.CAFile)
+		if err != nil {
+			return keyError(where+".ca_file", "", err)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(b) {
+			return keyError(where+".ca_file", "", fmt.Errorf("%s holds no PEM certificate", u.CAFile))
+		}
+	}
+	switch {
+	case u.ClientCertFile != "" && u.ClientKeyFile == "":
+		return keyError(where+".client_key_file", "", errors.New("required with client_cert_file"))
+	case u.ClientKeyFile != "" && u.ClientCertFile == "":
+		return keyError(where+".client_cert_file", "", errors.New("required with client_key_file"))
+	case u.ClientCertFile != "":
+		if _, err := tls.LoadX509KeyPair(u.ClientCertFile, u.ClientKeyFile); err != nil {
+			return keyError(where+".client_cert_file", "", fmt.Errorf("with client_key_file: %w", err))
+		}
+	}
+	if u.TokenRealms == nil && strings.EqualFold(u.credentialHosts()[0], "registry-1.docker.io") {
+		// Docker Hub's token service is on another host; a configuration
+		// written before token_realms existed keeps working.
+		u.TokenRealms = []string{"auth.docker.io"}
+	}
+	for _, r := range u.TokenRealms {
+		if strings.Contains(r, "/") || r == "" {
+			return keyError(where+".token_realms", "", fmt.Errorf("%q is not a host name (auth.docker.io, or host:port)", r))
+		}
+	}
+	sources := 0
+	for _, set := range []bool{u.Username != "", u.DockerConfig != "", u.CredentialHelper != ""} {
+		if set {
+			sources++
+		}
+	}
+	if sources > 1 {
+		return keyError(where, "", errors.New("username/password, docker_config and credential_helper exclude each other; set one"))
+	}
+	if u.DockerConfig != "" {
+		if err := upstream.ReadDockerConfig(u.DockerConfig); err != nil {
+			return keyError(where+".docker_config", "", err)
+		}
+	}
+	if u.CredentialHelper != "" {
+		if _, err := exec.LookPath("docker-credential-" + u.CredentialHelper); err != nil {
+			return keyError(where+".credential_helper", "", fmt.Errorf("docker-credential-%s is not on PATH", u.CredentialHelper))
+		}
+	}
+	return nil
+}
+
+// validate checks the LDAP keys and reads the bind password.
+func (l *LDAPConfig) validate(getenv func(string) string) error {
+	if l.URL == "" {
+		for name, v := range map[string]string{"bind_dn": l.BindDN, "bind_password_env": l.BindPasswordEnv, "user_base": l.UserBase,
+			"user_filter": l.UserFilter, "group_base": l.GroupBase, "group_filter": l.GroupFilter} {
+			if v != "" {
+				return keyError("auth.ldap."+name, "", errors.New("needs auth.ldap.url"))
+			}
+		}
+		return nil
+	}
+	if l.UserBase == "" {
+		return keyError("auth.ldap.user_base", "", errors.New("required with auth.ldap.url (ou=people,dc=example,dc=com)"))
+	}
+	if l.UserFilter != "" && !strings.Contains(l.UserFilter, "{user}") {
+		return keyError("auth.ldap.user_filter", "", fmt.Errorf("%q must contain {user}", l.UserFilter))
+	}
+	if l.GroupFilter != "" && l.GroupBase == "" {
+		return keyError("auth.ldap.group_base", "", errors.New("required with auth.ldap.group_filter"))
+	}
+	if l.BindPasswordEnv != "" {
+		l.bindPassword = getenv(l.BindPasswordEnv)
+		if l.bindPassword == "" {
+			return keyError("auth.ldap.bind_password_env", "", fmt.Errorf("environment variable %s is empty", l.BindPasswordEnv))
+		}
+	}
+	return nil
+}
+
 // serveUsage is berth serve --help: every flag with its environment
 // variable, from the same table the parser uses.
 func serveUsage(w io.Writer) {
@@ -910,8 +1245,9 @@ Runs the registry and mirror. Each setting is read from the configuration file,
 then the environment, then a flag: the last one given wins. Booleans are true,
 false, yes, no, on, off, 1 or 0; durations 90s, 10m, 1h30m or a number of
 seconds; sizes bytes or 512KB, 4MiB, 50GiB. upstreams is set in the file only.
-SIGHUP reloads the configuration; addr, data, debug_addr, max_cache_bytes and
-the log settings need a restart.
+SIGHUP reloads the configuration; addr, data, debug_addr, max_cache_bytes, tls
+and the log settings need a restart (the tls files themselves are re-read when
+they change).
 
 `)
 	fmt.Fprintf(w, "  --config FILE  (BERTH_CONFIG)\n        the YAML configuration file\n")

@@ -83,9 +83,41 @@ func keyCases(t *testing.T) []keyCase {
 		{key: "cluster.secret_env", good: "PEER_SECRET", get: func(c Config) any { return c.Cluster.Secret }, want: "p",
 			bad: "PEER-SECRET", why: `"PEER-SECRET" is not an environment variable name`,
 			env: with(with(with(s3Env, "BERTH_CLUSTER_SELF", "http://10.0.0.1:5000"), "BERTH_CLUSTER_DNS", "http://berth:5000"), "PEER_SECRET", "p")},
+		// The files are only found here; serve loads them (see TestServeTLS).
+		{key: "tls.cert_file", good: htpasswd, get: func(c Config) any { return c.TLS.CertFile }, want: htpasswd,
+			bad: htpasswd + ".missing", why: "no such file", env: map[string]string{"BERTH_TLS_KEY_FILE": htpasswd}},
+		{key: "tls.key_file", good: htpasswd, get: func(c Config) any { return c.TLS.KeyFile }, want: htpasswd,
+			bad: htpasswd + ".missing", why: "no such file", env: map[string]string{"BERTH_TLS_CERT_FILE": htpasswd}},
+		{key: "tls.client_ca_file", good: htpasswd, get: func(c Config) any { return c.TLS.ClientCAFile }, want: htpasswd,
+			bad: htpasswd + ".missing", why: "no such file",
+			env: map[string]string{"BERTH_TLS_CERT_FILE": htpasswd, "BERTH_TLS_KEY_FILE": htpasswd}},
+		{key: "auth.ldap.url", good: "ldaps://dir.example", get: func(c Config) any { return c.Auth.LDAP.URL }, want: "ldaps://dir.example",
+			bad: "http://dir.example", why: `"http://dir.example" is not a URL starting with ldap://, ldaps:// or ldap+starttls://`,
+			env: map[string]string{"BERTH_AUTH_LDAP_USER_BASE": "ou=people"}},
+		{key: "auth.ldap.bind_dn", good: "cn=berth,dc=example", get: func(c Config) any { return c.Auth.LDAP.BindDN }, want: "cn=berth,dc=example", bad: "", why: "must not be empty", env: ldapEnv},
+		{key: "auth.ldap.bind_password_env", good: "LDAP_PW", get: func(c Config) any { return c.Auth.LDAP.bindPassword }, bad: "", why: "must not be empty", want: "s3cret",
+			env: map[string]string{"BERTH_AUTH_LDAP_URL": "ldap://dir.example", "BERTH_AUTH_LDAP_USER_BASE": "ou=people", "LDAP_PW": "s3cret"}},
+		{key: "auth.ldap.user_base", good: "ou=people,dc=example", get: func(c Config) any { return c.Auth.LDAP.UserBase }, bad: "", why: "must not be empty", want: "ou=people,dc=example",
+			env: map[string]string{"BERTH_AUTH_LDAP_URL": "ldap://dir.example"}},
+		{key: "auth.ldap.user_filter", good: "(sAMAccountName={user})", get: func(c Config) any { return c.Auth.LDAP.UserFilter }, want: "(sAMAccountName={user})", bad: "", why: "must not be empty", env: ldapEnv},
+		{key: "auth.ldap.group_base", good: "ou=groups", get: func(c Config) any { return c.Auth.LDAP.GroupBase }, want: "ou=groups", bad: "", why: "must not be empty", env: ldapEnv},
+		{key: "auth.ldap.group_filter", good: "(memberUid={user})", get: func(c Config) any { return c.Auth.LDAP.GroupFilter }, bad: "", why: "must not be empty", want: "(memberUid={user})",
+			env: map[string]string{"BERTH_AUTH_LDAP_URL": "ldap://dir.example", "BERTH_AUTH_LDAP_USER_BASE": "ou=people", "BERTH_AUTH_LDAP_GROUP_BASE": "ou=groups"}},
+		{key: "auth.token.enabled", good: "true", get: func(c Config) any { return c.Auth.Token.Enabled }, want: true,
+			bad: "maybe", why: `"maybe" is not a boolean`, env: map[string]string{"BERTH_AUTH_HTPASSWD": htpasswd}},
+		{key: "auth.token.realm", good: "https://registry.example/v2/token", get: func(c Config) any { return c.Auth.Token.Realm }, want: "https://registry.example/v2/token",
+			bad: "/v2/token", why: `"/v2/token" is not an absolute URL`, env: map[string]string{"BERTH_AUTH_HTPASSWD": htpasswd}},
+		{key: "auth.token.service", good: "registry.example", get: func(c Config) any { return c.Auth.Token.Service }, want: "registry.example",
+			bad: "", why: "must not be empty", env: map[string]string{"BERTH_AUTH_HTPASSWD": htpasswd}},
+		{key: "auth.token.key_file", good: htpasswd, get: func(c Config) any { return c.Auth.Token.KeyFile }, want: htpasswd,
+			bad: htpasswd + ".missing", why: "no such file", env: map[string]string{"BERTH_AUTH_HTPASSWD": htpasswd}},
+		{key: "auth.token.ttl", good: "10m", get: func(c Config) any { return c.Auth.Token.TTL }, want: 10 * time.Minute,
+			bad: "500ms", why: "500ms is out of range (at least 1s)", env: map[string]string{"BERTH_AUTH_HTPASSWD": htpasswd}},
 	}
 }
 
+// ldapEnv is what an auth.ldap key needs besides itself.
+var ldapEnv = map[string]string{"BERTH_AUTH_LDAP_URL": "ldap://dir.example", "BERTH_AUTH_LDAP_USER_BASE": "ou=people"}
 // s3Env is what an s3 driver needs besides its driver key.
 var s3Env = map[string]string{"BERTH_STORAGE_DRIVER": "s3", "BERTH_STORAGE_BUCKET": "berth-ci",
 	"BERTH_STORAGE_ENDPOINT": "http://127.0.0.1:8333", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
@@ -106,12 +138,16 @@ func with(m map[string]string, k, v string) map[string]string {
 	return out
 }
 
+
 // yamlFor is key: v as a file, nested for dotted keys.
 func yamlFor(key, v string) string {
-	if section, name, ok := strings.Cut(key, "."); ok {
-		return fmt.Sprintf("%s:\n  %s: %q\n", section, name, v)
+	parts := strings.Split(key, ".")
+	var b strings.Builder
+	for i, p := range parts[:len(parts)-1] {
+		fmt.Fprintf(&b, "%s%s:\n", strings.Repeat("  ", i), p)
 	}
-	return fmt.Sprintf("%s: %q\n", key, v)
+	fmt.Fprintf(&b, "%s%s: %q\n", strings.Repeat("  ", len(parts)-1), parts[len(parts)-1], v)
+	return b.String()
 }
 
 // Every key parses the same way from the file, the environment and a flag,
@@ -200,7 +236,7 @@ func TestConfigFileShapes(t *testing.T) {
 		{"max_manifest_bytes: [1, 2]\n", `config key max_manifest_bytes: a list is not a size (bytes, or a number with KB`},
 		{"offline: {a: b}\n", "config key offline: a mapping is not a boolean"},
 		{"auth: yes\n", `config key auth: "yes" is not a mapping of htpasswd, anonymous_pull`},
-		{"auth:\n  htpasswd2: x\n", "config key auth.htpasswd2: unknown key (known here: htpasswd, anonymous_pull)"},
+		{"auth:\n  htpasswd2: x\n", "config key auth.htpasswd2: unknown key (known here: htpasswd, anonymous_pull, ldap, token)"},
 		{"adress: \":5000\"\n", "config key adress: unknown key (known here: addr,"},
 		{"addr: \":1\"\naddr: \":2\"\n", "config key addr: set twice (line 2)"},
 		{"upstreams: docker.io\n", `config key upstreams: "docker.io" is not a list of upstreams`},
@@ -348,5 +384,49 @@ func TestConfigSampleFile(t *testing.T) {
 	}
 	if len(cfg.Upstreams) == 0 || cfg.Upstreams[0].Name != "docker.io" || !cfg.Upstreams[0].Default || cfg.Upstreams[0].TagTTL != 10*time.Minute {
 		t.Errorf("upstreams %+v", cfg.Upstreams)
+	}
+}
+
+// token: {} turns the token flow on; access rules are read in order, and a
+// bad rule is refused naming its key.
+func TestConfigAccessAndToken(t *testing.T) {
+	t.Parallel()
+	htpasswd := writeFile(t, "ci:$2y$05$abcdefghijklmnopqrstuu5kQ8Oj8Q7QxY2H5Kq9yq4wq5S2bH5W\n")
+	cfg, err := loadConfig([]string{"--config", writeFile(t, `auth:
+  htpasswd: `+htpasswd+`
+  token: {}
+access:
+  - repos: ["team-a/**"]
+    subjects: [alice, "group:team-a"]
+    actions: [pull, push, delete]
+  - repos: ["**"]
+    subjects: [authenticated]
+    actions: [pull]
+`)}, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Auth.Token.Enabled || cfg.Auth.Token.Service != "berth" || cfg.Auth.Token.TTL != 5*time.Minute {
+		t.Errorf("token: %+v", cfg.Auth.Token)
+	}
+	if len(cfg.Access) != 2 || fmt.Sprint(cfg.Access[0]) != "{[team-a/**] [alice group:team-a] [pull push delete]}" {
+		t.Errorf("access: %v", cfg.Access)
+	}
+	for _, tc := range []struct{ file, want string }{
+		{"access:\n  - repos: [\"team-a/**x\"]\n    subjects: [a]\n    actions: [pull]\n", "config key access[0].repos: "},
+		{"access:\n  - repos: [a]\n    subjects: [a]\n    actions: [pull, fly]\n", `config key access[0].actions: "fly" is not a list of actions`},
+		{"access:\n  - repos: [a]\n    actions: [pull]\n", "config key access[0].subjects: at least one"},
+		{"access:\n  - repos: [a]\n    subjects: [a]\n    who: [a]\n", "config key access[0].who: unknown key"},
+		{"access: all\n", `config key access: "all" is not a list of rules`},
+		{"auth:\n  token: {}\n", "config key auth.token: needs auth.htpasswd or auth.ldap"},
+		{"auth:\n  htpasswd: " + htpasswd + "\n  token: yes\n", `config key auth.token: "yes" is not a mapping`},
+		{"auth:\n  ldap:\n    url: ldap://x\n", "config key auth.ldap.user_base: required"},
+		{"auth:\n  ldap:\n    user_base: ou=p\n", "config key auth.ldap.user_base: needs auth.ldap.url"},
+		{"auth:\n  ldap:\n    url: ldap://x\n    user_base: ou=p\n    bind_password_env: NOPE_UNSET\n", "config key auth.ldap.bind_password_env: environment variable NOPE_UNSET is empty"},
+	} {
+		_, err := loadConfig([]string{"--config", writeFile(t, tc.file)}, env(nil))
+		if err == nil || !strings.HasPrefix(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: error %v, want one line starting %q", tc.file, err, tc.want)
+		}
 	}
 }

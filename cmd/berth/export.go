@@ -43,7 +43,8 @@ FILE.partial and renamed at the end: an interrupted export leaves no FILE.
                       (os/arch[/variant], comma-separated; default: all)
   --username USER     with --password-stdin: credentials for berth (default:
                       the docker config's auths entry for the server's host)
-  --password-stdin    read the password from the first line of stdin`
+  --password-stdin    read the password from the first line of stdin
+` + clientTLSUsage
 
 // exportItem is one image to export: where berth serves it and the name
 // the bundle gives it.

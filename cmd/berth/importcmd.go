@@ -36,7 +36,8 @@ bundle twice changes nothing.
                       (BERTH_CONFIG; default: the built-in upstreams)
   --username USER     with --password-stdin: credentials for berth (default:
                       the docker config's auths entry for the server's host)
-  --password-stdin    read the password from the first line of stdin`
+  --password-stdin    read the password from the first line of stdin
+` + clientTLSUsage
 
 func importCmd(ctx context.Context, args []string, s stdio) error {
 	fs := flag.NewFlagSet("berth import", flag.ContinueOnError)
@@ -130,7 +131,16 @@ func importData(ctx context.Context, dir, config string, in io.Reader, size int6
 	m := newMeter(s, "import")
 	m.grow(size)
 	t := m.task("bundle", size)
-	sum, err = bundle.Import(ctx, st, in, bundle.ImportOptions{Upstream: upstreamOf(cfg), Progress: t.add})
+	opts := bundle.ImportOptions{Upstream: upstreamOf(cfg), Progress: t.add}
+	if cfg.Storage.Driver == "s3" {
+		sh, err := openShared(ctx, Config{Storage: cfg.Storage, MaxManifestBytes: cfg.MaxManifestBytes}, st, nil, zerolog.Nop())
+		if err != nil {
+			st.Close()
+			return sum, err
+		}
+		opts.Publish = publishTo(sh.registry)
+	}
+	sum, err = bundle.Import(ctx, st, in, opts)
 	t.finish(err)
 	m.close()
 	if cerr := st.Close(); err == nil && cerr != nil {

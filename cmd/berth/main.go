@@ -10,6 +10,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -30,6 +31,7 @@ import (
 	"github.com/berth-dev/berth/internal/cluster"
 	"github.com/berth-dev/berth/internal/mirror"
 	"github.com/berth-dev/berth/internal/status"
+	"github.com/berth-dev/berth/internal/tlsserve"
 	"github.com/berth-dev/berth/proxy"
 	"github.com/mattn/go-isatty"
 	"github.com/prometheus/client_golang/prometheus"
@@ -211,9 +213,20 @@ type hooks struct {
 }
 
 // serveWith is serve, with reloads.
-func serveWith(ctx context.Context, cfg Config, h hooks) error {
+func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 	log, logw := newLogger(cfg)
 	defer logw.Close()
+	var certs *tlsserve.Reloader
+	var tlsConfig *tls.Config
+	if cfg.TLS.CertFile != "" {
+		certs, err = tlsserve.NewReloader(tlsserve.Config(cfg.TLS), log)
+		if ke := (*tlsserve.KeyError)(nil); errors.As(err, &ke) {
+			return keyError(ke.Key, "", ke.Err)
+		} else if err != nil {
+			return err
+		}
+		tlsConfig = tlsserve.ServerConfig(certs)
+	}
 	// The index gets a few seconds to close: a data directory removed or
 	// made read-only under berth must not hold its exit for minutes.
 	store, err := cache.Open(cfg.Data, cache.Options{Logger: log, MaxBytes: cfg.MaxCacheBytes, CloseTimeout: 5 * time.Second})
@@ -223,6 +236,9 @@ func serveWith(ctx context.Context, cfg Config, h hooks) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerStore(reg, store)
+	if certs != nil {
+		reg.MustRegister(certs.Collectors()...)
+	}
 	page := status.New(status.Options{Version: version, Store: store})
 	api := &reloadable{log: log, store: store, mirrorMet: mirror.NewMetrics(reg), httpMet: proxy.NewMetrics(reg),
 		readOnly: new(atomic.Bool), page: page, local: cache.NewLocal(store)}
@@ -292,13 +308,23 @@ func serveWith(ctx context.Context, cfg Config, h hooks) error {
 		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          stdlog.New(io.Discard, "", 0),
+		TLSConfig:         tlsConfig, // ServeTLS adds HTTP/2
+	}
+	if certs != nil {
+		srv.ErrorLog = certs.ErrorLog() // counts failed handshakes
 	}
 	names := upstreamNames(cfg)
 	page.SetUpstreams(names)
 	log.Info().Str("addr", ln.Addr().String()).Str("data", cfg.Data).Strs("upstreams", names).
-		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Bool("read_only", cfg.ReadOnly).Bool("auth", cfg.Auth.Htpasswd != "").
+		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Bool("read_only", cfg.ReadOnly).Bool("auth", cfg.Auth.Htpasswd != "").Bool("tls", certs != nil).
+		Bool("ldap", cfg.Auth.LDAP.URL != "").Bool("token", cfg.Auth.Token.Enabled).Int("access_rules", len(cfg.Access)).
 		Int64("max_cache_bytes", cfg.MaxCacheBytes).Str("storage", cfg.Storage.Driver).Str("cluster_self", cfg.Cluster.Self).
 		Str("version", version).Msg("berth serving")
+	if certs != nil {
+		leaf := certs.Leaf()
+		log.Info().Str("subject", leaf.Subject.String()).Str("serial", tlsserve.Serial(leaf)).Time("not_after", leaf.NotAfter).
+			Bool("client_certificates", cfg.TLS.ClientCAFile != "").Msg("tls: serving HTTPS (HTTP/2 and HTTP/1.1, TLS 1.2+)")
+	}
 	for _, w := range advisories(cfg) {
 		log.Warn().Msg(w)
 	}
@@ -319,17 +345,27 @@ func serveWith(ctx context.Context, cfg Config, h hooks) error {
 		g.Go(func() error { <-gctx.Done(); return dbg.Close() })
 	}
 	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		serve := srv.Serve
+		if tlsConfig != nil {
+			serve = func(ln net.Listener) error { return srv.ServeTLS(ln, "", "") }
+		}
+		if err := serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil
 	})
+	if certs != nil {
+		g.Go(func() error { certs.Run(gctx, tlsserve.DefaultInterval); return nil })
+	}
 	g.Go(func() error {
 		for {
 			select {
 			case <-gctx.Done():
 				return nil
 			case <-h.reload:
+				if certs != nil {
+					_, _ = certs.Check() // at once, as after nginx -s reload; it logs its own outcome
+				}
 				err := api.reload(h.load)
 				if h.reloaded != nil {
 					select {

@@ -2,10 +2,13 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -15,10 +18,13 @@ import (
 
 	"github.com/berth-dev/berth/cache"
 	"github.com/berth-dev/berth/internal/cluster"
+	"github.com/berth-dev/berth/internal/access"
+	"github.com/berth-dev/berth/internal/ldapauth"
 	"github.com/berth-dev/berth/internal/mirror"
 	"github.com/berth-dev/berth/internal/registry"
 	"github.com/berth-dev/berth/internal/route"
 	"github.com/berth-dev/berth/internal/status"
+	"github.com/berth-dev/berth/internal/token"
 	"github.com/berth-dev/berth/proxy"
 	"github.com/berth-dev/berth/upstream"
 	"github.com/rs/zerolog"
@@ -95,7 +101,7 @@ func (a *reloadable) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // build makes the generation of cfg; nothing of it runs until it is made
 // current.
 func (a *reloadable) build(cfg Config) (*generation, error) {
-	auth, sum, err := loadAuth(cfg.Auth)
+	auth, sum, err := loadAuth(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -103,8 +109,14 @@ func (a *reloadable) build(cfg Config) (*generation, error) {
 	g.refs.Store(1)
 	var ups []route.Upstream
 	for _, u := range cfg.Upstreams {
+		if u.InsecureSkipVerify {
+			a.log.Warn().Str("upstream", u.Name).Str("key", "insecure_skip_verify").
+				Msg("TLS CERTIFICATE VERIFICATION IS OFF for this upstream: anyone on the path can impersonate it and read its credentials")
+		}
 		c, err := upstream.New(upstream.Config{Name: u.Name, URL: u.URL, Username: u.Username, Password: u.Password,
-			ResponseHeaderTimeout: u.Timeout, MaxManifestSize: cfg.MaxManifestBytes},
+			ResponseHeaderTimeout: u.Timeout, MaxManifestSize: cfg.MaxManifestBytes,
+			Credentials: upstreamCredentials(u), CAFile: u.CAFile, ClientCertFile: u.ClientCertFile,
+			ClientKeyFile: u.ClientKeyFile, InsecureSkipVerify: u.InsecureSkipVerify, TokenRealms: u.TokenRealms},
 			upstream.WithLogger(a.log.With().Str("upstream", u.Name).Logger()),
 			upstream.WithObserver(a.mirrorMet), upstream.WithObserver(a.page))
 		if err != nil {
@@ -112,11 +124,16 @@ func (a *reloadable) build(cfg Config) (*generation, error) {
 			return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
 		}
 		m := mirror.New(mirror.Options{Store: a.store, Client: c, TagTTL: u.TagTTL, KeepOnNotFound: u.KeepOnNotFound,
-			Offline: cfg.Offline, Prefetch: prefetch(cfg.Prefetch), Metrics: a.mirrorMet, Logger: a.log, Source: a.source})
+			StaleIfDenied: u.staleOnDenied(),
+			Offline:       cfg.Offline, Prefetch: prefetch(cfg.Prefetch), Metrics: a.mirrorMet, Logger: a.log, Source: a.source})
 		g.mirrors = append(g.mirrors, m)
 		ups = append(ups, route.Upstream{Name: u.Name, Aliases: u.Aliases, Default: u.Default, Registry: m})
 	}
-	router := route.New(route.Options{Local: a.local, Store: a.store, Upstreams: ups,
+	local := a.local
+	if local == nil {
+		local = cache.NewLocal(a.store)
+	}
+	router := route.New(route.Options{Local: local, Store: a.store, Upstreams: ups,
 		LocalPatterns: cfg.Local, Offline: cfg.Offline})
 	g.api = proxy.New(proxy.Options{Registry: registry.Maintenance(router, a.readOnly), Logger: a.log, Metrics: a.httpMet,
 		MaxManifestSize: cfg.MaxManifestBytes, Auth: auth, OnRequest: a.page.Request})
@@ -143,6 +160,18 @@ func (a *reloadable) peers(cl *cluster.Cluster) http.Handler {
 			return
 		}
 	})
+}
+
+// upstreamCredentials is u's credential source when it is not a fixed
+// username and password: a credential helper, or a docker config file.
+func upstreamCredentials(u UpstreamConfig) upstream.Credentials {
+	switch {
+	case u.CredentialHelper != "":
+		return upstream.Helper(u.CredentialHelper, u.credentialHosts()[0], 0, 0)
+	case u.DockerConfig != "":
+		return upstream.DockerConfig(u.DockerConfig, u.credentialHosts(), 0, 0)
+	}
+	return nil
 }
 
 // close stops the generation's background work (its mirrors' prefetches).
@@ -185,6 +214,7 @@ var restartOnly = []struct {
 	{"log_format", func(n *Config, c Config) { n.LogFormat = c.LogFormat }},
 	{"storage", func(n *Config, c Config) { n.Storage = c.Storage }},
 	{"cluster", func(n *Config, c Config) { n.Cluster = c.Cluster }},
+	{"tls", func(n *Config, c Config) { n.TLS = c.TLS }},
 }
 
 // reload builds a generation from load's configuration and swaps it in.
@@ -255,16 +285,20 @@ func changedKeys(a, b Config) []string {
 	return changed
 }
 
-// snake is a Go field name as a key: MaxCacheBytes is max_cache_bytes.
+// snake is a Go field name as a key: MaxCacheBytes is max_cache_bytes,
+// LDAP ldap.
 func snake(s string) string {
 	var b strings.Builder
+	prevUpper := false
 	for i, r := range s {
-		if unicode.IsUpper(r) {
-			if i > 0 {
+		up := unicode.IsUpper(r)
+		if up {
+			if i > 0 && !prevUpper {
 				b.WriteByte('_')
 			}
 			r = unicode.ToLower(r)
 		}
+		prevUpper = up
 		b.WriteRune(r)
 	}
 	return b.String()
@@ -278,8 +312,12 @@ func advisories(cfg Config) []string {
 		w = append(w, fmt.Sprintf("no local patterns: a push of a new unqualified name (team/app) asks the default upstream %s "+
 			"whether the name exists there, which tells %s the name; local: [\"team/**\"] keeps a team's names from ever leaving the house", def, def))
 	}
-	if cfg.Auth.Htpasswd == "" {
+	if cfg.Auth.Htpasswd == "" && cfg.Auth.LDAP.URL == "" && len(cfg.Access) == 0 {
 		w = append(w, "no client authentication: anyone who can reach berth can push (auth.htpasswd requires credentials)")
+	}
+	if (cfg.Auth.Htpasswd != "" || cfg.Auth.LDAP.URL != "") && !cfg.Auth.Token.Enabled && (cfg.Auth.AnonymousPull == nil || *cfg.Auth.AnonymousPull) {
+		w = append(w, "Basic authentication with anonymous pulls: /v2/ lets anonymous clients in, so docker and podman pull without credentials "+
+			"but also never send theirs to push (they only do when /v2/ challenges them); auth.token: {} gives both, or anonymous_pull: false keeps pushes working without tokens")
 	}
 	if cfg.ReadOnly {
 		w = append(w, "read-only maintenance mode: pushes and deletes are refused, pulls go on")
@@ -296,22 +334,75 @@ func defaultUpstream(cfg Config) string {
 	return ""
 }
 
-// loadAuth reads the htpasswd file of c, if any, and returns its checker
-// and the file's hash.
-func loadAuth(c AuthConfig) (*proxy.Auth, [sha256.Size]byte, error) {
-	if c.Htpasswd == "" {
-		return nil, [sha256.Size]byte{}, nil
+// loadAuth builds the client authentication and access control of cfg:
+// the htpasswd file (and its hash, to tell on reload that it changed), the
+// LDAP directory, the token issuer and the access rules. nil: none of them
+// is configured, anyone may do anything.
+func loadAuth(cfg Config) (*proxy.Auth, [sha256.Size]byte, error) {
+	c := cfg.Auth
+	var sum [sha256.Size]byte
+	if c.Htpasswd == "" && c.LDAP.URL == "" && len(cfg.Access) == 0 {
+		return nil, sum, nil
 	}
-	b, err := os.ReadFile(c.Htpasswd)
+	o := proxy.AuthOptions{Rules: cfg.Access, AnonymousPull: c.AnonymousPull == nil || *c.AnonymousPull}
+	if c.Htpasswd != "" {
+		b, err := os.ReadFile(c.Htpasswd)
+		if err != nil {
+			return nil, sum, keyError("auth.htpasswd", "", err)
+		}
+		sum = sha256.Sum256(b)
+		o.Htpasswd = bytes.NewReader(b)
+		// Parse now, so the error names the file.
+		if _, err := proxy.ParseHtpasswd(bytes.NewReader(b), true); err != nil {
+			return nil, sum, keyError("auth.htpasswd", "", fmt.Errorf("%s: %w", c.Htpasswd, err))
+		}
+	}
+	if l := c.LDAP; l.URL != "" {
+		d, err := ldapauth.New(ldapauth.Config{URL: l.URL, BindDN: l.BindDN, BindPassword: l.bindPassword, UserBase: l.UserBase,
+			UserFilter: l.UserFilter, GroupBase: l.GroupBase, GroupFilter: l.GroupFilter})
+		if err != nil {
+			return nil, sum, keyError("auth.ldap", "", err)
+		}
+		o.Directory = ldapDirectory{d}
+	}
+	if t := c.Token; t.Enabled {
+		path, create := t.KeyFile, false
+		if path == "" {
+			path, create = filepath.Join(cfg.Data, "token.key"), true
+		}
+		key, err := token.LoadKey(path, create)
+		if err != nil {
+			return nil, sum, keyError("auth.token.key_file", "", err)
+		}
+		if o.Tokens, err = token.New(token.Options{Key: key, Service: t.Service, TTL: t.TTL}); err != nil {
+			return nil, sum, keyError("auth.token.key_file", "", err)
+		}
+		o.Realm = t.Realm
+	}
+	a, err := proxy.NewAuth(o)
 	if err != nil {
-		return nil, [sha256.Size]byte{}, keyError("auth.htpasswd", "", err)
+		return nil, sum, keyError("access", "", err)
 	}
-	anon := c.AnonymousPull == nil || *c.AnonymousPull
-	a, err := proxy.ParseHtpasswd(bytes.NewReader(b), anon)
-	if err != nil {
-		return nil, [sha256.Size]byte{}, keyError("auth.htpasswd", "", fmt.Errorf("%s: %w", c.Htpasswd, err))
+	return a, sum, nil
+}
+
+// ldapDirectory is an LDAP directory as proxy.Auth's second identity
+// source: its wrong-password error becomes proxy's.
+type ldapDirectory struct{ d *ldapauth.Directory }
+
+func (l ldapDirectory) Check(ctx context.Context, user, password string) (access.Identity, error) {
+	return ldapErr(l.d.Check(ctx, user, password))
+}
+
+func (l ldapDirectory) Lookup(ctx context.Context, user string) (access.Identity, error) {
+	return ldapErr(l.d.Lookup(ctx, user))
+}
+
+func ldapErr(id access.Identity, err error) (access.Identity, error) {
+	if errors.Is(err, ldapauth.ErrInvalid) {
+		return id, fmt.Errorf("%w (ldap)", proxy.ErrInvalidCredentials)
 	}
-	return a, sha256.Sum256(b), nil
+	return id, err
 }
 
 // upstreamNames are the configured upstreams' names, for the status page.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/cache"
+	"github.com/berth-dev/berth/internal/access"
 	"github.com/berth-dev/berth/internal/mirror"
 	"github.com/berth-dev/berth/internal/status"
 	"github.com/berth-dev/berth/proxy"
@@ -246,9 +248,13 @@ func TestChangedKeys(t *testing.T) {
 	b := a
 	b.MaxCacheBytes, b.DebugAddr, b.Prefetch = 1, ":6060", -1
 	b.Auth.AnonymousPull = new(bool)
+	b.Auth.LDAP.URL = "ldap://x"
+	b.Auth.Token.Enabled = true
 	b.Upstreams = defaultUpstreams()
+	b.TLS.CertFile = "/etc/berth/tls.crt"
+	b.Access = []access.Rule{{Repos: []string{"**"}}}
 	got := fmt.Sprint(changedKeys(a, b))
-	if want := "[debug_addr upstreams prefetch auth.anonymous_pull max_cache_bytes]"; got != want {
+	if want := "[debug_addr upstreams prefetch auth.anonymous_pull auth.ldap auth.token max_cache_bytes access tls]"; got != want {
 		t.Errorf("changed %s, want %s", got, want)
 	}
 	if got := changedKeys(a, a); len(got) != 0 {
@@ -276,7 +282,7 @@ func TestAdvisories(t *testing.T) {
 		{"local patterns", withLocal, []string{"no client authentication"}},
 		{"offline", offline, []string{"no client authentication"}},
 		{"no default upstream", noDefault, []string{"no client authentication"}},
-		{"auth", withAuth, []string{`local: ["team/**"] keeps a team's names from ever leaving the house`}},
+		{"auth", withAuth, []string{`local: ["team/**"] keeps a team's names from ever leaving the house`, "auth.token: {} gives both"}},
 	} {
 		got := advisories(tc.cfg)
 		if len(got) != len(tc.want) {
@@ -289,4 +295,78 @@ func TestAdvisories(t *testing.T) {
 			}
 		}
 	}
+}
+
+// With auth.token, the first generation makes the signing key in the data
+// directory (0600); a reload that changes the rules keeps the key, so a
+// token issued before it still verifies, and applies the new rules to new
+// tokens.
+func TestReloadTokenAuth(t *testing.T) {
+	t.Parallel()
+	store, err := cache.Open(t.TempDir(), cache.Options{Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	a := &reloadable{log: zerolog.Nop(), store: store, mirrorMet: mirror.NewMetrics(nil), httpMet: proxy.NewMetrics(nil),
+		page: status.New(status.Options{Store: store}), readOnly: new(atomic.Bool)}
+	line, err := htpasswdLine("bob", strings.NewReader("bob-pw\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := defaultConfig()
+	cfg.Data = t.TempDir()
+	cfg.Upstreams = []UpstreamConfig{}
+	cfg.Auth.Htpasswd = writeFile(t, line+"\n")
+	cfg.Auth.Token.Enabled = true
+	cfg.Access = []access.Rule{{Repos: []string{"team-b/**"}, Subjects: []string{"bob"}, Actions: []access.Action{access.Pull, access.Push}}}
+	first, err := a.build(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.current.Store(first)
+	fi, err := os.Stat(cfg.Data + "/token.key")
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("token key: %v %v", fi, err)
+	}
+	ts := httptest.NewServer(a)
+	defer ts.Close()
+	srv := ts.URL
+	grant := func(scope string) (tok, granted string) {
+		req, _ := http.NewRequest("GET", srv+"/v2/token?service=berth&scope="+scope, nil)
+		req.SetBasicAuth("bob", "bob-pw")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var tr struct{ Token, Scope string }
+		if err := json.NewDecoder(resp.Body).Decode(&tr); err != nil {
+			t.Fatal(err)
+		}
+		return tr.Token, tr.Scope
+	}
+	tok, _ := grant("repository:team-b/x:pull")
+	if _, got := grant("repository:team-a/x:push"); got != "" {
+		t.Fatalf("bob granted %q before the reload", got)
+	}
+	next := cfg
+	next.Access = append([]access.Rule{{Repos: []string{"team-a/**"}, Subjects: []string{"bob"}, Actions: []access.Action{access.Push}}}, cfg.Access...)
+	if err := a.reload(func() (Config, error) { return next, nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, got := grant("repository:team-a/x:push"); got != "repository:team-a/x:push" {
+		t.Errorf("bob granted %q after the reload", got)
+	}
+	req, _ := http.NewRequest("GET", srv+"/v2/team-b/x/tags/list", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusUnauthorized {
+		t.Error("a token issued before the reload no longer verifies")
+	}
+	a.stop()
 }

@@ -30,7 +30,8 @@ failure is reported on its own line and makes the exit status 1.
   -f LIST             read IMAGEs from the file LIST (- for stdin), one a line
   --username USER     with --password-stdin: credentials for berth (default:
                       the docker config's auths entry for the server's host)
-  --password-stdin    read the password from the first line of stdin`
+  --password-stdin    read the password from the first line of stdin
+` + clientTLSUsage
 
 // warmParallel bounds the images pulled at once.
 const warmParallel = 4

@@ -612,6 +612,88 @@ func (r *Registry) checkReferences(ctx context.Context, repo string, m *registry
 	return nil
 }
 
+// Inventory lists a local repository's tags and manifest records, for an
+// export of everything (berth export --all).
+func (r *Registry) Inventory(ctx context.Context, repo string) ([]string, []cache.ManifestRecord, error) {
+	tags, _, err := r.listNames(ctx, repoKey(repo, "tags"), -1, "")
+	if err != nil {
+		return nil, nil, err
+	}
+	objs, _, err := r.b.List(ctx, repoKey(repo, "manifests"), "", -1)
+	if err != nil {
+		return nil, nil, err
+	}
+	ms := make([]cache.ManifestRecord, 0, len(objs))
+	for _, o := range objs {
+		var rec cache.ManifestRecord
+		if err := r.getJSON(ctx, o.Key, &rec); err != nil {
+			if errors.Is(err, ErrNotFound) {
+				continue // deleted meanwhile
+			}
+			return nil, nil, err
+		}
+		ms = append(ms, rec)
+	}
+	return tags, ms, nil
+}
+
+// ImportImage publishes an image that the local store holds whole (from
+// an air-gap bundle, verified) into repo: its blobs, then its manifests
+// (children before their index), then tag (pointing at top), unless the bucket's tag was set
+// after created (a newer push wins over an older bundle). Manifests are
+// not checked for references: a bundle may keep only some platforms of an
+// index.
+func (r *Registry) ImportImage(ctx context.Context, repo, tag string, top digest.Digest, blobs []registry.Descriptor, manifests []*registry.Manifest, created time.Time) error {
+	for _, b := range blobs {
+		f, err := r.s.OpenBlob(b.Digest)
+		if err != nil {
+			return fmt.Errorf("blob %s: %w", b.Digest, err)
+		}
+		err = r.PublishFile(ctx, b.Digest, f, b.Size)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		if err := r.link(ctx, repo, b.Digest, b.Size); err != nil {
+			return err
+		}
+	}
+	for _, m := range manifests {
+		d := m.Desc.Digest
+		if _, err := r.b.Stat(ctx, blobKey(d)); errors.Is(err, ErrNotFound) {
+			if err := r.b.PutBytes(ctx, blobKey(d), m.Body); err != nil {
+				return err
+			}
+		} else if err != nil {
+			return err
+		}
+		rec := cache.RecordOf(m)
+		full := rec
+		rec.Annotations = nil
+		if err := r.putJSON(ctx, manifestKey(repo, d), rec); err != nil {
+			return err
+		}
+		if m.Subject != nil {
+			if err := r.putJSON(ctx, referrerKey(repo, m.Subject.Digest, d), full); err != nil {
+				return err
+			}
+		}
+	}
+	if err := r.ensureRepo(ctx, repo); err != nil {
+		return err
+	}
+	if tag == "" || len(manifests) == 0 {
+		return nil
+	}
+	var cur cache.TagRecord
+	if err := r.getJSON(ctx, tagKey(repo, tag), &cur); err == nil && cur.FetchedAt.After(created) {
+		return nil
+	} else if err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	return r.putJSON(ctx, tagKey(repo, tag), cache.TagRecord{Digest: top, FetchedAt: created})
+}
+
 // --- deletes -----------------------------------------------------------------------
 
 // DeleteBlob implements registry.Deleter: the repository loses access.

@@ -21,6 +21,16 @@ type ImportOptions struct {
 	// Progress, if set, is called with the number of bytes of the bundle
 	// read, as they are read.
 	Progress func(n int)
+	// Publish, if set, is given each image of a local repository once the
+	// store holds it (with storage.driver s3 the bucket is the truth of
+	// local repositories: it publishes the image there). tag is "" for a
+	// referrer; created is when the bundle was made.
+	Publish func(ctx context.Context, repo, tag string, img Image, created time.Time) error
+	// Allow, if set, is asked for every repository the bundle writes
+	// (origin is the upstream for mirrored content, "" for a local
+	// repository) before anything is committed; an error refuses the
+	// whole bundle with that error.
+	Allow func(repo, origin string) error
 }
 
 // Summary is what an import did.
@@ -115,6 +125,11 @@ func Import(ctx context.Context, st *cache.Store, r io.Reader, opts ImportOption
 		if !oci.ValidName(repo) {
 			return sum, fmt.Errorf("%w: %q is neither a configured upstream's name nor a valid local repository name", ErrNotBundle, oci.Clip(name))
 		}
+		if opts.Allow != nil {
+			if err := opts.Allow(repo, origin); err != nil {
+				return sum, err
+			}
+		}
 		if img.Referrer {
 			tag = ""
 		}
@@ -149,6 +164,11 @@ func Import(ctx context.Context, st *cache.Store, r io.Reader, opts ImportOption
 			}
 			if err := st.PutManifest(t.repo, t.origin, cache.RecordOf(m), m.Body, "", created); err != nil {
 				return sum, fmt.Errorf("index manifest %s in %s: %w", m.Desc.Digest, t.repo, err)
+			}
+		}
+		if opts.Publish != nil && t.origin == "" {
+			if err := opts.Publish(ctx, t.repo, t.tag, *img, created); err != nil {
+				return sum, fmt.Errorf("publish %s: %w", img.Name, err)
 			}
 		}
 		if t.tag == "" {

@@ -47,7 +47,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			// 5 ms (an upstream next door) to 19 s (ResponseHeaderTimeout is 10 s by default).
 			Buckets: prometheus.ExponentialBuckets(0.005, 2.5, 10)}, []string{"upstream", "kind"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_upstream_errors_total",
-			Help: "Failed upstream exchanges by upstream, kind and cause: timeout, tls, connection, canceled, 429, 4xx (a 401 challenge is not one), 5xx, digest_mismatch (content that failed verification)."},
+			Help: "Failed upstream exchanges by upstream, kind and cause: timeout, tls, connection, canceled, 429, 4xx (a 401 challenge is not one), 5xx, digest_mismatch (content that failed verification); kind auth, cause config: a request berth did not send because its configuration refused it (a token realm not allowed, a failing credential helper)."},
 			[]string{"upstream", "kind", "cause"}),
 	}
 	if reg != nil {
@@ -76,6 +76,7 @@ type upstreamMetrics struct {
 	upstreamBytes, joinsCounter prometheus.Counter
 	inFlight                    prometheus.Gauge
 	blobMismatch, manMismatch   prometheus.Counter
+	refused                     prometheus.Counter
 }
 
 var lookupResults = map[string][]string{
@@ -105,6 +106,7 @@ func (m *Metrics) forUpstream(name string) *upstreamMetrics {
 		inFlight:      m.inFlight.WithLabelValues(name),
 		blobMismatch:  m.errors.WithLabelValues(name, "blob", "digest_mismatch"),
 		manMismatch:   m.errors.WithLabelValues(name, "manifest", "digest_mismatch"),
+		refused:       m.errors.WithLabelValues(name, "auth", "config"),
 	}
 	for kind, results := range lookupResults {
 		for _, r := range results {

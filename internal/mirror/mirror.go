@@ -62,6 +62,11 @@ type Options struct {
 	TagTTL time.Duration
 	// KeepOnNotFound keeps serving a cached tag the upstream no longer has.
 	KeepOnNotFound bool
+	// StaleIfDenied keeps serving a cached tag when the upstream answers
+	// 401/403 (access revoked, credentials rejected), as for an outage;
+	// false answers DENIED instead (berth's serve_stale_on_denied, default
+	// on for availability).
+	StaleIfDenied bool
 	// Offline forbids any upstream contact: the cache alone answers.
 	Offline bool
 	// Prefetch bounds the background fills of an image's blobs started
@@ -198,7 +203,7 @@ func (m *Mirror) GetManifest(ctx context.Context, repo string, d digest.Digest) 
 // (a HEAD is often followed by its GET) but prefetches nothing.
 func (m *Mirror) ResolveManifest(ctx context.Context, repo string, d digest.Digest) (registry.Descriptor, error) {
 	if err := m.ensureManifest(ctx, repo, d, false); err != nil {
-		return registry.Descriptor{}, err
+		return registry.Descriptor{}, outageUnknown(err, oci.CodeManifestUnknown, "manifest "+d.String())
 	}
 	return m.local.ResolveManifest(ctx, m.storeRepo(repo), d)
 }
@@ -256,14 +261,14 @@ func (m *Mirror) resolveTag(ctx context.Context, repo, tag string, pull bool) (d
 	case errors.Is(err, upstream.ErrNotFound) && !m.o.KeepOnNotFound:
 		_ = m.o.Store.DeleteTag(sr, tag)
 		return "", oci.Errorf(oci.CodeManifestUnknown, "%s:%s no longer exists upstream", repo, tag)
-	case errors.Is(err, upstream.ErrNotFound), upstream.IsUnavailable(err), errors.Is(err, upstream.ErrDenied),
-		errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, upstream.ErrNotFound), upstream.IsUnavailable(err), errors.Is(err, upstream.ErrMisconfigured),
+		errors.Is(err, upstream.ErrDenied) && m.o.StaleIfDenied, errors.Is(err, context.DeadlineExceeded):
 		m.met.result(ctx, "tag", "stale")
 		zerolog.Ctx(ctx).Warn().Err(err).Str("repo", sr).Str("tag", tag).
 			Str("request_id", registry.InfoFrom(ctx).RequestID).Msg("upstream failed; serving cached tag")
 		return rec.Digest, nil
 	}
-	return "", upstreamErr(err, oci.CodeManifestUnknown)
+	return "", m.upstreamErr(ctx, err, oci.CodeManifestUnknown)
 }
 
 // fetchManifest fetches ref (a tag or digest) once for all concurrent askers
@@ -294,7 +299,7 @@ func (m *Mirror) fetch(ctx context.Context, repo, ref, tag string, pull bool) (d
 		if errors.Is(err, upstream.ErrNotFound) {
 			m.negative.Add(key, struct{}{})
 		}
-		return "", upstreamErr(err, oci.CodeManifestUnknown)
+		return "", m.upstreamErr(ctx, err, oci.CodeManifestUnknown)
 	}
 	man, err := registry.ParseManifest(desc.MediaType, body, desc.Digest)
 	if err != nil {
@@ -368,6 +373,7 @@ func (m *Mirror) ResolveBlob(ctx context.Context, repo string, d digest.Digest) 
 		return registry.Descriptor{MediaType: "application/octet-stream", Digest: d, Size: f.Size}, nil
 	}
 	desc, err := m.confirm(ctx, repo, d)
+	err = outageUnknown(err, oci.CodeBlobUnknown, "blob "+d.String())
 	if err == nil && m.o.Store.Link(sr, m.name, d) == nil { // stored for another repository
 		m.met.result(ctx, "blob", "hit")
 		return m.local.ResolveBlob(ctx, sr, d)
@@ -377,6 +383,19 @@ func (m *Mirror) ResolveBlob(ctx context.Context, repo string, d digest.Digest) 
 		return registry.Descriptor{}, err
 	}
 	return registry.Descriptor{MediaType: "application/octet-stream", Digest: d, Size: desc.Size}, nil
+}
+
+// outageUnknown turns an outage (503) into code (404) for a HEAD by
+// digest: it is what push clients (docker, crane, oras, regctl) ask before
+// uploading a blob or a child manifest to a new repository, and a push must
+// not fail while the default upstream is down. A TLS or configuration
+// failure (502), a denial or a rate limit stays what it is.
+func outageUnknown(err error, code oci.Code, what string) error {
+	var oe *oci.Error
+	if !errors.As(err, &oe) || oe.Code != oci.CodeUnavailable || oe.Status() != http.StatusServiceUnavailable || oe.Upstream == "" {
+		return err
+	}
+	return &oci.Error{Code: code, Message: what + " is not cached, and the upstream is unavailable", Detail: oe.Detail, Cause: oe.Cause}
 }
 
 // missAllowed refuses a blob miss that cannot reach the upstream.
@@ -401,7 +420,7 @@ func (m *Mirror) confirm(ctx context.Context, repo string, d digest.Digest) (ups
 		if errors.Is(err, upstream.ErrNotFound) {
 			m.negative.Add(m.storeRepo(repo)+"@"+d.String(), struct{}{})
 		}
-		return desc, upstreamErr(err, oci.CodeBlobUnknown)
+		return desc, m.upstreamErr(ctx, err, oci.CodeBlobUnknown)
 	}
 	return desc, nil
 }
@@ -453,7 +472,7 @@ func (m *Mirror) fillReader(ctx context.Context, repo string, d digest.Digest) (
 			if errors.Is(err, upstream.ErrNotFound) {
 				m.negative.Add(sr+"@"+d.String(), struct{}{})
 			}
-			return nil, upstreamErr(err, oci.CodeBlobUnknown)
+			return nil, m.upstreamErr(ctx, err, oci.CodeBlobUnknown)
 		}
 		if f == nil { // stored meanwhile
 			if rd, err := m.local.GetBlob(ctx, sr, d); err == nil {
@@ -596,6 +615,7 @@ func (m *Mirror) Tags(ctx context.Context, repo string, n int, last string) ([]s
 	if n == 0 {
 		return []string{}, "", nil
 	}
+	var upErr error
 	if !m.o.Offline {
 		tctx, cancel := context.WithTimeout(ctx, m.o.Timeout)
 		tags, next, err := m.o.Client.Tags(tctx, repo, max(n, 0), last)
@@ -609,12 +629,16 @@ func (m *Mirror) Tags(ctx context.Context, repo string, n int, last string) ([]s
 		if errors.Is(err, upstream.ErrNotFound) {
 			return nil, "", oci.Errorf(oci.CodeNameUnknown, "repository %s unknown upstream", repo)
 		}
+		upErr = err
 		zerolog.Ctx(ctx).Warn().Err(err).Str("repo", m.storeRepo(repo)).
 			Str("request_id", registry.InfoFrom(ctx).RequestID).Msg("upstream tag list failed; serving cached tags")
 		m.met.result(ctx, "tags", "stale")
 	}
 	tags, next, err := m.local.Tags(ctx, m.storeRepo(repo), n, last)
 	if errors.Is(err, oci.ErrNameUnknown) {
+		if upErr != nil && !errors.Is(upErr, upstream.ErrDenied) {
+			return nil, "", m.upstreamErr(ctx, upErr, oci.CodeNameUnknown)
+		}
 		return nil, "", oci.Errorf(oci.CodeNameUnknown, "repository %s is not cached", repo)
 	}
 	return tags, next, err
@@ -658,28 +682,68 @@ func (m *Mirror) Repositories(context.Context, int, string) ([]string, string, e
 }
 
 // upstreamErr is the one place an upstream failure becomes the OCI error a
-// client sees. Nothing of the upstream's credentials is in err (package
-// upstream guarantees it), so its text may be passed on as detail.
-func upstreamErr(err error, notFound oci.Code) *oci.Error {
+// client sees, and where its cause is logged (at warn, with the upstream's
+// name). The client's detail names the upstream and what went wrong, never
+// its URL or addresses (upstream.Public); the log has the whole error.
+// Nothing of the upstream's credentials is in err (package upstream
+// guarantees it).
+//
+//   - not found: notFound (404);
+//   - rate limited: 429 TOOMANYREQUESTS with the upstream's Retry-After;
+//   - denied (401/403 upstream, credentials rejected): 403 DENIED, since
+//     the client's own credentials are not in question, so a 401 would
+//     send it to log in again for nothing;
+//   - unreachable, timed out, 5xx: 503 UNAVAILABLE;
+//   - a TLS failure, a refused token realm, a failing credential helper,
+//     content that does not match its digest, an answer berth cannot use:
+//     502 UNAVAILABLE (the upstream, or berth's configuration of it, is
+//     wrong; retrying will not help).
+func (m *Mirror) upstreamErr(ctx context.Context, err error, notFound oci.Code) *oci.Error {
 	var e *oci.Error
 	if errors.As(err, &e) {
 		return e
 	}
+	detail, ok := upstream.Public(err)
+	if !ok {
+		detail = "upstream " + m.name + ": " + oci.Clip(err.Error())
+	}
+	var ue *upstream.Error
+	errors.As(err, &ue)
+	name := m.name
+	badGateway := func(msg string) *oci.Error {
+		return &oci.Error{Code: oci.CodeUnavailable, Message: msg, Detail: detail, HTTPStatus: http.StatusBadGateway}
+	}
 	switch {
+	case errors.Is(err, context.Canceled):
+		// The client hung up: nothing to log, nothing it will read.
+		return &oci.Error{Code: oci.CodeUnavailable, Message: "request canceled", HTTPStatus: 499, Cause: err, Upstream: name}
+	case errors.Is(err, upstream.ErrInvalidArgument):
+		return &oci.Error{Code: oci.CodeNameInvalid, Message: "invalid name or reference", Cause: err}
 	case errors.Is(err, upstream.ErrNotFound):
 		e = oci.Errorf(notFound, "not found upstream")
 	case errors.Is(err, upstream.ErrRateLimited):
-		e = &oci.Error{Code: oci.CodeTooManyRequests, Message: "upstream rate limit reached and the content is not cached", Detail: err.Error()}
+		e = &oci.Error{Code: oci.CodeTooManyRequests, Message: "upstream " + name + " is rate limiting berth and the content is not cached", Detail: detail}
+		if ue != nil {
+			e.RetryAfter = ue.RetryAfter
+		}
 	case errors.Is(err, upstream.ErrDenied):
-		e = &oci.Error{Code: oci.CodeDenied, Message: "upstream denied access", Detail: err.Error()}
+		e = &oci.Error{Code: oci.CodeDenied, Message: "upstream " + name + " denied access and the content is not cached", Detail: detail}
 	case errors.Is(err, upstream.ErrDigestMismatch), errors.Is(err, cache.ErrDigestMismatch):
-		e = &oci.Error{Code: oci.CodeUnavailable, Message: "upstream sent content that does not match its digest", Detail: err.Error(), HTTPStatus: http.StatusBadGateway}
+		e = badGateway("upstream " + name + " sent content that does not match its digest")
+	case errors.Is(err, upstream.ErrMisconfigured):
+		m.met.refused.Inc()
+		e = badGateway("berth's configuration of upstream " + name + " refused the request")
+	case upstream.IsTLS(err):
+		e = badGateway("upstream " + name + " failed the TLS handshake or certificate check")
+	case errors.Is(err, upstream.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		e = &oci.Error{Code: oci.CodeUnavailable, Message: "upstream " + name + " is unavailable and the content is not cached", Detail: detail}
 	default:
-		// Unreachable and not cached: from here the content does not exist.
-		// 404 (not 503) keeps push flows working offline: clients HEAD a blob
-		// in a new repository before they upload it.
-		e = &oci.Error{Code: notFound, Message: "not cached, and the upstream is unavailable", Detail: err.Error()}
+		e = badGateway("upstream " + name + " answered something berth cannot use")
 	}
-	e.Cause = err
+	if !errors.Is(err, upstream.ErrNotFound) {
+		zerolog.Ctx(ctx).Warn().Err(err).Str("upstream", name).Str("code", string(e.Code)).Int("status", e.Status()).
+			Str("request_id", registry.InfoFrom(ctx).RequestID).Msg("upstream request failed")
+	}
+	e.Cause, e.Upstream = err, name
 	return e
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 )
 
 // Code is an OCI distribution error code, such as BLOB_UNKNOWN.
@@ -74,6 +75,12 @@ type Error struct {
 	// HTTPStatus overrides Code.Status() where the spec asks for another
 	// status with the same code (416 for an upload range, for example).
 	HTTPStatus int `json:"-"`
+	// RetryAfter, when positive, is sent as the Retry-After header (a
+	// rate-limited upstream's wait, passed on).
+	RetryAfter time.Duration `json:"-"`
+	// Upstream names the upstream whose failure this is, when it is one;
+	// the mirror has logged its cause, so it is not an internal error.
+	Upstream string `json:"-"`
 	// Cause is what led to this error (an upstream failure, say), for
 	// errors.Is/As and logs; it is never sent to the client.
 	Cause error `json:"-"`
