@@ -31,6 +31,7 @@ trap 'stop_all; rm -rf "$RT/seaweedfs/data" "$RT"/*.bin' EXIT
 REQUIRED=${BERTH_E2E_REQUIRED:-0}
 unavailable() { if [ "$REQUIRED" = 1 ]; then fail "$1 (BERTH_E2E_REQUIRED=1)"; fi; echo "cluster e2e: SKIP: $1"; exit 0; }
 
+for c in curl python3 ss join; do command -v $c >/dev/null || unavailable "$c is not installed"; done
 go build -o "$RT/lb" ./bench/lb && go build -o "$RT/cc" ./bench/clusterclient || fail "building bench/lb, bench/clusterclient"
 BIG=${CLUSTER_E2E_BLOB_MIB:-256}    # the herd blob, MiB
 RATE=${CLUSTER_E2E_UPSTREAM_RATE:-40000000}   # upstream throttle, bytes/s per connection
