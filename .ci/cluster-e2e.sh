@@ -22,7 +22,8 @@
 #                image reads back everywhere; the replica restarts and rejoins
 #   durable      everything acknowledged above reads back from every replica
 #   dockerd      dockerd with registry-mirrors = the balancer pulls and runs an image
-# CLUSTER_E2E_ONLY="herd kill-fill" runs only the scenarios named.
+# CLUSTER_E2E_ONLY="herd kill-fill" runs only the scenarios named; bucket-down
+# (SeaweedFS stopped: cached mirrored blobs still served) runs only when named.
 # BERTH_E2E_REQUIRED=1 (CI) turns a skip (no SeaweedFS build, no dockerd) into a failure.
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -110,8 +111,10 @@ ensure_all() { local i; for i in 1 2 3; do
 FAILED=(); RESULTS=()
 # run NAME : run sc_NAME in a subshell (its `fail` ends only it); record the outcome.
 # CLUSTER_E2E_ONLY="herd kill-fill" runs only those scenarios.
+OPT_IN=" bucket-down "
 run() { local t0=$SECONDS
   if [ -n "${CLUSTER_E2E_ONLY:-}" ] && [[ " $CLUSTER_E2E_ONLY " != *" $1 "* ]]; then return 0; fi
+  if [ -z "${CLUSTER_E2E_ONLY:-}" ] && [[ $OPT_IN == *" $1 "* ]]; then return 0; fi
   echo "--- $1"
   if ( set -euo pipefail; "sc_${1//-/_}" ); then RESULTS+=("PASS  $1 ($((SECONDS-t0))s)")
   else RESULTS+=("FAIL  $1 ($((SECONDS-t0))s)"); FAILED+=("$1"); fi; }
@@ -304,6 +307,19 @@ sc_dockerd() {
   stop_bg dockerd
   echo "  dockerd pulled busybox through the balancer and ran it"
 }
+# Opt-in (CLUSTER_E2E_ONLY="herd bucket-down"; not in the default run, it fails
+# today): with the bucket gone, mirrored content on the replicas' disks is
+# still served, as docs/design.md says.
+sc_bucket_down() {
+  [ -f "$RT/herd.digest" ] || fail "needs the herd scenario first"
+  local d i; d=$(cat "$RT/herd.digest")
+  stop_bg weed
+  for i in 1 2 3; do
+    "$RT/cc" get -urls "${R[i]}" -n 1 -repo library/herd -digest "$d" -size $((BIG << 20)) ||
+      fail "with the bucket down, r$i does not serve $d from its disk"
+  done
+  echo "  the bucket down, every replica serves the mirrored blob from its disk"
+}
 unavailable_sc() { if [ "$REQUIRED" = 1 ]; then fail "$1 (BERTH_E2E_REQUIRED=1)"; fi; echo "  SKIP: $1"; return 1; }
 
 run herd
@@ -319,6 +335,7 @@ run kill-fill
 run kill-push
 run durable
 run dockerd
+run bucket-down
 
 echo "--- cluster e2e results"
 printf '  %s\n' "${RESULTS[@]}"
