@@ -8,6 +8,8 @@ package main
 //   - a herd spread over the three replicas on a cold blob: upstream bytes
 //     are 1.0x the blob (one download for the whole cluster);
 //   - a warm blob from a replica's local disk against single-node berth;
+//   - small warm blobs at many connections, replica against single node
+//     (the per-request cost of a replica);
 //   - the first read of a blob from the bucket by a replica that does not
 //     have it (pushed through another one) against the next read, from its
 //     local disk;
@@ -43,6 +45,7 @@ const (
 	mClBucket    = "cluster_bucket_first_s"
 	mClLocal     = "cluster_local_next_s"
 	mClRSS       = "cluster_rss_mib"
+	mClSmallRPS  = "cluster_small_rps"
 	srvCluster   = "cluster" // the three replicas as one
 )
 
@@ -253,8 +256,15 @@ type clusterContent struct {
 func (b *bench) measureCluster(ctx context.Context, cs *clusterSetup) error {
 	p := &planner{next: 1 << 40} // ids apart from the main run's
 	warm := p.blob(b.o.bigSize)
+	small := make([]blob, b.o.nSmall)
+	for i := range small {
+		small[i] = p.blob(b.o.smallSize)
+	}
 	rounds := make([]clusterContent, b.o.rounds)
 	all := []*blob{&warm}
+	for i := range small {
+		all = append(all, &small[i])
+	}
 	for r := range rounds {
 		rounds[r] = clusterContent{herd: p.blob(b.o.herdSize), bucket: p.blob(b.o.herdSize)}
 		all = append(all, &rounds[r].herd, &rounds[r].bucket)
@@ -283,6 +293,13 @@ func (b *bench) measureCluster(ctx context.Context, cs *clusterSetup) error {
 		for pass := range 2 {
 			if _, err := fetch(ctx, client, s.blobURL(herdRepo, warm.Digest), warm, pass == 0); err != nil {
 				return b.fail(s.name, "priming the warm blob", err)
+			}
+		}
+	}
+	for _, s := range []*server{cs.single, r1} {
+		for _, bl := range small {
+			if _, err := fetch(ctx, client, s.blobURL(herdRepo, bl.Digest), bl, true); err != nil {
+				return b.fail(s.name, "priming the small blobs", err)
 			}
 		}
 	}
@@ -343,7 +360,22 @@ func (b *bench) measureCluster(ctx context.Context, cs *clusterSetup) error {
 			}
 		}
 
-		// 3. A blob pushed through replica 1 is in the bucket; replica 2 or
+		// 3. Small warm blobs, many connections: the per-request cost.
+		for _, s := range rotate([]*server{cs.single, r1}, r) {
+			var urls []string
+			for _, bl := range small {
+				urls = append(urls, s.blobURL(herdRepo, bl.Digest))
+			}
+			res, err := rate(ctx, urls, "", b.o.conns, b.o.dur)
+			if err != nil {
+				return b.fail(s.name, "small blob rate", err)
+			}
+			b.samples.add(mClSmallRPS, s.name, res.rps)
+			b.logf("  warm %s blobs, %d conns, %-10s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  errors %d",
+				size(b.o.smallSize), b.o.conns, s.name, res.rps, ms(res.p50), ms(res.p99), res.errors)
+		}
+
+		// 4. A blob pushed through replica 1 is in the bucket; replica 2 or
 		// 3 reads it first from there, then from its own disk.
 		reader := cs.replicas[1+r%2]
 		if err := pushBlob(ctx, client, r1.base, "team/bench", rc.bucket); err != nil {
@@ -361,7 +393,7 @@ func (b *bench) measureCluster(ctx context.Context, cs *clusterSetup) error {
 	}
 	client.CloseIdleConnections()
 
-	// 4. Peak RSS over the whole run.
+	// 5. Peak RSS over the whole run.
 	for _, s := range append(slices.Clone(cs.replicas), cs.single) {
 		if rss, err := peakRSS(s.proc.pid()); err == nil {
 			b.samples.add(mClRSS, s.name, float64(rss)/mib)
@@ -419,6 +451,9 @@ func (b *bench) clusterReport(cs *clusterSetup) (string, []byte) {
 	rw, sw := med(mClWarm, cs.replicas[0].name), med(mClWarm, srvBerth)
 	rows = append(rows, clusterRow{Metric: fmt.Sprintf("warm %s blob, 1 client, replica's disk / single node (GB/s)", size(o.bigSize)),
 		Value: num(rw) + " / " + num(sw), Ratio: finite(rw / sw), Of: "replica / single node", Target: ">= 0.95x", Pass: verdict(finite(rw/sw) >= 0.95)})
+	rr, sr := med(mClSmallRPS, cs.replicas[0].name), med(mClSmallRPS, srvBerth)
+	rows = append(rows, clusterRow{Metric: fmt.Sprintf("warm %s blobs, %d conns, replica / single node (req/s)", size(o.smallSize), o.conns),
+		Value: num(rr) + " / " + num(sr), Ratio: finite(rr / sr), Of: "replica / single node (recorded, no target)"})
 	bf, bl := med(mClBucket, srvCluster), med(mClLocal, srvCluster)
 	rows = append(rows, clusterRow{Metric: fmt.Sprintf("%s blob pushed via another replica: first read (from the bucket) / next read (s)", size(o.herdSize)),
 		Value: num(bf) + " / " + num(bl), Ratio: finite(bf / bl), Of: "first / next (recorded, no target)"})
