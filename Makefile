@@ -10,7 +10,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 # Tool versions are pinned in .ci/install-tools.sh.
 
-.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e upstream-auth-e2e tls-e2e auth-e2e cluster-e2e bench bench-cluster bench-smoke lint tools clean
+.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e upstream-auth-e2e tls-e2e auth-e2e gc-e2e cluster-e2e bench bench-cluster bench-smoke lint tools clean diskfull-e2e crash-e2e soak soak-short
 
 run: build
 	./$(BIN) serve --addr :5000 --data ./data
@@ -22,7 +22,7 @@ build:
 ## OCI conformance suite against a real `berth serve`, the mirror e2e, every
 ## real client (skipped with a reason where one cannot run; required in CI),
 ## the status page in headless Chromium, the air-gap bundle workflow.
-test: lint race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e upstream-auth-e2e tls-e2e auth-e2e cluster-e2e bench-smoke
+test: lint race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e upstream-auth-e2e tls-e2e auth-e2e gc-e2e diskfull-e2e crash-e2e cluster-e2e bench-smoke soak-short
 
 unit:
 	$(GO) test ./...
@@ -77,6 +77,35 @@ tls-e2e: build tools
 # flow with dockerd, podman, crane and the OCI conformance suite.
 auth-e2e: build tools
 	@bash .ci/auth-e2e.sh
+
+# A full disk (a 128 MiB tmpfs; root only, else skipped with the reason):
+# pushes get 507, pulls go on, no crash, start refused on a full disk,
+# pushes work again once space is freed.
+diskfull-e2e: build tools
+	@bash .ci/diskfull-e2e.sh
+
+# kill -9 at random moments during pushes, fills, eviction (and GC where
+# berth has POST /admin/gc), round after round; after each restart every
+# acknowledged tag resolves, every blob verifies, no staging file outlives
+# its upload. About 90 s: it goes on past a minute so that eviction runs.
+CRASH_ROUNDS ?= 12
+crash-e2e: build
+	$(GO) run ./bench/soak -berth $(BIN) -crash -rounds $(CRASH_ROUNDS)
+
+## soak: the real berth for $(SOAK) under mixed load, a misbehaving upstream
+## and three kill -9 restarts; fails on a wrong byte, a lost push or a
+## resource that grows. Writes bench/results/soak.{svg,md} and the Soak
+## section of docs/benchmarks.md. soak-short is its 3-minute form (make test).
+SOAK ?= 30m
+soak: build
+	$(GO) run ./bench/soak -berth $(BIN) -duration $(SOAK)
+
+soak-short: build
+	$(GO) run ./bench/soak -berth $(BIN) -duration 3m -out $${SOAK_OUT:-$$(mktemp -d)} -doc ''
+
+## garbage collection, retention, purge and the operator CLI (.ci/gc-e2e.sh)
+gc-e2e: build tools
+	@bash .ci/gc-e2e.sh
 
 # The status page at / in headless Chromium (installed with apt-get as root,
 # else skipped); the screenshot is kept (its path is printed).

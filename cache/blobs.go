@@ -109,9 +109,9 @@ func (s *Store) Link(repo, origin string, d digest.Digest) error {
 		return err
 	}
 	return s.update(func(txn *wtxn) error {
-		// An eviction may have removed the blob since StatBlob: never link
-		// what is not stored.
-		if err := s.stillStored(txn, d); err != nil {
+		// An eviction or a collection may have removed the blob since
+		// StatBlob: never link what is not stored.
+		if err := s.stampLinked(txn, d); err != nil {
 			return err
 		}
 		if err := ensureRepo(txn, repo, origin); err != nil {
@@ -137,6 +137,13 @@ func (s *Store) Unlink(repo string, d digest.Digest) error {
 // commitFile moves a verified staging file into the blob store and indexes it.
 // The caller has verified size and digest; commitFile fsyncs and renames.
 func (s *Store) commitFile(f *os.File, d digest.Digest, size int64) error {
+	return s.commitLinked(f, d, size, "", "")
+}
+
+// commitLinked is commitFile that also links repo (when not empty) to the
+// blob in the same index update, so that no collection can find the blob
+// stored but not yet linked (see gc.go).
+func (s *Store) commitLinked(f *os.File, d digest.Digest, size int64, repo, origin string) error {
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("fsync staging file: %w", err)
 	}
@@ -154,10 +161,10 @@ func (s *Store) commitFile(f *os.File, d digest.Digest, size int64) error {
 	if err := syncDir(filepath.Dir(dst)); err != nil {
 		return err
 	}
-	return s.indexBlob(d, size)
+	return s.indexBlob(d, size, repo, origin)
 }
 
-func (s *Store) indexBlob(d digest.Digest, size int64) error {
+func (s *Store) indexBlob(d digest.Digest, size int64, repo, origin string) error {
 	var added bool
 	if err := s.update(func(txn *wtxn) error {
 		_, err := txn.Get(key(kindBlob, d.String()))
@@ -165,7 +172,13 @@ func (s *Store) indexBlob(d digest.Digest, size int64) error {
 			return err
 		}
 		s.Touch(d)
-		return setJSON(txn, key(kindBlob, d.String()), blobRecord{Size: size, Created: s.now()})
+		if err := setJSON(txn, key(kindBlob, d.String()), blobRecord{Size: size, Created: s.now()}); err != nil || repo == "" {
+			return err
+		}
+		if err := ensureRepo(txn, repo, origin); err != nil {
+			return err
+		}
+		return txn.Set(key(kindLink, repo, d.String()), nil)
 	}); err != nil {
 		return err
 	}
@@ -203,11 +216,22 @@ func syncDir(dir string) error {
 // PutBlob stores content read from r, verifying it against d (and size, if
 // size >= 0), and links it to repo. It streams through a staging file.
 func (s *Store) PutBlob(repo, origin string, d digest.Digest, size int64, r io.Reader) error {
+	return s.putBlob(repo, origin, d, size, r, s.space.reserve)
+}
+
+// putBlob is PutBlob keeping keep bytes free (a mirrored manifest takes
+// the index's half of the reserve: see space.go).
+func (s *Store) putBlob(repo, origin string, d digest.Digest, size int64, r io.Reader, keep int64) error {
 	if _, err := s.StatBlob(d); err == nil {
-		if _, err := io.Copy(io.Discard, r); err != nil {
+		err := s.Link(repo, origin, d)
+		if err == nil {
+			_, err = io.Copy(io.Discard, r)
 			return err
 		}
-		return s.Link(repo, origin, d)
+		if !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		// Collected or evicted since StatBlob: store it from r after all.
 	}
 	f, err := s.createStaging()
 	if err != nil {
@@ -215,7 +239,9 @@ func (s *Store) PutBlob(repo, origin string, d digest.Digest, size int64, r io.R
 	}
 	defer s.cleanupStaging(f)
 	v := d.Verifier()
-	n, err := io.Copy(io.MultiWriter(f, v), r)
+	w := s.space.writer(f, 0)
+	w.keep = keep
+	n, err := io.Copy(io.MultiWriter(w, v), r)
 	if err != nil {
 		return err
 	}
@@ -225,15 +251,15 @@ func (s *Store) PutBlob(repo, origin string, d digest.Digest, size int64, r io.R
 	if !v.Verified() {
 		return ErrDigestMismatch
 	}
-	if err := s.commitFile(f, d, n); err != nil {
-		return err
-	}
-	return s.Link(repo, origin, d)
+	return s.commitLinked(f, d, n, repo, origin)
 }
 
 // createStaging creates a staging file, registered as live until
 // cleanupStaging so that CleanIngest leaves it alone.
 func (s *Store) createStaging() (*os.File, error) {
+	if err := s.space.admitSmall(0); err != nil { // what is written to it is checked as it comes
+		return nil, err
+	}
 	id := newID()
 	s.staging.Store(id, struct{}{})
 	f, err := os.OpenFile(ingestPath(s.root, id), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)

@@ -65,7 +65,7 @@ func blobOf(i, n int) ([]byte, digest.Digest) {
 	return b, digest.FromBytes(b)
 }
 
-func put(t *testing.T, st *Store, repo, origin string, content []byte) digest.Digest {
+func put(t testing.TB, st *Store, repo, origin string, content []byte) digest.Digest {
 	t.Helper()
 	d := digest.FromBytes(content)
 	if err := st.PutBlob(repo, origin, d, int64(len(content)), bytes.NewReader(content)); err != nil {

@@ -89,10 +89,14 @@ func (s *Store) Fill(d digest.Digest, size int64, repo, origin string, fetch Fet
 	if s.ctx.Err() != nil {
 		return nil, false, fmt.Errorf("store closed: %w", s.ctx.Err())
 	}
+	if err := s.space.admit(max(size, 0)); err != nil {
+		return nil, false, err
+	}
 	file, err := s.createStaging()
 	if err != nil {
 		return nil, false, err
 	}
+	s.space.pending.Add(max(size, 0)) // released as the fill writes, the rest when it ends
 	f = &Fill{Digest: d, Size: size, file: file, store: s, changed: make(chan struct{}), repos: map[string]string{repo: origin},
 		origin: origin, started: s.now()}
 	s.fills[d] = f
@@ -146,6 +150,7 @@ func (f *Fill) AddRepo(repo, origin string) {
 // goes, then verifies, commits and links, or discards everything.
 func (s *Store) runFill(f *Fill, fetch FetchFunc) (int64, error) {
 	var n int64
+	w := s.space.writer(f.file, f.Size)
 	err := func() error {
 		rc, err := fetch(s.ctx)
 		if err != nil {
@@ -161,7 +166,7 @@ func (s *Store) runFill(f *Fill, fetch FetchFunc) (int64, error) {
 				if n+int64(m) > f.Size {
 					return fmt.Errorf("%w: upstream sent more than %d bytes", ErrSizeMismatch, f.Size)
 				}
-				if _, err := f.file.Write(buf[:m]); err != nil {
+				if _, err := w.Write(buf[:m]); err != nil {
 					return err
 				}
 				h.Write(buf[:m])
@@ -180,6 +185,7 @@ func (s *Store) runFill(f *Fill, fetch FetchFunc) (int64, error) {
 	s.fillMu.Lock()
 	delete(s.fills, f.Digest)
 	s.fillMu.Unlock()
+	w.release()
 	if err != nil {
 		err = fmt.Errorf("%w: %w", ErrFillFailed, err)
 		s.log.Warn().Err(err).Str("digest", f.Digest.String()).Int64("bytes", n).Msg("fill discarded")

@@ -18,6 +18,10 @@ type blobRecord struct {
 	// Created is when the blob was indexed: its age for eviction until it is
 	// read. Zero in records written before eviction existed.
 	Created time.Time `json:"created,omitzero"`
+	// Linked is when a repository was last linked to the blob or a pushed
+	// manifest last referenced it: the collector's grace period runs from
+	// the later of Created and Linked (see gc.go).
+	Linked time.Time `json:"linked,omitzero"`
 }
 
 // ManifestRecord describes a manifest stored in a repository.
@@ -28,6 +32,9 @@ type ManifestRecord struct {
 	ArtifactType string            `json:"artifactType,omitempty"`
 	Subject      digest.Digest     `json:"subject,omitempty"`
 	Annotations  map[string]string `json:"annotations,omitempty"`
+	// Pushed is when the manifest was last stored or referenced by an index
+	// pushed after it (zero in records written before it existed).
+	Pushed time.Time `json:"pushed,omitzero"`
 }
 
 // TagRecord is what a tag points at and when that was last confirmed.
@@ -97,6 +104,9 @@ func (t *wtxn) Delete(k []byte) error {
 // update runs fn in a read-write transaction, retrying on conflicts, and
 // evicts every key it wrote from the hot cache.
 func (s *Store) update(fn func(txn *wtxn) error) error {
+	if err := s.space.admitIndex(); err != nil {
+		return err
+	}
 	s.hotMu.Lock()
 	defer s.hotMu.Unlock()
 	for {
@@ -109,6 +119,12 @@ func (s *Store) update(fn func(txn *wtxn) error) error {
 		})
 		for _, k := range touched {
 			s.hot.Remove(k)
+		}
+		if err == nil {
+			// The directory removed or replaced while it committed: Badger's
+			// mmap'd write succeeded into files nobody will read again, so
+			// it must not be acknowledged.
+			err = s.space.checkIdent()
 		}
 		if !errors.Is(err, badger.ErrConflict) {
 			return err

@@ -28,6 +28,7 @@
 //	r/<repo>\x00<subject>\x00<digest>  referrer descriptor (OCI 1.1 subject)
 //	u/<id>                      uploadRecord: repository and committed offset
 //	n/<repo>                    repoRecord: the repository exists (catalog)
+//	p/<repo>\x00<tag>           pullRecord: last pull of a local tag, saved in batches (retention)
 //
 // Every key is built by one function, key, and pinned by a table test.
 package cache
@@ -49,6 +50,7 @@ const (
 	kindUpload   = "u/"
 	kindRepo     = "n/"
 	kindAccess   = "a/"
+	kindPull     = "p/"
 )
 
 const sep = "\x00"

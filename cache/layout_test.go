@@ -29,6 +29,7 @@ func TestKeyLayout(t *testing.T) {
 		{"upload", key(kindUpload, "0011"), "u/0011"},
 		{"repo", key(kindRepo, "a/b"), "n/a/b"},
 		{"access", key(kindAccess, dg.String()), "a/sha256:" + hex64},
+		{"pull", key(kindPull, "library/alpine", "3.19"), "p/library/alpine\x003.19"},
 		{"kind only", key(kindRepo), "n/"},
 		{"tag prefix", prefix(kindTag, "a/b"), "t/a/b\x00"},
 		{"referrer prefix", prefix(kindReferrer, "a", "sha256:s"), "r/a\x00sha256:s\x00"},
@@ -44,7 +45,7 @@ func TestKeyLayout(t *testing.T) {
 	}
 	// The prefixes are distinct one-byte kinds followed by '/'.
 	seen := map[string]bool{}
-	for _, k := range []string{kindBlob, kindLink, kindManifest, kindTag, kindReferrer, kindUpload, kindRepo, kindAccess} {
+	for _, k := range []string{kindBlob, kindLink, kindManifest, kindTag, kindReferrer, kindUpload, kindRepo, kindAccess, kindPull} {
 		if len(k) != 2 || k[1] != '/' || seen[k] {
 			t.Errorf("kind prefix %q is not a unique <letter>/", k)
 		}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"os"
-	"time"
 
 	"github.com/berth-dev/berth/internal/oci"
 	"github.com/berth-dev/berth/internal/registry"
@@ -71,6 +70,10 @@ func storeErr(err error) error {
 		return &oci.Error{Code: oci.CodeDigestInvalid, Message: "content does not match digest", Cause: err}
 	case errors.Is(err, ErrSizeMismatch):
 		return &oci.Error{Code: oci.CodeSizeInvalid, Message: "content length does not match", Cause: err}
+	case errors.Is(err, ErrRefGone):
+		return &oci.Error{Code: oci.CodeManifestBlobUnknown, Message: "manifest references content collected while it was pushed; push it again", Cause: err}
+	case errors.Is(err, ErrUploadLimit):
+		return &oci.Error{Code: oci.CodeTooManyRequests, Message: err.Error(), Cause: err}
 	case errors.Is(err, ErrOffset):
 		return &oci.Error{Code: oci.CodeBlobUploadInvalid, Message: err.Error(), HTTPStatus: oci.ErrUploadOffset.HTTPStatus, Cause: err}
 	}
@@ -143,6 +146,7 @@ func (l *Local) tagged(repo, tag string) (digest.Digest, error) {
 	if err != nil {
 		return "", manifestUnknown(err, tag)
 	}
+	l.s.RecordPull(repo, tag) // for retention's not_pulled_for; in memory
 	return t.Digest, nil
 }
 
@@ -228,7 +232,18 @@ func (l *Local) PushManifest(_ context.Context, repo, tag string, m *registry.Ma
 	if err := l.checkReferences(repo, m); err != nil {
 		return registry.Descriptor{}, err
 	}
-	if err := l.s.PutManifest(repo, l.origin, RecordOf(m), m.Body, tag, time.Now()); err != nil {
+	if err := l.s.Admit(int64(len(m.Body))); err != nil {
+		return registry.Descriptor{}, err
+	}
+	blobs := make([]digest.Digest, len(m.Blobs))
+	for i, b := range m.Blobs {
+		blobs[i] = b.Digest
+	}
+	children := make([]digest.Digest, len(m.Children))
+	for i, c := range m.Children {
+		children[i] = c.Digest
+	}
+	if err := l.s.PutManifestRefs(repo, l.origin, RecordOf(m), m.Body, tag, l.s.now(), blobs, children); err != nil {
 		return registry.Descriptor{}, storeErr(err)
 	}
 	return m.Desc, nil

@@ -18,8 +18,23 @@ func jsonBytes(v any) ([]byte, error) { return json.Marshal(v) }
 // repo, records its referrer entry when it has a subject, and points tag at
 // it when tag is not empty. fetchedAt stamps the tag's freshness.
 func (s *Store) PutManifest(repo, origin string, m ManifestRecord, body []byte, tag string, fetchedAt time.Time) error {
+	// A push is refused at the reserve (Local.PushManifest); a mirrored
+	// manifest, small and needed to serve a pull at all, may take the index's
+	// half of it.
+	if err := s.space.admitSmall(int64(len(body))); err != nil {
+		return err
+	}
+	return s.PutManifestRefs(repo, origin, m, body, tag, fetchedAt, nil, nil)
+}
+
+// PutManifestRefs is PutManifest for a pushed manifest whose blobs and
+// child manifests the caller found in repo. The same transaction checks
+// them again and stamps them as referenced now, so a collection that
+// races the push either sees the stamp and keeps them, or removed them
+// first and the push fails with ErrRefGone (see gc.go).
+func (s *Store) PutManifestRefs(repo, origin string, m ManifestRecord, body []byte, tag string, fetchedAt time.Time, blobs, children []digest.Digest) error {
 	for attempt := 0; ; attempt++ {
-		err := s.putManifest(repo, origin, m, body, tag, fetchedAt)
+		err := s.putManifest(repo, origin, m, body, tag, fetchedAt, blobs, children)
 		// ErrNotFound: the body was evicted between storing and indexing
 		// it (a race with an eviction pass); store it again.
 		if !errors.Is(err, ErrNotFound) || attempt == 2 {
@@ -28,15 +43,18 @@ func (s *Store) PutManifest(repo, origin string, m ManifestRecord, body []byte, 
 	}
 }
 
-func (s *Store) putManifest(repo, origin string, m ManifestRecord, body []byte, tag string, fetchedAt time.Time) error {
+func (s *Store) putManifest(repo, origin string, m ManifestRecord, body []byte, tag string, fetchedAt time.Time, blobs, children []digest.Digest) error {
 	if _, err := s.StatBlob(m.Digest); err != nil {
-		if err := s.PutBlob(repo, origin, m.Digest, int64(len(body)), bytes.NewReader(body)); err != nil {
+		if err := s.putBlob(repo, origin, m.Digest, int64(len(body)), bytes.NewReader(body), s.space.reserve/2); err != nil {
 			return err
 		}
 	}
 	s.cacheManifestBody(m.Digest, body)
 	return s.update(func(txn *wtxn) error {
-		if err := s.stillStored(txn, m.Digest); err != nil {
+		if err := s.stampLinked(txn, m.Digest); err != nil {
+			return err
+		}
+		if err := s.stampRefs(txn, repo, blobs, children); err != nil {
 			return err
 		}
 		if err := ensureRepo(txn, repo, origin); err != nil {
@@ -49,6 +67,7 @@ func (s *Store) putManifest(repo, origin string, m ManifestRecord, body []byte, 
 		// record is read on every pull and stays small.
 		rec := m
 		rec.Annotations = nil
+		rec.Pushed = s.now()
 		if err := setJSON(txn, key(kindManifest, repo, m.Digest.String()), rec); err != nil {
 			return err
 		}

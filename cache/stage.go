@@ -30,7 +30,7 @@ func (s *Store) Stage(d digest.Digest, size int64, r io.Reader) (*Staged, error)
 		return nil, err
 	}
 	v := d.Verifier()
-	n, err := io.CopyBuffer(io.MultiWriter(f, v), r, make([]byte, 1<<20))
+	n, err := io.CopyBuffer(io.MultiWriter(s.space.writer(f, 0), v), r, make([]byte, 1<<20))
 	switch {
 	case err != nil:
 	case size >= 0 && n != size:

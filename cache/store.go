@@ -41,6 +41,11 @@ type Options struct {
 	Logger zerolog.Logger
 	// UploadTTL is how long an idle upload is kept; zero means 24 hours.
 	UploadTTL time.Duration
+	// MaxUploads and MaxUploadBytes cap the upload sessions open at once
+	// and the bytes they hold: a new session past either is refused with
+	// ErrUploadLimit. Zero: no cap.
+	MaxUploads     int
+	MaxUploadBytes int64
 	// ManifestCacheEntries bounds the in-memory manifest body cache.
 	ManifestCacheEntries int
 	// MaxBytes bounds the bytes of mirrored content on disk; least recently
@@ -52,6 +57,17 @@ type Options struct {
 	// CloseTimeout bounds how long Close waits for background work to stop
 	// and the index to close; zero means 10 seconds.
 	CloseTimeout time.Duration
+	// DiskReserve is the free space kept on the data directory's
+	// filesystem: content writes that would go below it are refused with
+	// ErrNoSpace (see space.go). Zero means DefaultDiskReserve; negative
+	// turns the check off.
+	DiskReserve int64
+	// ProbeInterval is how often the storage probe runs; zero means
+	// DefaultProbeInterval.
+	ProbeInterval time.Duration
+	// Statfs reports the free bytes of the filesystem holding path; nil is
+	// statfs(2). Tests give a disk of any size with it.
+	Statfs func(path string) (free int64, err error)
 
 	afterEvict  func([]Evicted, error) // tests: called after each background pass
 	manualEvict bool                   // tests: no background passes, only Evict
@@ -99,6 +115,9 @@ type Store struct {
 	evictedB    atomic.Int64 // bytes evicted since Open
 	evictMu     sync.Mutex   // one eviction pass at a time
 	evictCh     chan struct{}
+
+	space *space  // free-space reserve and storage health (space.go)
+	gc    gcState // garbage collection and pull times (gc.go)
 }
 
 // Open opens (creating if needed) the store under root.
@@ -112,6 +131,15 @@ func Open(root string, opts Options) (*Store, error) {
 	if opts.CloseTimeout == 0 {
 		opts.CloseTimeout = 10 * time.Second
 	}
+	if opts.DiskReserve == 0 {
+		opts.DiskReserve = DefaultDiskReserve
+	}
+	if opts.ProbeInterval == 0 {
+		opts.ProbeInterval = DefaultProbeInterval
+	}
+	if opts.Statfs == nil {
+		opts.Statfs = statfsFree
+	}
 	if opts.closeIndex == nil {
 		opts.closeIndex = (*badger.DB).Close
 	}
@@ -119,6 +147,17 @@ func Open(root string, opts Options) (*Store, error) {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			return nil, fmt.Errorf("create data directory: %w", err)
 		}
+	}
+	if err := checkStartSpace(root, opts.DiskReserve, opts.Statfs); err != nil {
+		return nil, err
+	}
+	clock := opts.Clock
+	if clock == nil {
+		clock = time.Now
+	}
+	sp, err := newSpace(root, opts.DiskReserve, clock, opts.Statfs)
+	if err != nil {
+		return nil, err
 	}
 	bopts := badger.DefaultOptions(filepath.Join(root, "meta")).
 		WithLogger(badgerLogger{opts.Logger}).
@@ -144,7 +183,7 @@ func Open(root string, opts Options) (*Store, error) {
 	small, _ := lru.New[digest.Digest, []byte](smallBlobEntries)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{root: root, db: db, log: opts.Logger, opts: opts, sizes: sizes, manifests: mans, hot: hot, small: small,
-		uploading: map[string]struct{}{}, fills: map[digest.Digest]*Fill{}, ctx: ctx, cancel: cancel, evictCh: make(chan struct{}, 1)}
+		uploading: map[string]struct{}{}, fills: map[digest.Digest]*Fill{}, ctx: ctx, cancel: cancel, evictCh: make(chan struct{}, 1), space: sp}
 	if err := s.CleanIngest(); err != nil {
 		db.Close()
 		return nil, err
@@ -153,8 +192,9 @@ func Open(root string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.janitor()
+	go s.prober()
 	if opts.MaxBytes > 0 && !opts.manualEvict {
 		s.wg.Add(1)
 		go s.evictor()
@@ -214,8 +254,10 @@ func (s *Store) janitor() {
 				s.log.Warn().Err(err).Msg("cleaning staging files")
 			}
 			// Each round rewrites one value-log file; stop between
-			// rounds once the store is closing, so Close need not wait.
-			for s.ctx.Err() == nil && s.db.RunValueLogGC(0.5) == nil {
+			// rounds once the store is closing, so Close need not wait,
+			// or once the disk is down to the index's half reserve (the
+			// rewrite goes through mmap: see space.go).
+			for s.ctx.Err() == nil && s.space.admitIndex() == nil && s.db.RunValueLogGC(0.5) == nil {
 			}
 		}
 	}
@@ -243,6 +285,9 @@ func (s *Store) Close() error {
 		// Last, so that LRU order survives the restart.
 		if err := s.flushAccess(); err != nil {
 			s.log.Warn().Err(err).Msg("saving blob access times")
+		}
+		if err := s.FlushPulls(); err != nil {
+			s.log.Warn().Err(err).Msg("saving tag pull times")
 		}
 		closed <- s.opts.closeIndex(s.db)
 	}()

@@ -22,6 +22,12 @@ type Upload struct {
 // NewUpload starts an upload into repo: a staging file and an index record
 // that survives restarts and expires after Options.UploadTTL.
 func (s *Store) NewUpload(repo string) (Upload, error) {
+	if err := s.space.admit(0); err != nil {
+		return Upload{}, err
+	}
+	if err := s.checkUploadLimits(); err != nil {
+		return Upload{}, err
+	}
 	f, err := s.createStaging()
 	if err != nil {
 		return Upload{}, err
@@ -175,7 +181,14 @@ func (s *Store) appendClaimed(repo, id string, start int64, r io.Reader) (Upload
 	if _, err := f.Seek(rec.Offset, io.SeekStart); err != nil {
 		return Upload{}, err
 	}
-	n, err := io.Copy(f, r)
+	n, err := io.Copy(s.space.writer(f, 0), r)
+	if errors.Is(err, ErrNoSpace) {
+		// A push that ran out of space fails whole: its bytes go now,
+		// not when the upload expires (space.go).
+		os.Remove(f.Name())
+		s.dropUpload(id)
+		return Upload{}, err
+	}
 	if err != nil {
 		// Keep nothing of a broken chunk: the client resends it whole.
 		_ = f.Truncate(rec.Offset)
@@ -248,20 +261,26 @@ func (s *Store) CommitUpload(repo, id string, d digest.Digest, r io.Reader) (int
 	if !v.Verified() {
 		return 0, ErrDigestMismatch
 	}
+	linked := false
 	if _, err := s.StatBlob(d); err == nil {
-		os.Remove(f.Name()) // already stored: keep the first copy
-	} else {
+		// Already stored: keep the first copy, unless it was collected or
+		// evicted since StatBlob; then this upload's file takes its place.
+		if err := s.Link(repo, "", d); err == nil {
+			linked = true
+			os.Remove(f.Name())
+		} else if !errors.Is(err, ErrNotFound) {
+			return 0, err
+		}
+	}
+	if !linked {
 		if err := f.Truncate(size); err != nil {
 			return 0, err
 		}
-		if err := s.commitFile(f, d, size); errors.Is(err, os.ErrNotExist) {
+		if err := s.commitLinked(f, d, size, repo, ""); errors.Is(err, os.ErrNotExist) {
 			return 0, fmt.Errorf("%w: cancelled while it was verified", ErrUploadUnknown)
 		} else if err != nil {
 			return 0, err
 		}
-	}
-	if err := s.Link(repo, "", d); err != nil {
-		return 0, err
 	}
 	s.dropUpload(id)
 	return size, nil

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/cache"
-	"github.com/berth-dev/berth/internal/bucket"
 	"github.com/berth-dev/berth/internal/access"
+	"github.com/berth-dev/berth/internal/bucket"
 	"github.com/berth-dev/berth/internal/bundle"
 	"github.com/berth-dev/berth/internal/oci"
 	"github.com/rs/zerolog"
@@ -23,6 +23,8 @@ import (
 //	GET  /admin/inventory?repo=NAME  the tags and manifests berth holds
 //	                           in NAME (mirrored repositories too, without
 //	                           asking their upstream), for export --all
+//	GET  /admin/repos, /admin/tags?repo=NAME, /admin/du, POST /admin/gc,
+//	DELETE /admin/ref, POST /admin/revalidate: the operator's (gc.go)
 //
 // With client authentication on, both need valid credentials (an import
 // writes like a push); in read-only maintenance mode an import is refused.
@@ -110,6 +112,12 @@ func (a *admin) serve(w http.ResponseWriter, r *http.Request) error {
 		return writeJSON(w, inventory{Name: repo, Tags: tags, Manifests: ms})
 	case r.URL.Path == "/admin/import" || r.URL.Path == "/admin/inventory":
 		return oci.Errorf(oci.CodeUnsupported, "%s is not allowed on %s", r.Method, r.URL.Path).WithStatus(http.StatusMethodNotAllowed)
+	}
+	can := func(repo string, act access.Action) bool {
+		return g.auth == nil || len(g.cfg.Access) == 0 || g.auth.Policy().Can(id, repo, act)
+	}
+	if handled, err := a.ops(w, r, g.cfg, admit, can); handled { // gc.go: ls, du, rm, gc
+		return err
 	}
 	return oci.Errorf(oci.CodeNameUnknown, "no such endpoint").WithStatus(http.StatusNotFound)
 }

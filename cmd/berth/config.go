@@ -11,11 +11,13 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/berth-dev/berth/cache"
 	"github.com/berth-dev/berth/internal/access"
 	"github.com/berth-dev/berth/internal/oci"
 	"github.com/berth-dev/berth/upstream"
@@ -57,6 +59,42 @@ type Config struct {
 	Cluster ClusterConfig
 	// TLS, when CertFile is set, serves the API over TLS on addr.
 	TLS TLSConfig
+	// DiskReserve is the free space kept on the data directory's
+	// filesystem: writes past it are refused (507); 0 turns the check off.
+	DiskReserve int64
+	// GC is the collector of local content; Uploads bounds upload sessions.
+	GC      GCConfig
+	Uploads UploadsConfig
+	// Retention rules, evaluated by the collector; the first matching a
+	// local repository applies.
+	Retention []RetentionConfig
+}
+
+// GCConfig schedules garbage collection of local repositories.
+type GCConfig struct {
+	// Interval between runs; 0: only on demand (berth gc).
+	Interval time.Duration
+	// Grace protects blobs uploaded or linked this recently.
+	Grace time.Duration
+}
+
+// UploadsConfig bounds blob upload sessions.
+type UploadsConfig struct {
+	// TTL: a session idle this long is removed with its file.
+	TTL time.Duration
+	// MaxSessions and MaxBytes cap the sessions open at once and what they
+	// hold; a new session past either is refused (0: no cap).
+	MaxSessions int
+	MaxBytes    int64
+}
+
+// RetentionConfig is one retention rule (see cache.RetentionRule).
+type RetentionConfig struct {
+	Repos         []string
+	KeepLast      int
+	KeepTags      []string
+	UntaggedAfter time.Duration
+	NotPulledFor  time.Duration
 }
 
 // TLSConfig is the tls section: the server's certificate pair (re-read
@@ -196,9 +234,11 @@ func defaultUpstreams() []UpstreamConfig {
 
 func defaultConfig() Config {
 	return Config{Addr: ":5000", Data: "./data", LogLevel: "info", ShutdownTimeout: 30 * time.Second,
-		MaxManifestBytes: 4 << 20, Prefetch: 4,
+		MaxManifestBytes: 4 << 20, Prefetch: 4, DiskReserve: cache.DefaultDiskReserve,
 		Storage: StorageConfig{Driver: "filesystem", Region: "us-east-1", AccessKeyEnv: "AWS_ACCESS_KEY_ID", SecretKeyEnv: "AWS_SECRET_ACCESS_KEY"},
-		Auth: AuthConfig{Token: TokenConfig{Service: "berth", TTL: 5 * time.Minute}}}
+		Auth:    AuthConfig{Token: TokenConfig{Service: "berth", TTL: 5 * time.Minute}},
+		GC:      GCConfig{Interval: time.Hour, Grace: time.Hour},
+		Uploads: UploadsConfig{TTL: time.Hour, MaxSessions: 1000, MaxBytes: 16 << 30}}
 }
 
 // key is one configuration key: its name in the file (dotted when nested),
@@ -256,6 +296,9 @@ func (c *Config) keys() []key {
 			usage: "largest manifest pushed or fetched (default 4MiB)", value: sizeValue(&c.MaxManifestBytes, 1, "at least 1 byte")},
 		{name: "max_cache_bytes", env: []string{"BERTH_MAX_CACHE_BYTES"}, flag: "max-cache-bytes",
 			usage: "bound on mirrored content on disk, e.g. 50GiB; 0: unbounded (default 0)", value: sizeValue(&c.MaxCacheBytes, 0, "0 or more")},
+		{name: "disk_reserve", env: []string{"BERTH_DISK_RESERVE"}, flag: "disk-reserve",
+			usage: "free space kept on the data filesystem: pushes and fills past it are refused with 507; 0: no check (default 256MiB)",
+			value: sizeValue(&c.DiskReserve, 0, "0 or more")},
 		{name: "auth.htpasswd", env: []string{"BERTH_AUTH_HTPASSWD"}, flag: "auth-htpasswd",
 			usage: "htpasswd file (bcrypt): pushes and deletes need credentials (default: none)", value: fileValue(&c.Auth.Htpasswd)},
 		{name: "auth.anonymous_pull", env: []string{"BERTH_AUTH_ANONYMOUS_PULL"}, flag: "auth-anonymous-pull",
@@ -316,6 +359,32 @@ func (c *Config) keys() []key {
 			usage: "the token signing key, 32+ random bytes in hex (default: DATA/token.key, made on first start)", value: fileValue(&c.Auth.Token.KeyFile)},
 		{name: "auth.token.ttl", env: []string{"BERTH_AUTH_TOKEN_TTL"}, flag: "auth-token-ttl",
 			usage: "how long an access token lives (default 5m)", value: durationValue(&c.Auth.Token.TTL, time.Second, "at least 1s")},
+		{name: "gc.interval", env: []string{"BERTH_GC_INTERVAL"}, flag: "gc-interval",
+			usage: "collect unreferenced local content this often; 0: only on demand (default 1h)",
+			value: durationValue(&c.GC.Interval, 0, "0 or more: 0 runs the collector only on demand")},
+		{name: "gc.grace", env: []string{"BERTH_GC_GRACE"}, flag: "gc-grace",
+			usage: "the collector keeps blobs uploaded or linked this recently (default 1h)",
+			value: durationValue(&c.GC.Grace, 0, "0 or more")},
+		{name: "uploads.ttl", env: []string{"BERTH_UPLOADS_TTL"}, flag: "uploads-ttl",
+			usage: "an upload session idle this long is removed with its data (default 1h)",
+			value: durationValue(&c.Uploads.TTL, time.Second, "at least 1s")},
+		{name: "uploads.max_sessions", env: []string{"BERTH_UPLOADS_MAX_SESSIONS"}, flag: "uploads-max-sessions",
+			usage: "upload sessions open at once; past it new ones get 429 TOOMANYREQUESTS; 0: no cap (default 1000)",
+			value: intValue(&c.Uploads.MaxSessions, 0, "0 or more")},
+		{name: "uploads.max_bytes", env: []string{"BERTH_UPLOADS_MAX_BYTES"}, flag: "uploads-max-bytes",
+			usage: "bytes open upload sessions may hold before new ones get 429 TOOMANYREQUESTS; 0: no cap (default 16GiB)",
+			value: sizeValue(&c.Uploads.MaxBytes, 0, "0 or more")},
+	}
+}
+
+// keys are the keys of one retention rule.
+func (r *RetentionConfig) keys() []key {
+	return []key{
+		{name: "repos", value: patternsValue(&r.Repos)},
+		{name: "keep_last", value: intValue(&r.KeepLast, 0, "0 or more: 0 is not set")},
+		{name: "keep_tags", value: listValue(&r.KeepTags)},
+		{name: "untagged_after", value: durationValue(&r.UntaggedAfter, 0, "0 or more: 0 keeps untagged manifests")},
+		{name: "not_pulled_for", value: durationValue(&r.NotPulledFor, 0, "0 or more: 0 is not set")},
 	}
 }
 
@@ -347,7 +416,7 @@ func (u *UpstreamConfig) keys() []key {
 // The accepted forms of each value type, said in every error about one.
 const (
 	boolForms     = "a boolean (true, false, yes, no, on, off, 1 or 0)"
-	durationForms = "a duration (a number of seconds, or Go syntax such as 90s, 10m, 1h30m)"
+	durationForms = "a duration (a number of seconds, or Go syntax such as 90s, 10m, 1h30m, or days: 30d)"
 	sizeForms     = "a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB...)"
 	intForms      = "an integer"
 )
@@ -372,6 +441,11 @@ func parseDuration(s string) (time.Duration, error) {
 			return d, nil
 		}
 		return 0, fmt.Errorf("%q is too long for a duration", s)
+	}
+	if days, ok := strings.CutSuffix(t, "d"); ok {
+		if n, err := strconv.ParseInt(days, 10, 64); err == nil && n >= 0 && n < 100000 {
+			return time.Duration(n) * 24 * time.Hour, nil
+		}
 	}
 	d, err := time.ParseDuration(t)
 	if err != nil {
@@ -792,7 +866,7 @@ func (c *Config) readFile(path string, keys []key) error {
 	if root.Kind != yaml.MappingNode {
 		return fmt.Errorf("config file %s: line %d: want a mapping of keys (addr: \":5000\", ...), not %s", path, root.Line, kindName(root))
 	}
-	return decodeMapping(root, "", keys, map[string]func(*yaml.Node) error{"upstreams": c.readUpstreams,
+	return decodeMapping(root, "", keys, map[string]func(*yaml.Node) error{"upstreams": c.readUpstreams, "retention": c.readRetention,
 		"access": c.readAccess, "auth.token": func(n *yaml.Node) error { return c.readToken(n, keys) }})
 }
 
@@ -965,6 +1039,38 @@ func (c *Config) readUpstreams(n *yaml.Node) error {
 		u.TagTTL = defaultTagTTL
 		if err := decodeMapping(e, where+".", prefixed(where+".", u.keys()), nil); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// readRetention decodes the retention rules.
+func (c *Config) readRetention(n *yaml.Node) error {
+	const forms = `a list of rules (- repos: ["ci/**"], keep_last: 20, ...)`
+	if isNull(n) {
+		return nil
+	}
+	if n.Kind != yaml.SequenceNode {
+		return keyError("retention", "", fmt.Errorf("%s is not %s", kindName(n), forms))
+	}
+	c.Retention = make([]RetentionConfig, len(n.Content))
+	for i, e := range n.Content {
+		e = deref(e)
+		where := fmt.Sprintf("retention[%d]", i)
+		if e.Kind != yaml.MappingNode {
+			return keyError(where, "", fmt.Errorf("%s is not %s", kindName(e), forms))
+		}
+		r := &c.Retention[i]
+		if err := decodeMapping(e, where+".", prefixed(where+".", r.keys()), nil); err != nil {
+			return err
+		}
+		if len(r.Repos) == 0 {
+			return keyError(where+".repos", "", errors.New(`required (patterns of local repositories, such as "ci/**")`))
+		}
+		for _, t := range r.KeepTags {
+			if _, err := regexp.Compile(t); err != nil {
+				return keyError(where+".keep_tags", "", fmt.Errorf("%q is not a regular expression: %v", t, err))
+			}
 		}
 	}
 	return nil
@@ -1245,9 +1351,9 @@ Runs the registry and mirror. Each setting is read from the configuration file,
 then the environment, then a flag: the last one given wins. Booleans are true,
 false, yes, no, on, off, 1 or 0; durations 90s, 10m, 1h30m or a number of
 seconds; sizes bytes or 512KB, 4MiB, 50GiB. upstreams is set in the file only.
-SIGHUP reloads the configuration; addr, data, debug_addr, max_cache_bytes, tls
-and the log settings need a restart (the tls files themselves are re-read when
-they change).
+SIGHUP reloads the configuration; addr, data, debug_addr, max_cache_bytes,
+disk_reserve, tls, storage, cluster and the log settings need a restart (the
+tls files themselves are re-read when they change).
 
 `)
 	fmt.Fprintf(w, "  --config FILE  (BERTH_CONFIG)\n        the YAML configuration file\n")

@@ -48,11 +48,13 @@ func keyCases(t *testing.T) []keyCase {
 		{key: "prefetch", good: "-1", get: func(c Config) any { return c.Prefetch }, want: -1,
 			bad: "-7", why: "-7 is out of range (-1 or more: 0 and -1 turn prefetching off)"},
 		{key: "shutdown_timeout", good: "90", get: func(c Config) any { return c.ShutdownTimeout }, want: 90 * time.Second,
-			bad: "10 minutes", why: `"10 minutes" is not a duration (a number of seconds, or Go syntax such as 90s, 10m, 1h30m)`},
+			bad: "10 minutes", why: `"10 minutes" is not a duration (a number of seconds, or Go syntax such as 90s, 10m, 1h30m, or days: 30d)`},
 		{key: "max_manifest_bytes", good: "8MiB", get: func(c Config) any { return c.MaxManifestBytes }, want: int64(8 << 20),
 			bad: "4 MB?", why: `"4 MB?" is not a size (bytes, or a number with KB, MB, GB, KiB, MiB, GiB...)`},
 		{key: "max_cache_bytes", good: "1.5 TB", get: func(c Config) any { return c.MaxCacheBytes }, want: int64(1.5e12),
 			bad: "-1GiB", why: `"-1GiB" is not a size`},
+		{key: "disk_reserve", good: "1GiB", get: func(c Config) any { return c.DiskReserve }, want: int64(1 << 30),
+			bad: "lots", why: `"lots" is not a size`},
 		{key: "auth.htpasswd", good: htpasswd, get: func(c Config) any { return c.Auth.Htpasswd }, want: htpasswd,
 			bad: htpasswd + ".missing", why: "no such file"},
 		{key: "auth.anonymous_pull", good: "off", get: func(c Config) any { return *c.Auth.AnonymousPull }, want: false,
@@ -113,11 +115,22 @@ func keyCases(t *testing.T) []keyCase {
 			bad: htpasswd + ".missing", why: "no such file", env: map[string]string{"BERTH_AUTH_HTPASSWD": htpasswd}},
 		{key: "auth.token.ttl", good: "10m", get: func(c Config) any { return c.Auth.Token.TTL }, want: 10 * time.Minute,
 			bad: "500ms", why: "500ms is out of range (at least 1s)", env: map[string]string{"BERTH_AUTH_HTPASSWD": htpasswd}},
+		{key: "gc.interval", good: "30d", get: func(c Config) any { return c.GC.Interval }, want: 30 * 24 * time.Hour,
+			bad: "-1h", why: "-1h is out of range (0 or more: 0 runs the collector only on demand)"},
+		{key: "gc.grace", good: "0", get: func(c Config) any { return c.GC.Grace }, want: time.Duration(0),
+			bad: "soon", why: `"soon" is not a duration`},
+		{key: "uploads.ttl", good: "15m", get: func(c Config) any { return c.Uploads.TTL }, want: 15 * time.Minute,
+			bad: "0", why: "0 is out of range (at least 1s)"},
+		{key: "uploads.max_sessions", good: "20", get: func(c Config) any { return c.Uploads.MaxSessions }, want: 20,
+			bad: "-2", why: "-2 is out of range (0 or more)"},
+		{key: "uploads.max_bytes", good: "2GiB", get: func(c Config) any { return c.Uploads.MaxBytes }, want: int64(2 << 30),
+			bad: "lots", why: `"lots" is not a size`},
 	}
 }
 
 // ldapEnv is what an auth.ldap key needs besides itself.
 var ldapEnv = map[string]string{"BERTH_AUTH_LDAP_URL": "ldap://dir.example", "BERTH_AUTH_LDAP_USER_BASE": "ou=people"}
+
 // s3Env is what an s3 driver needs besides its driver key.
 var s3Env = map[string]string{"BERTH_STORAGE_DRIVER": "s3", "BERTH_STORAGE_BUCKET": "berth-ci",
 	"BERTH_STORAGE_ENDPOINT": "http://127.0.0.1:8333", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
@@ -137,7 +150,6 @@ func with(m map[string]string, k, v string) map[string]string {
 	}
 	return out
 }
-
 
 // yamlFor is key: v as a file, nested for dotted keys.
 func yamlFor(key, v string) string {

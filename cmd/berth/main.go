@@ -60,6 +60,11 @@ commands:
   warm      pull images through a running berth so that they are cached
   export    write images berth holds to a bundle file (an OCI layout tar)
   import    import a bundle into a running berth, or a stopped one's data
+  ls        list repositories, or a repository's tags, of a running berth
+  du        show the bytes a running berth holds: local, by upstream, total, limit
+  rm        remove a tag, image or blob (mirrored content: purge it)
+  gc        collect unreferenced local content now (--dry-run: list it)
+  revalidate  make a mirrored tag ask its upstream at the next pull
   htpasswd  print an htpasswd line for USER with a bcrypt hash of the password read from stdin
   version   print the version
   help      print this, or with a command's name its usage`
@@ -81,9 +86,14 @@ var clientCommands = map[string]struct {
 	run   func(context.Context, []string, stdio) error
 	usage string
 }{
-	"warm":   {warmCmd, warmUsage},
-	"export": {exportCmd, exportUsage},
-	"import": {importCmd, importUsage},
+	"warm":       {warmCmd, warmUsage},
+	"export":     {exportCmd, exportUsage},
+	"import":     {importCmd, importUsage},
+	"ls":         {lsCmd, lsUsage},
+	"du":         {duCmd, duUsage},
+	"rm":         {rmCmd, rmUsage},
+	"gc":         {gcCmd, gcUsage},
+	"revalidate": {revalidateCmd, revalidateUsage},
 }
 
 // isHelp reports whether arg asks for help, as -h, --help or -help.
@@ -111,7 +121,7 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		return serveWith(ctx, cfg, hooks{reload: hup, load: load})
-	case "warm", "export", "import":
+	case "warm", "export", "import", "ls", "du", "rm", "gc", "revalidate":
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		s := stdio{in: stdin, out: stdout, err: os.Stderr, getenv: os.Getenv, tty: isatty.IsTerminal(os.Stderr.Fd())}
@@ -229,7 +239,15 @@ func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 	}
 	// The index gets a few seconds to close: a data directory removed or
 	// made read-only under berth must not hold its exit for minutes.
-	store, err := cache.Open(cfg.Data, cache.Options{Logger: log, MaxBytes: cfg.MaxCacheBytes, CloseTimeout: 5 * time.Second})
+	reserve := cfg.DiskReserve
+	if reserve == 0 {
+		reserve = -1 // cache.Options: negative is no check
+	}
+	store, err := cache.Open(cfg.Data, cache.Options{Logger: log, MaxBytes: cfg.MaxCacheBytes, CloseTimeout: 5 * time.Second, DiskReserve: reserve,
+		UploadTTL: cfg.Uploads.TTL, MaxUploads: cfg.Uploads.MaxSessions, MaxUploadBytes: cfg.Uploads.MaxBytes})
+	if errors.Is(err, cache.ErrNoSpace) {
+		return keyError("disk_reserve", "", err)
+	}
 	if err != nil {
 		return err
 	}
@@ -239,6 +257,7 @@ func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 	if certs != nil {
 		reg.MustRegister(certs.Collectors()...)
 	}
+	registerGC(reg, store)
 	page := status.New(status.Options{Version: version, Store: store})
 	api := &reloadable{log: log, store: store, mirrorMet: mirror.NewMetrics(reg), httpMet: proxy.NewMetrics(reg),
 		readOnly: new(atomic.Bool), page: page, local: cache.NewLocal(store)}
@@ -276,6 +295,10 @@ func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if ctx.Err() != nil {
 			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		if err := store.Healthy(); err != nil {
+			http.Error(w, "storage unavailable: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ok\n"))
@@ -318,7 +341,8 @@ func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 	log.Info().Str("addr", ln.Addr().String()).Str("data", cfg.Data).Strs("upstreams", names).
 		Strs("local", cfg.Local).Bool("offline", cfg.Offline).Bool("read_only", cfg.ReadOnly).Bool("auth", cfg.Auth.Htpasswd != "").Bool("tls", certs != nil).
 		Bool("ldap", cfg.Auth.LDAP.URL != "").Bool("token", cfg.Auth.Token.Enabled).Int("access_rules", len(cfg.Access)).
-		Int64("max_cache_bytes", cfg.MaxCacheBytes).Str("storage", cfg.Storage.Driver).Str("cluster_self", cfg.Cluster.Self).
+		Int64("max_cache_bytes", cfg.MaxCacheBytes).Int64("disk_reserve", cfg.DiskReserve).Str("storage", cfg.Storage.Driver).Str("cluster_self", cfg.Cluster.Self).
+		Dur("gc_interval", cfg.GC.Interval).Int("retention_rules", len(cfg.Retention)).
 		Str("version", version).Msg("berth serving")
 	if certs != nil {
 		leaf := certs.Leaf()
@@ -357,6 +381,7 @@ func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 	if certs != nil {
 		g.Go(func() error { certs.Run(gctx, tlsserve.DefaultInterval); return nil })
 	}
+	g.Go(func() error { runCollector(gctx, api); return nil })
 	g.Go(func() error {
 		for {
 			select {
@@ -449,5 +474,31 @@ func registerStore(reg prometheus.Registerer, st *cache.Store) {
 			u(func(x cache.Usage) float64 { return float64(x.EvictedBlobs) })),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_cache_evicted_bytes_total", Help: "Bytes of mirrored blobs evicted."},
 			u(func(x cache.Usage) float64 { return float64(x.EvictedBytes) })),
+	)
+	registerSpace(reg, st)
+}
+
+// registerSpace exports the free-space reserve and storage health.
+func registerSpace(reg prometheus.Registerer, st *cache.Store) {
+	sp := func(f func(cache.SpaceStatus) float64) func() float64 { return func() float64 { return f(st.Space()) } }
+	b := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_disk_free_bytes", Help: "Free bytes on the data filesystem, less what fills in flight will write."},
+			sp(func(x cache.SpaceStatus) float64 { return float64(x.Free) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_disk_reserve_bytes", Help: "disk_reserve: writes that would go below it are refused."},
+			sp(func(x cache.SpaceStatus) float64 { return float64(x.Reserve) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_storage_writable", Help: "1 while the data directory accepts writes (healthy and above disk_reserve), else 0."},
+			sp(func(x cache.SpaceStatus) float64 { return b(x.Writable) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_storage_healthy", Help: "1 while the data directory is there and writable (the storage probe), else 0."},
+			sp(func(x cache.SpaceStatus) float64 { return b(x.Failed == "") })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_writes_refused_no_space_total", Help: "Writes refused because the disk is below disk_reserve or full."},
+			sp(func(x cache.SpaceStatus) float64 { return float64(x.NoSpace) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_writes_refused_unavailable_total", Help: "Writes refused because the storage is unavailable."},
+			sp(func(x cache.SpaceStatus) float64 { return float64(x.Refused) })),
 	)
 }

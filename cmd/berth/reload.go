@@ -17,8 +17,8 @@ import (
 	"unicode"
 
 	"github.com/berth-dev/berth/cache"
-	"github.com/berth-dev/berth/internal/cluster"
 	"github.com/berth-dev/berth/internal/access"
+	"github.com/berth-dev/berth/internal/cluster"
 	"github.com/berth-dev/berth/internal/ldapauth"
 	"github.com/berth-dev/berth/internal/mirror"
 	"github.com/berth-dev/berth/internal/registry"
@@ -210,11 +210,15 @@ var restartOnly = []struct {
 	{"data", func(n *Config, c Config) { n.Data = c.Data }},
 	{"debug_addr", func(n *Config, c Config) { n.DebugAddr = c.DebugAddr }},
 	{"max_cache_bytes", func(n *Config, c Config) { n.MaxCacheBytes = c.MaxCacheBytes }},
+	{"disk_reserve", func(n *Config, c Config) { n.DiskReserve = c.DiskReserve }},
 	{"log_level", func(n *Config, c Config) { n.LogLevel = c.LogLevel }},
 	{"log_format", func(n *Config, c Config) { n.LogFormat = c.LogFormat }},
 	{"storage", func(n *Config, c Config) { n.Storage = c.Storage }},
 	{"cluster", func(n *Config, c Config) { n.Cluster = c.Cluster }},
 	{"tls", func(n *Config, c Config) { n.TLS = c.TLS }},
+	{"uploads.ttl", func(n *Config, c Config) { n.Uploads.TTL = c.Uploads.TTL }},
+	{"uploads.max_sessions", func(n *Config, c Config) { n.Uploads.MaxSessions = c.Uploads.MaxSessions }},
+	{"uploads.max_bytes", func(n *Config, c Config) { n.Uploads.MaxBytes = c.Uploads.MaxBytes }},
 }
 
 // reload builds a generation from load's configuration and swaps it in.
@@ -272,7 +276,7 @@ func changedKeys(a, b Config) []string {
 				continue
 			}
 			name := prefix + snake(f.Name)
-			if f.Type == reflect.TypeFor[AuthConfig]() {
+			if f.Type == reflect.TypeFor[AuthConfig]() || f.Type == reflect.TypeFor[GCConfig]() || f.Type == reflect.TypeFor[UploadsConfig]() {
 				walk(name+".", x.Field(i), y.Field(i))
 				continue
 			}

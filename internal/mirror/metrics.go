@@ -83,7 +83,7 @@ var lookupResults = map[string][]string{
 	"manifest": {"hit", "miss", "negative"},
 	"tag":      {"hit", "miss", "revalidated", "stale"},
 	"tags":     {"stale"},
-	"blob":     {"hit", "miss", "joined", "negative"},
+	"blob":     {"hit", "miss", "joined", "negative", "uncached"},
 }
 
 // Exchange kinds and failure causes (as package upstream names them) whose

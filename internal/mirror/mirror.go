@@ -472,6 +472,9 @@ func (m *Mirror) fillReader(ctx context.Context, repo string, d digest.Digest) (
 			if errors.Is(err, upstream.ErrNotFound) {
 				m.negative.Add(sr+"@"+d.String(), struct{}{})
 			}
+			if uncachable(err) {
+				return m.passThrough(ctx, repo, d, err)
+			}
 			return nil, m.upstreamErr(ctx, err, oci.CodeBlobUnknown)
 		}
 		if f == nil { // stored meanwhile

@@ -302,3 +302,14 @@ func (c *Client) Get(ctx context.Context, path string, query url.Values, out any
 	defer resp.Body.Close()
 	return json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(out)
 }
+
+// Call sends a body-less request with method to one of berth's own
+// endpoints (/admin/...) and decodes its JSON answer into out.
+func (c *Client) Call(ctx context.Context, method, path string, query url.Values, out any) error {
+	resp, err := c.do(ctx, method, path, query, nil, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(out)
+}
