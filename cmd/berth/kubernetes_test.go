@@ -125,6 +125,14 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 	}
 
+	// One namespace, declared here, holds every object.
+	nsObj := k8sFind(t, objs, "Namespace", "")
+	for _, o := range objs {
+		if o.kind() != "Namespace" && o.kind() != "Kustomization" && ystr(o, "metadata", "namespace") != nsObj.name() {
+			t.Errorf("%s %s is in namespace %q, not %q", o.kind(), o.name(), ystr(o, "metadata", "namespace"), nsObj.name())
+		}
+	}
+
 	sts := k8sFind(t, objs, "StatefulSet", "berth")
 	if n, _ := yget(sts, "spec", "replicas").(int); n < 2 {
 		t.Errorf("StatefulSet replicas = %v, want a cluster (>= 2)", yget(sts, "spec", "replicas"))
