@@ -9,6 +9,8 @@
 #                one upstream GET in the whole cluster, every client verified
 #   push-pull    push through r1, pull through r2 and r3 at once; overwrite the
 #                tag on r2, read it on r3 (and r1) right after
+#   range        Range reads on every replica while a cold blob fills: right
+#                bytes, one upstream GET
 #   tag-race     two tag writes at once on two replicas, 10 rounds: every
 #                replica then sees the same one of the two
 #   conformance  the OCI suite, full profile, through the balancer (in the
@@ -130,6 +132,24 @@ sc_herd() {
   in_bucket "$d" || fail "the owner did not write $d to the bucket (within 30s)"
   echo "  48 clients verified $BIG MiB; upstream GETs: 1; the blob is in the bucket"
   echo "$d" >"$RT/herd.digest"
+}
+
+# A Range read on every replica while the blob is still being filled: the
+# right bytes, and still one upstream GET.
+sc_range() {
+  head -c $((64 << 20)) /dev/urandom >"$RT/range.bin"
+  local d; d=$(push_upstream library/range "$RT/range.bin") || fail "pushing the blob to the upstream"
+  "$RT/cc" get -urls "${R[1]}" -n 1 -repo library/range -digest "$d" >"$RT/range-full.out" 2>&1 & local full=$!
+  local i from len=1000000
+  for i in 1 2 3; do
+    from=$(( (i * 17 + 3) << 20 ))
+    curl -sf -r "$from-$((from + len - 1))" "${R[i]}/v2/library/range/blobs/$d" -o "$RT/range-$i.part" || fail "Range GET on r$i"
+    cmp -s "$RT/range-$i.part" <(tail -c +$((from + 1)) "$RT/range.bin" | head -c $len) || fail "r$i: bytes $from-$((from + len - 1)) are not the blob's"
+  done
+  wait "$full" || fail "the full read on r1: $(cat "$RT/range-full.out")"
+  local n; for _ in $(seq 100); do n=$(upstream_gets "$d"); [ "$n" -ge 1 ] && break; sleep 0.1; done
+  [ "$n" = 1 ] || fail "upstream GETs of $d: $n, want 1"
+  echo "  Range reads on r1, r2, r3 during the fill: right bytes; one upstream GET"
 }
 
 # manifest_digest BASE REPO REF : the digest a replica answers for REPO:REF.
@@ -327,6 +347,7 @@ run herd
 # kill nothing.
 ( RESULTS=(); run conformance; printf '%s\n' "${RESULTS[@]}" >"$RT/conformance.result" ) >"$RT/conformance.out" 2>&1 & CONF=$!
 run push-pull
+run range
 run tag-race
 wait "$CONF" || true
 cat "$RT/conformance.out"
