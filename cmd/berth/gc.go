@@ -38,8 +38,32 @@ func retentionRules(cfg Config) []cache.RetentionRule {
 }
 
 // collectGarbage runs one collection with cfg's rules and logs what it did.
-func collectGarbage(ctx context.Context, st *cache.Store, cfg Config, log zerolog.Logger, grace time.Duration, dry bool) (*cache.GCReport, error) {
-	rep, err := st.Collect(ctx, cache.GCOptions{Grace: grace, DryRun: dry, Retention: retentionRules(cfg)})
+// With storage.driver s3, local repositories are in the bucket: it is
+// collected too, and the reports are one.
+func collectGarbage(ctx context.Context, st *cache.Store, b *bucket.Registry, cfg Config, log zerolog.Logger, grace time.Duration, dry bool) (*cache.GCReport, error) {
+	opts := cache.GCOptions{Grace: grace, DryRun: dry, Retention: retentionRules(cfg)}
+	var brep *cache.GCReport
+	var err error
+	if b != nil {
+		// The bucket first: the local copies of what it removes are then
+		// swept from this replica's disk by the store's own collection.
+		brep, err = b.Collect(ctx, bucket.GCOptions{GCOptions: opts, UploadTTL: cfg.Uploads.TTL,
+			Pulls: func(repo string) map[string]time.Time { p, _ := st.Pulls(repo); return p }})
+	}
+	rep, serr := st.Collect(ctx, opts)
+	if err == nil {
+		err = serr
+	}
+	if brep != nil {
+		rep.Tags = append(rep.Tags, brep.Tags...)
+		rep.Manifests = append(rep.Manifests, brep.Manifests...)
+		rep.Blobs = append(rep.Blobs, brep.Blobs...)
+		rep.Repos = append(rep.Repos, brep.Repos...)
+		rep.Uploads = append(rep.Uploads, brep.Uploads...)
+		rep.Unlinked += brep.Unlinked
+		rep.Bytes += brep.Bytes
+		rep.Seconds += brep.Seconds
+	}
 	ev := log.Info()
 	if err != nil {
 		ev = log.Error().Err(err)
@@ -85,7 +109,7 @@ func runCollector(ctx context.Context, api *reloadable) {
 				continue
 			}
 			lastRun = now
-			_, _ = collectGarbage(ctx, api.store, cfg, api.log, cfg.GC.Grace, false)
+			_, _ = collectGarbage(ctx, api.store, bucketOf(api), cfg, api.log, cfg.GC.Grace, false)
 		}
 	}
 }
@@ -218,7 +242,7 @@ func (a *admin) ops(w http.ResponseWriter, r *http.Request, cfg Config,
 			}
 			// The request's context: a client that gives up (^C on berth gc) stops
 			// the collection between two removals.
-			rep, err := collectGarbage(r.Context(), st, cfg, *zerolog.Ctx(r.Context()), grace, dry)
+			rep, err := collectGarbage(r.Context(), st, bucketOf(a.api), cfg, *zerolog.Ctx(r.Context()), grace, dry)
 			if err != nil {
 				return err
 			}
@@ -396,4 +420,10 @@ func noteFor(origin string) string {
 		return "the next garbage collection frees what nothing references any longer (berth gc)"
 	}
 	return "the next pull fetches it from the upstream again"
+}
+
+// bucketOf is the bucket of local repositories, or nil on the filesystem driver.
+func bucketOf(api *reloadable) *bucket.Registry {
+	b, _ := api.local.(*bucket.Registry)
+	return b
 }

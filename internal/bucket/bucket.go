@@ -227,12 +227,45 @@ func (b *Bucket) GetBytes(ctx context.Context, k string, limit int64) ([]byte, e
 
 // Stat returns the size of k.
 func (b *Bucket) Stat(ctx context.Context, k string) (int64, error) {
+	o, err := b.StatObject(ctx, k)
+	return o.Size, err
+}
+
+// StatObject returns what the bucket knows of k: its size, when it was
+// last written, and its berth metadata (the origin of a mirrored blob).
+func (b *Bucket) StatObject(ctx context.Context, k string) (ObjectInfo, error) {
 	info, err := b.c.StatObject(ctx, b.bucket, b.key(k), minio.StatObjectOptions{})
 	if err != nil {
-		return 0, b.count("stat", err)
+		return ObjectInfo{}, b.count("stat", err)
 	}
 	b.count("stat", nil)
-	return info.Size, nil
+	return ObjectInfo{Object: Object{Key: k, Size: info.Size, Modified: info.LastModified}, Origin: info.UserMetadata[originMeta]}, nil
+}
+
+// ObjectInfo is a stated object.
+type ObjectInfo struct {
+	Object
+	// Origin is the upstream a mirrored blob came from ("" for pushed content).
+	Origin string
+}
+
+// originMeta is the user metadata naming the upstream of a mirrored blob
+// (x-amz-meta-berth-origin), as minio-go reports it.
+const originMeta = "Berth-Origin"
+
+// PutFrom is Put of a blob that came from upstream origin: the collector
+// keeps what was mirrored (the caches' eviction bounds it on each replica).
+func (b *Bucket) PutFrom(ctx context.Context, k string, r io.Reader, size int64, origin string) error {
+	o := putOptions(size)
+	o.SetMatchETagExcept("*")
+	if origin != "" {
+		o.UserMetadata = map[string]string{originMeta: origin}
+	}
+	info, err := b.c.PutObject(ctx, b.bucket, b.key(k), r, size, o)
+	if err == nil {
+		b.bytes.WithLabelValues("out").Add(float64(info.Size))
+	}
+	return b.count("put", err)
 }
 
 // Delete removes k; a missing key is not an error.
@@ -244,10 +277,12 @@ func (b *Bucket) Delete(ctx context.Context, k string) error {
 	return b.count("delete", err)
 }
 
-// Object is a listed key (without the bucket's prefix) and its size.
+// Object is a listed key (without the bucket's prefix), its size and when
+// it was last written.
 type Object struct {
-	Key  string
-	Size int64
+	Key      string
+	Size     int64
+	Modified time.Time
 }
 
 // List returns up to max keys under p (recursive), in order, after
@@ -271,7 +306,7 @@ func (b *Bucket) List(ctx context.Context, p, startAfter string, max int) (objs 
 			b.count("list", nil)
 			return objs, true, nil
 		}
-		objs = append(objs, Object{Key: strings.TrimPrefix(info.Key, b.prefix), Size: info.Size})
+		objs = append(objs, Object{Key: strings.TrimPrefix(info.Key, b.prefix), Size: info.Size, Modified: info.LastModified})
 	}
 	b.count("list", nil)
 	return objs, false, nil

@@ -13,6 +13,7 @@ package bucket
 //	catalog/<repo>                                     the repository exists (empty); listed for /v2/_catalog
 //	uploads/<id>/info                                  uploadInfo (JSON): repository, started
 //	uploads/<id>/<offset, 20 digits>                   one chunk of the upload, at that offset
+//	gc/<alg>/<hex>                                     tombstone: a collection is removing blob <digest>
 //
 // A blob is written under blobs/ only after its digest was verified; a tag
 // is written last, after everything it leads to, so a reader that finds a
@@ -54,3 +55,5 @@ func uploadKey(id string) string { return "uploads/" + id + "/" }
 func uploadInfoKey(id string) string { return uploadKey(id) + "info" }
 
 func chunkKey(id string, offset int64) string { return fmt.Sprintf("%s%020d", uploadKey(id), offset) }
+
+func tombstoneKey(d digest.Digest) string { return "gc/" + digestPath(d) }

@@ -204,15 +204,16 @@ func (r *Registry) StatBlob(ctx context.Context, d digest.Digest) (int64, error)
 }
 
 // PublishFile writes the verified blob file f (d, size bytes) to the
-// bucket, unless it is there already.
-func (r *Registry) PublishFile(ctx context.Context, d digest.Digest, f *os.File, size int64) error {
+// bucket, unless it is there already; origin names the upstream of a
+// mirrored blob ("" for pushed content).
+func (r *Registry) PublishFile(ctx context.Context, d digest.Digest, f *os.File, size int64, origin string) error {
 	if n, err := r.b.Stat(ctx, blobKey(d)); err == nil && n == size {
 		return nil
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
-	err := r.b.PutIfAbsent(ctx, blobKey(d), f, size)
+	err := r.b.PutFrom(ctx, blobKey(d), f, size, origin)
 	if errors.Is(err, ErrExists) { // another replica wrote the same bytes
 		return nil
 	}
@@ -234,7 +235,7 @@ func (r *Registry) publish(ctx context.Context, repo string, st *cache.Staged) e
 	if err != nil {
 		return err
 	}
-	err = r.PublishFile(ctx, st.Digest, f, st.Size)
+	err = r.PublishFile(ctx, st.Digest, f, st.Size, "")
 	f.Close()
 	if err != nil {
 		return err
@@ -589,17 +590,40 @@ func (r *Registry) PushManifest(ctx context.Context, repo, tag string, m *regist
 	return m.Desc, nil
 }
 
+// checkReferences checks that repo has every blob and child m needs. A
+// blob is referenced by writing its link again first (a collection then
+// sees it as fresh), then checked against a collection in progress (its
+// tombstone) and for its content: a push that races the removal of a blob
+// fails with MANIFEST_BLOB_UNKNOWN, and the client pushes the blob again.
 func (r *Registry) checkReferences(ctx context.Context, repo string, m *registry.Manifest) error {
+	unknown := func(d digest.Digest) error {
+		return &oci.Error{Code: oci.CodeManifestBlobUnknown, Message: "manifest references a blob that is not in this repository", Detail: map[string]string{"digest": d.String()}}
+	}
 	for _, ref := range m.Blobs {
 		size, err := r.linkedSize(ctx, repo, ref.Digest)
 		if errors.Is(err, oci.ErrBlobUnknown) {
-			return &oci.Error{Code: oci.CodeManifestBlobUnknown, Message: "manifest references a blob that is not in this repository", Detail: map[string]string{"digest": ref.Digest.String()}}
+			return unknown(ref.Digest)
 		}
 		if err != nil {
 			return err
 		}
 		if size != ref.Size {
 			return oci.Errorf(oci.CodeManifestInvalid, "blob %s has size %d, manifest says %d", ref.Digest, size, ref.Size)
+		}
+		if err := r.b.PutBytes(ctx, linkKey(repo, ref.Digest), []byte(strconv.FormatInt(size, 10))); err != nil {
+			return err
+		}
+		if _, err := r.b.Stat(ctx, tombstoneKey(ref.Digest)); err == nil {
+			return unknown(ref.Digest)
+		} else if !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		if _, err := r.b.Stat(ctx, blobKey(ref.Digest)); errors.Is(err, ErrNotFound) {
+			_ = r.b.Delete(ctx, linkKey(repo, ref.Digest))
+			_ = r.s.Unlink(repo, ref.Digest)
+			return unknown(ref.Digest)
+		} else if err != nil {
+			return err
 		}
 	}
 	for _, child := range m.Children {
@@ -649,7 +673,7 @@ func (r *Registry) ImportImage(ctx context.Context, repo, tag string, top digest
 		if err != nil {
 			return fmt.Errorf("blob %s: %w", b.Digest, err)
 		}
-		err = r.PublishFile(ctx, b.Digest, f, b.Size)
+		err = r.PublishFile(ctx, b.Digest, f, b.Size, "")
 		f.Close()
 		if err != nil {
 			return err

@@ -165,7 +165,7 @@ type noBucket struct{}
 
 func (noBucket) StatBlob(context.Context, digest.Digest) (int64, error) { return 0, bucket.ErrNotFound }
 func (noBucket) Opener(digest.Digest) cache.FetchFunc                   { return nil }
-func (noBucket) PublishFile(context.Context, digest.Digest, *os.File, int64) error {
+func (noBucket) PublishFile(context.Context, digest.Digest, *os.File, int64, string) error {
 	return nil
 }
 

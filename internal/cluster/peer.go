@@ -184,7 +184,7 @@ type Source struct {
 type Bucket interface {
 	StatBlob(ctx context.Context, d digest.Digest) (int64, error)
 	Opener(d digest.Digest) cache.FetchFunc
-	PublishFile(ctx context.Context, d digest.Digest, f *os.File, size int64) error
+	PublishFile(ctx context.Context, d digest.Digest, f *os.File, size int64, origin string) error
 }
 
 // NewSource returns the blob source of a replica.
@@ -267,7 +267,7 @@ func (s *Source) downloading(d digest.Digest) {
 // (as its owner, or taking over from a dead owner), to the bucket, in the
 // background. It is called after every stored fill that did not come from
 // the bucket.
-func (s *Source) Stored(d digest.Digest, size int64) {
+func (s *Source) Stored(d digest.Digest, size int64, origin string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	mine := s.downloads[d]
@@ -283,7 +283,7 @@ func (s *Source) Stored(d digest.Digest, size int64) {
 			return // evicted already
 		}
 		defer f.Close()
-		if err := s.b.PublishFile(s.store.Context(), d, f, size); err != nil {
+		if err := s.b.PublishFile(s.store.Context(), d, f, size, origin); err != nil {
 			s.log.Warn().Err(err).Str("digest", d.String()).Msg("publishing a downloaded blob to the bucket")
 		}
 	}()

@@ -50,7 +50,7 @@ type Upstream interface {
 // an offset, for a download taken over midway.
 type BlobSource interface {
 	OpenBlob(ctx context.Context, upstream, repo string, d digest.Digest, direct func(ctx context.Context, offset int64) (io.ReadCloser, error)) (rc io.ReadCloser, size int64, from string, err error)
-	Stored(d digest.Digest, size int64)
+	Stored(d digest.Digest, size int64, upstream string)
 }
 
 // Options configure a Mirror.
@@ -554,7 +554,7 @@ func (m *Mirror) startFill(fctx context.Context, peer bool, repo string, d diges
 					// A peer's stream this replica finished from the upstream,
 					// as the new owner, is its download to publish.
 					if from == "peer" && res.Err == nil && m.o.Source != nil {
-						m.o.Source.Stored(d, size)
+						m.o.Source.Stored(d, size, m.name)
 					}
 					return // counted by the cluster's series
 				}
@@ -565,7 +565,7 @@ func (m *Mirror) startFill(fctx context.Context, peer bool, repo string, d diges
 				} else {
 					m.met.fillsOK.Inc()
 					if m.o.Source != nil {
-						m.o.Source.Stored(d, size)
+						m.o.Source.Stored(d, size, m.name)
 					}
 				}
 			})
