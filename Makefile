@@ -10,7 +10,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 # Tool versions are pinned in .ci/install-tools.sh.
 
-.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e upstream-auth-e2e tls-e2e auth-e2e gc-e2e bench bench-smoke lint tools clean diskfull-e2e crash-e2e soak soak-short
+.PHONY: run build test unit race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e upstream-auth-e2e tls-e2e auth-e2e gc-e2e cluster-e2e bench bench-cluster bench-smoke lint tools clean diskfull-e2e crash-e2e soak soak-short
 
 run: build
 	./$(BIN) serve --addr :5000 --data ./data
@@ -22,7 +22,7 @@ build:
 ## OCI conformance suite against a real `berth serve`, the mirror e2e, every
 ## real client (skipped with a reason where one cannot run; required in CI),
 ## the status page in headless Chromium, the air-gap bundle workflow.
-test: lint race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e upstream-auth-e2e tls-e2e auth-e2e gc-e2e diskfull-e2e crash-e2e bench-smoke soak-short
+test: lint race fuzz conformance mirror-e2e status-e2e e2e airgap-e2e upstream-auth-e2e tls-e2e auth-e2e gc-e2e diskfull-e2e crash-e2e cluster-e2e bench-smoke soak-short
 
 unit:
 	$(GO) test ./...
@@ -58,6 +58,13 @@ e2e: build tools
 # result (dockerd/containerd skipped with a reason when not root).
 airgap-e2e: build tools
 	@bash .ci/airgap-e2e.sh
+
+# Three replicas on one S3 bucket (SeaweedFS, built once into ~/.cache by
+# make tools) behind a round-robin balancer: one upstream GET for a herd on
+# all three, read-after-write across replicas, tag races, conformance through
+# the balancer, kill -9 during a fill and a chunked push, dockerd as a client.
+cluster-e2e: build tools
+	@bash .ci/cluster-e2e.sh
 
 # berth over TLS: a CA made by internal/testutil/mkcert; curl, crane, skopeo,
 # regctl, oras (SSL_CERT_FILE), podman and dockerd (certs.d), containerd
@@ -117,6 +124,11 @@ upstream-auth-e2e: build tools
 ## the latest run into docs/benchmarks.md. ~10 minutes on 2 cores.
 bench: build
 	$(GO) run ./bench -berth $(BIN)
+
+## bench-cluster: three replicas on SeaweedFS and a single node (bench/cluster.go):
+## the herd across replicas, warm reads, first read from the bucket, RSS.
+bench-cluster: build
+	$(GO) run ./bench -only cluster -berth $(BIN)
 
 bench-smoke: build
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./proxy/

@@ -13,3 +13,4 @@ inst crane github.com/google/go-containerregistry/cmd/crane v0.22.1
 inst staticcheck honnef.co/go/tools/cmd/staticcheck v0.8.2
 inst oras oras.land/oras/cmd/oras v1.3.6
 inst regctl github.com/regclient/regclient/cmd/regctl v0.11.7
+bash "$(dirname "$0")/seaweedfs.sh" build   # the S3 server of the cluster tests

@@ -6,6 +6,7 @@
 //
 //	go run ./bench                # the full run (make bench), ~10 minutes on 2 cores
 //	go run ./bench -smoke         # tiny sizes, a few seconds (make bench-smoke)
+//	go run ./bench -only cluster  # three replicas on SeaweedFS only (make bench-cluster; cluster.go)
 package main
 
 import (
@@ -49,7 +50,8 @@ type options struct {
 	// The air-gap bundle: an image of bundleLayers layers, bundleSize in all.
 	bundleSize   int64
 	bundleLayers int
-	// only, when "tls", runs the TLS rows alone (tls.go).
+	// only, when "tls", runs the TLS rows alone (tls.go); when "cluster",
+	// the cluster run alone (cluster.go).
 	only string
 }
 
@@ -72,7 +74,7 @@ func main() {
 	flag.Float64Var(&o.rateMBps, "upstream-rate", 100, "throttle between the proxies and the upstream, MB/s (0: none)")
 	dur := flag.Duration("duration", 0, "duration of each request-rate run (default 5s, 300ms with -smoke)")
 	bundleMiB := flag.Int64("bundle-mib", 0, "size of the image exported and imported, MiB (default 2048, 16 with -smoke)")
-	flag.StringVar(&o.only, "only", "", "tls: only the rows over TLS (berth vs nginx with the same certificate); docs/benchmarks.md is left alone")
+	flag.StringVar(&o.only, "only", "", "tls: only the rows over TLS (berth vs nginx with the same certificate); docs/benchmarks.md is left alone.\ncluster: only the cluster run (three replicas on SeaweedFS; writes cluster.{json,md} and its own section of docs/benchmarks.md)")
 	bigMiB := flag.Int64("big-mib", 0, "size of the warm throughput blob, MiB (default 1024, 8 with -smoke)")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -107,8 +109,8 @@ func main() {
 	if *bigMiB > 0 {
 		o.bigSize = *bigMiB * mib
 	}
-	if o.only != "" && o.only != "tls" {
-		fmt.Fprintln(os.Stderr, "berthbench: -only takes tls")
+	if o.only != "" && o.only != "tls" && o.only != "cluster" {
+		fmt.Fprintln(os.Stderr, "berthbench: -only takes tls or cluster")
 		os.Exit(2)
 	}
 
@@ -163,6 +165,8 @@ type bench struct {
 	servers map[string]*server
 	content *content
 	samples samples
+	// clusterHerd is the cluster run's herd size (cluster.go).
+	clusterHerd int
 }
 
 func (b *bench) logf(format string, args ...any) {
@@ -212,10 +216,10 @@ func (b *bench) run(ctx context.Context) error {
 		return err
 	}
 	b.root = root
-	if b.o.out == "" && !b.o.smoke && b.o.only == "" {
+	if b.o.out == "" && !b.o.smoke && (b.o.only == "" || b.o.only == "cluster") {
 		b.o.out = filepath.Join(root, "bench", "results")
 	}
-	if b.o.doc == "" && !b.o.smoke && b.o.only == "" {
+	if b.o.doc == "" && !b.o.smoke && (b.o.only == "" || b.o.only == "cluster") {
 		b.o.doc = filepath.Join(root, "docs", "benchmarks.md")
 	}
 	if b.tmp, err = os.MkdirTemp("", "berthbench-"); err != nil {
@@ -226,6 +230,9 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	if err := b.findTools(ctx); err != nil {
 		return err
+	}
+	if b.o.only == "cluster" {
+		return b.runCluster(ctx)
 	}
 	if b.o.only == "tls" {
 		b.samples = samples{}

@@ -256,8 +256,8 @@ func (b *bench) findTools(ctx context.Context) error {
 	}
 	b.versions["distribution"] = "distribution " + binVersion(b.o.registry)
 
-	// nginx
-	if b.o.nginx == "" {
+	// nginx (the cluster run has no nginx column)
+	if b.o.nginx == "" && b.o.only != "cluster" {
 		b.o.nginx = lookNginx()
 		if b.o.nginx == "" && !b.o.smoke && os.Geteuid() == 0 {
 			b.logf("installing nginx (apt-get)")

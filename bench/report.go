@@ -479,20 +479,26 @@ const (
 )
 
 func replaceSection(path, body string) error {
+	return replaceSectionWith(path, beginMarker, endMarker, "## Latest run", body)
+}
+
+// replaceSectionWith replaces what lies between begin and end in the file
+// at path with body, or appends the section under heading.
+func replaceSectionWith(path, begin, end, heading, body string) error {
 	old, err := os.ReadFile(path)
 	if err != nil && !os.IsNotExist(err) {
 		return err
 	}
 	text := string(old)
-	section := beginMarker + "\n" + body + endMarker
-	i, j := strings.Index(text, beginMarker), strings.Index(text, endMarker)
+	section := begin + "\n" + body + end
+	i, j := strings.Index(text, begin), strings.Index(text, end)
 	if i >= 0 && j > i {
-		text = text[:i] + section + text[j+len(endMarker):]
+		text = text[:i] + section + text[j+len(end):]
 	} else {
 		if text == "" {
 			text = "# Benchmarks\n"
 		}
-		text = strings.TrimRight(text, "\n") + "\n\n## Latest run\n\n" + section + "\n"
+		text = strings.TrimRight(text, "\n") + "\n\n" + heading + "\n\n" + section + "\n"
 	}
 	return os.WriteFile(path, []byte(text), 0o644)
 }

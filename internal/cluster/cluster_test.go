@@ -240,6 +240,12 @@ func TestSourceStreamsFromOwner(t *testing.T) {
 	if !b.peer.Load() {
 		t.Error("the owner was not asked as a peer: it would forward the request again")
 	}
+	src.mu.Lock()
+	mine := src.downloads[b.d]
+	src.mu.Unlock()
+	if mine {
+		t.Error("a blob streamed from its owner is recorded as this replica's download: Stored would publish it a second time")
+	}
 	// A blob the owner does not have is "not found", not a failure that
 	// would make this replica download it too.
 	_, _, from, err = src.OpenBlob(context.Background(), "docker.io", "library/x", digest.FromBytes(owned("other")), nil)
@@ -340,5 +346,12 @@ func TestSourceTakesOverFromADeadOwner(t *testing.T) {
 	}
 	if c.Owner(f.d.String()) != self {
 		t.Error("the dead owner still owns the blob")
+	}
+	// The new owner downloaded the rest itself: Stored must publish it.
+	src.mu.Lock()
+	mine := src.downloads[f.d]
+	src.mu.Unlock()
+	if !mine {
+		t.Error("the takeover is not recorded as this replica's download: Stored would not publish it to the bucket")
 	}
 }

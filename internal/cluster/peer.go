@@ -174,6 +174,10 @@ type Source struct {
 	mu     sync.Mutex
 	closed bool
 	wg     sync.WaitGroup // publishes
+	// downloads are the blobs this replica asks its upstream for, as their
+	// owner: from the start, or from where a dead owner stopped. Stored
+	// publishes only those.
+	downloads map[digest.Digest]bool
 }
 
 // Bucket is what a Source needs of the shared bucket (*bucket.Registry).
@@ -185,7 +189,7 @@ type Bucket interface {
 
 // NewSource returns the blob source of a replica.
 func NewSource(c *Cluster, b Bucket, store *cache.Store, log zerolog.Logger) *Source {
-	return &Source{c: c, b: b, store: store, log: log}
+	return &Source{c: c, b: b, store: store, log: log, downloads: map[digest.Digest]bool{}}
 }
 
 // Where a blob came from, as OpenBlob reports it.
@@ -209,6 +213,7 @@ func (s *Source) OpenBlob(ctx context.Context, up, repo string, d digest.Digest,
 		s.log.Warn().Err(err).Str("digest", d.String()).Msg("bucket unavailable; asking the blob's owner")
 	}
 	if registry.InfoFrom(ctx).Peer {
+		s.downloading(d)
 		return nil, 0, FromUpstream, nil // asked as the owner
 	}
 	var size int64
@@ -219,6 +224,7 @@ func (s *Source) OpenBlob(ctx context.Context, up, repo string, d digest.Digest,
 				if offset == 0 {
 					return nil, errOwn
 				}
+				s.downloading(d)
 				return direct(ctx, offset)
 			}
 			rc, n, err := s.c.fetch(ctx, owner, up, repo, d, offset)
@@ -235,6 +241,7 @@ func (s *Source) OpenBlob(ctx context.Context, up, repo string, d digest.Digest,
 	rc, err := bucket.Resume(ctx, 3, open)
 	switch {
 	case errors.Is(err, errOwn):
+		s.downloading(d)
 		return nil, 0, FromUpstream, nil
 	case errors.Is(err, upstream.ErrNotFound):
 		return nil, 0, FromPeer, err
@@ -242,6 +249,7 @@ func (s *Source) OpenBlob(ctx context.Context, up, repo string, d digest.Digest,
 		// The owner failed (its upstream, its disk): availability first,
 		// this replica downloads the blob itself.
 		s.log.Warn().Err(err).Str("digest", d.String()).Msg("the blob's owner failed; downloading it here")
+		s.downloading(d)
 		return nil, 0, FromUpstream, nil
 	}
 	return rc, size, FromPeer, nil
@@ -249,12 +257,22 @@ func (s *Source) OpenBlob(ctx context.Context, up, repo string, d digest.Digest,
 
 var errOwn = errors.New("this replica owns the download")
 
-// Stored publishes blob d, downloaded from the upstream by this replica as
-// its owner, to the bucket, in the background.
+func (s *Source) downloading(d digest.Digest) {
+	s.mu.Lock()
+	s.downloads[d] = true
+	s.mu.Unlock()
+}
+
+// Stored publishes blob d, if this replica downloaded it from the upstream
+// (as its owner, or taking over from a dead owner), to the bucket, in the
+// background. It is called after every stored fill that did not come from
+// the bucket.
 func (s *Source) Stored(d digest.Digest, size int64, origin string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	mine := s.downloads[d]
+	delete(s.downloads, d)
+	if s.closed || !mine {
 		return
 	}
 	s.wg.Add(1)

@@ -44,7 +44,9 @@ type Upstream interface {
 // before its upstream (cluster.Source implements it). OpenBlob returns the
 // blob's bytes and size and where they come from; from == "upstream" (and
 // no reader) means this replica owns the download and asks its upstream,
-// then calls Stored once the blob is stored. direct opens the upstream at
+// then calls Stored once the blob is stored (and after any successful fill
+// from a peer: Stored publishes only what this replica downloaded, such as a
+// download it took over midway). direct opens the upstream at
 // an offset, for a download taken over midway.
 type BlobSource interface {
 	OpenBlob(ctx context.Context, upstream, repo string, d digest.Digest, direct func(ctx context.Context, offset int64) (io.ReadCloser, error)) (rc io.ReadCloser, size int64, from string, err error)
@@ -549,6 +551,11 @@ func (m *Mirror) startFill(fctx context.Context, peer bool, repo string, d diges
 			func(res cache.FillResult) {
 				m.met.inFlight.Dec()
 				if from != "upstream" {
+					// A peer's stream this replica finished from the upstream,
+					// as the new owner, is its download to publish.
+					if from == "peer" && res.Err == nil && m.o.Source != nil {
+						m.o.Source.Stored(d, size, m.name)
+					}
 					return // counted by the cluster's series
 				}
 				m.met.upstreamBytes.Add(float64(res.Bytes))
