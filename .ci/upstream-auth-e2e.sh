@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Upstreams behind a private CA and Basic auth, end to end with real processes
 # (`make upstream-auth-e2e`): distribution's registry served over TLS with a
-# certificate of a CA made by internal/testpki/mkcerts (Go's crypto/x509) and
+# certificate of a CA made by internal/testutil/mkcert (Go's crypto/x509) and
 # an htpasswd file; a real `berth serve` trusting that CA with ca_file and
 # getting the credentials from a credential helper script (and, for a second
 # upstream entry, from a docker config.json); crane pulling through it. The
@@ -29,7 +29,10 @@ PASSWORD="upw-$RANDOM$RANDOM-e2e"
 
 echo "--- a private CA, and distribution over TLS with htpasswd"
 mkdir -p "$RT/pki" "$RT/bin" "$RT/docker"
-(cd "$ROOT" && go run ./internal/testpki/mkcerts -dir "$RT/pki" -hosts 127.0.0.1,localhost) || fail "mkcerts"
+(cd "$ROOT" && go build -o "$RT/mkcert" ./internal/testutil/mkcert) || fail "building mkcert"
+mkdir -p "$RT/pki"
+{ "$RT/mkcert" ca "$RT/pki" && "$RT/mkcert" server "$RT/pki" "$RT/pki/server.crt" "$RT/pki/server.key" 127.0.0.1 localhost &&
+  "$RT/mkcert" client "$RT/pki" "$RT/pki/client.crt" "$RT/pki/client.key" berth; } >/dev/null || fail "mkcert"
 printf '%s\n' "$PASSWORD" | "$ROOT/bin/berth" htpasswd robot >"$RT/htpasswd" || fail "berth htpasswd"
 cat >"$RT/upstream-config.yml" <<YML
 version: 0.1

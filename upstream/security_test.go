@@ -24,7 +24,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/berth-dev/berth/internal/oci"
-	"github.com/berth-dev/berth/internal/testpki"
+	"github.com/berth-dev/berth/internal/testutil/pki"
 )
 
 const testManifest = `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}`
@@ -106,9 +106,9 @@ func (m *miniRegistry) serveToken(w http.ResponseWriter, r *http.Request) {
 // tlsRegistry starts m over TLS with a certificate of a fresh private CA;
 // clientCAs, if set, makes the server require a client certificate signed
 // by it. It returns the server and the CA's PEM written to a file.
-func tlsRegistry(t *testing.T, m http.Handler, ca *testpki.CA, requireClient bool) (*httptest.Server, string) {
+func tlsRegistry(t *testing.T, m http.Handler, ca *pki.CA, requireClient bool) (*httptest.Server, string) {
 	t.Helper()
-	pair, err := ca.Server("127.0.0.1")
+	pair, err := ca.Server("127.0.0.1", []string{"127.0.0.1"}, time.Now().Add(24*time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,9 +133,9 @@ func tlsRegistry(t *testing.T, m http.Handler, ca *testpki.CA, requireClient boo
 	return srv, caFile
 }
 
-func newCA(t *testing.T) *testpki.CA {
+func newCA(t *testing.T) *pki.CA {
 	t.Helper()
-	ca, err := testpki.New("test CA")
+	ca, err := pki.NewCA("test CA")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 	"github.com/berth-dev/berth/cache"
 	"github.com/berth-dev/berth/internal/mirror"
 	"github.com/berth-dev/berth/internal/status"
-	"github.com/berth-dev/berth/internal/testpki"
+	"github.com/berth-dev/berth/internal/testutil/pki"
 	"github.com/berth-dev/berth/proxy"
 	"github.com/rs/zerolog"
 )
@@ -21,7 +21,7 @@ import (
 // value stops start-up with one line naming the key and quoting no secret.
 func TestConfigUpstreamSecurity(t *testing.T) { // not parallel: sets PATH
 	dir := t.TempDir()
-	ca, err := testpki.New("cfg CA")
+	ca, err := pki.NewCA("cfg CA")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -31,6 +32,9 @@ type Pair struct {
 	CertPEM, KeyPEM []byte
 	Leaf            *x509.Certificate
 }
+
+// TLS is the pair as crypto/tls takes it.
+func (p Pair) TLS() (tls.Certificate, error) { return tls.X509KeyPair(p.CertPEM, p.KeyPEM) }
 
 // NewCA makes a CA named name, valid for a day around now.
 func NewCA(name string) (*CA, error) {
