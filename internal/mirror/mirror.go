@@ -186,7 +186,7 @@ func (m *Mirror) GetTag(ctx context.Context, repo, tag string) (registry.BlobRea
 func (m *Mirror) ResolveTag(ctx context.Context, repo, tag string) (registry.Descriptor, error) {
 	d, err := m.resolveTag(ctx, repo, tag, false)
 	if err != nil {
-		return registry.Descriptor{}, err
+		return registry.Descriptor{}, outageUnknown(err, oci.CodeManifestUnknown, "manifest "+oci.Clip(tag))
 	}
 	return m.local.ResolveManifest(ctx, m.storeRepo(repo), d)
 }
@@ -385,10 +385,10 @@ func (m *Mirror) ResolveBlob(ctx context.Context, repo string, d digest.Digest) 
 	return registry.Descriptor{MediaType: "application/octet-stream", Digest: d, Size: desc.Size}, nil
 }
 
-// outageUnknown turns an outage (503) into code (404) for a HEAD by
-// digest: it is what push clients (docker, crane, oras, regctl) ask before
-// uploading a blob or a child manifest to a new repository, and a push must
-// not fail while the default upstream is down. A TLS or configuration
+// outageUnknown turns an outage (503) into code (404) for a HEAD: it is
+// what push clients (docker, crane, oras, regctl) ask before uploading a
+// blob, a child manifest or a tag (crane copy asks the tag) to a new
+// repository, and a push must not fail while the default upstream is down. A TLS or configuration
 // failure (502), a denial or a rate limit stays what it is.
 func outageUnknown(err error, code oci.Code, what string) error {
 	var oe *oci.Error
