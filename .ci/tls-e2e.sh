@@ -13,7 +13,9 @@
 # rotation under load (the new serial is served within seconds and no request
 # fails); mTLS (tls.client_ca_file): refused without a client certificate,
 # served with one, a new client_ca_file taking over without a restart, and
-# dockerd presenting certs.d's client.cert.
+# dockerd presenting certs.d's client.cert. And the token flow with team rules
+# over TLS: docker login, pushes allowed and refused by team, the conformance
+# suite with token auth (sc_token).
 #
 #   BERTH_E2E_REQUIRED=1  a client that cannot run is a FAILURE (default: SKIP)
 #   BERTH_E2E_ONLY="curl crane rotation"  run only these scenarios
@@ -344,7 +346,74 @@ YML
   stop_bg mtls
 }
 
-SCENARIOS=(curl crane skopeo regctl oras podman containerd docker conformance rotation mtls)
+
+# berth over TLS with the token flow and team rules (issue 9's whole layer at
+# once), on this machine's non-loopback address so that dockerd checks certs.d:
+# docker login, a push to the user's own team's repository, a push to another
+# team's refused, pull back; then the OCI conformance suite's full profile over
+# TLS with token auth (OCI_USERNAME/OCI_PASSWORD).
+sc_token() {
+  [ -n "$DHOST" ] || { unavailable "no non-loopback IPv4 address here: dockerd's certs.d cannot be checked"; return; }
+  local port; port=$(free_port); T=$DHOST:$port
+  "$MKCERT" server "$PKI" "$PKI/t.crt" "$PKI/t.key" "$DHOST" >/dev/null
+  local ht=$RT/token-htpasswd u; : >"$ht"
+  for u in alice bob ci; do echo "$u-pw" | "$ROOT/bin/berth" htpasswd "$u" >>"$ht"; done
+  cat >"$RT/tberth.yaml" <<YML
+upstreams: []
+offline: true
+local: ["**"]
+tls: {cert_file: $PKI/t.crt, key_file: $PKI/t.key}
+auth:
+  htpasswd: $ht
+  token: {}
+  anonymous_pull: false
+access:
+  - repos: ["team-a/**"]
+    subjects: [alice]
+    actions: [pull, push, delete]
+  - repos: ["team-b/**"]
+    subjects: [bob]
+    actions: [pull, push, delete]
+  - repos: ["conformance/**"]
+    subjects: [ci]
+    actions: [pull, push, delete]
+  - repos: ["**"]
+    subjects: [authenticated]
+    actions: [pull]
+YML
+  start_bg tberth "$ROOT/bin/berth" serve --config "$RT/tberth.yaml" --addr "$T" --data "$RT/tberth-data" --log-format json
+  local i; for i in $(seq 300); do [ "$(curl -s --cacert "$CA" -o /dev/null -w '%{http_code}' "https://$T/v2/")" = 401 ] && break; sleep 0.1; done
+  check "/v2/ over TLS challenges with a Bearer realm on the same port" \
+    'curl -s --cacert "$CA" -D - -o /dev/null "https://$T/v2/" | grep -qi "^www-authenticate: Bearer realm=\"https://$T/v2/token\""' || return
+  if need_root dockerd && need dockerd docker runc; then
+    kill -0 "$(cat "$RT/dockerd.pid" 2>/dev/null)" 2>/dev/null || start_dockerd || { unavailable "dockerd did not start"; return; }
+    certsd "/etc/docker/certs.d/$T"
+    "${DK[@]}" image inspect "$B/tls/busybox:latest" >/dev/null 2>&1 || "${DK[@]}" pull "$B/tls/busybox:latest" >/dev/null 2>&1
+    step "docker login $T (alice, over TLS, token flow)" bash -c 'echo alice-pw | "${@:1}" login "$0" -u alice --password-stdin' "$T" "${DK[@]}" || return
+    "${DK[@]}" tag "$B/tls/busybox:latest" "$T/team-a/app:1"
+    "${DK[@]}" tag "$B/tls/busybox:latest" "$T/team-b/app:1"
+    step "docker push $T/team-a/app:1 (alice's team)" "${DK[@]}" push "$T/team-a/app:1" || return
+    step_fails "docker push $T/team-b/app:1 (another team's) is refused" 'denied|unauthorized|insufficient_scope' "${DK[@]}" push "$T/team-b/app:1"
+    step "docker rmi + pull back $T/team-a/app:1" bash -c '"${@:1}" rmi "$0/team-a/app:1" && "${@:1}" pull "$0/team-a/app:1"' "$T" "${DK[@]}"
+    "${DK[@]}" logout "$T" >/dev/null 2>&1
+    step_fails "logged out: docker pull is refused (anonymous_pull: false)" 'unauthorized|denied|no basic auth|authentication required' \
+      bash -c '"${@:1}" rmi "$0/team-a/app:1" >/dev/null 2>&1; "${@:1}" pull "$0/team-a/app:1"' "$T" "${DK[@]}"
+  fi
+  if need conformance; then
+    local out=$RT/conformance-token; mkdir -p "$out"
+    (cd "$out" && env SSL_CERT_FILE="$CA" OCI_ROOT_URL="https://$T" OCI_REGISTRY="$T" OCI_TLS=enabled OCI_USERNAME=ci OCI_PASSWORD=ci-pw \
+      OCI_REPO1=conformance/repo1 OCI_REPO2=conformance/repo2 OCI_NAMESPACE=conformance/repo1 \
+      OCI_CROSSMOUNT_NAMESPACE=conformance/repo2 OCI_RESULTS_DIR="$out/results" OCI_VERSION=1.1 OCI_LOG=warn \
+      timeout 600 conformance >"$out/output.log" 2>&1)
+    sed -n '/^OCI Conformance Result/,/Total/p' "$out/output.log" | sed 's/^/    /'
+    check "conformance full profile over TLS with token auth: Pass, 0 failed" \
+      'grep -q "^OCI Conformance Result: Pass" "$out/output.log" && ! grep -qE "^  [A-Za-z].*\.\.+:\s+(FAIL|Error)$" "$out/output.log"' \
+      "$(grep -E '(FAIL|Error)$' "$out/output.log" | head; tail -5 "$out/output.log")"
+  fi
+  stop_bg tberth
+}
+
+SCENARIOS=(curl crane skopeo regctl oras podman containerd docker conformance token rotation mtls)
 for s in "${SCENARIOS[@]}"; do
   if [ -n "${BERTH_E2E_ONLY:-}" ] && [[ " $BERTH_E2E_ONLY " != *" $s "* ]]; then continue; fi
   scenario "$s" "sc_$s"
