@@ -160,13 +160,7 @@ func (b *Bucket) Put(ctx context.Context, k string, r io.Reader, size int64) err
 
 // PutIfAbsent is Put, unless k exists: then ErrExists (S3's If-None-Match).
 func (b *Bucket) PutIfAbsent(ctx context.Context, k string, r io.Reader, size int64) error {
-	o := putOptions(size)
-	o.SetMatchETagExcept("*")
-	info, err := b.c.PutObject(ctx, b.bucket, b.key(k), r, size, o)
-	if err == nil {
-		b.bytes.WithLabelValues("out").Add(float64(info.Size))
-	}
-	return b.count("put", err)
+	return b.PutFrom(ctx, k, r, size, "")
 }
 
 // PutBytes writes a small object.
@@ -253,8 +247,9 @@ type ObjectInfo struct {
 // (x-amz-meta-berth-origin), as minio-go reports it.
 const originMeta = "Berth-Origin"
 
-// PutFrom is Put of a blob that came from upstream origin: the collector
-// keeps what was mirrored (the caches' eviction bounds it on each replica).
+// PutFrom is PutIfAbsent of a blob that came from upstream origin ("" for
+// pushed content): the collector keeps what was mirrored (the caches'
+// eviction bounds it on each replica).
 func (b *Bucket) PutFrom(ctx context.Context, k string, r io.Reader, size int64, origin string) error {
 	o := putOptions(size)
 	o.SetMatchETagExcept("*")

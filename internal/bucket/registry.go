@@ -164,17 +164,14 @@ func (r *Registry) GetBlob(ctx context.Context, repo string, d digest.Digest) (r
 	if err != nil {
 		return nil, err
 	}
-	return r.Fill(ctx, repo, r.cachedOrigin(), d, size)
+	return r.fill(ctx, repo, d, size)
 }
 
-func (r *Registry) cachedOrigin() string { return Origin }
-
-// Fill streams blob d of the bucket through the local store (one bucket
-// read for all concurrent readers; the blob is then cached, linked to repo
-// with origin). A mirror uses it for mirrored blobs found in the bucket.
-func (r *Registry) Fill(ctx context.Context, repo, origin string, d digest.Digest, size int64) (registry.BlobReader, error) {
+// fill streams blob d of the bucket through the local store: one bucket
+// read for all concurrent readers; the blob is then cached, linked to repo.
+func (r *Registry) fill(ctx context.Context, repo string, d digest.Digest, size int64) (registry.BlobReader, error) {
 	for range 3 {
-		f, _, err := r.s.Fill(d, size, repo, origin, r.Opener(d), nil)
+		f, _, err := r.s.Fill(d, size, repo, Origin, r.Opener(d), nil)
 		if err != nil {
 			return nil, err
 		}
@@ -186,7 +183,7 @@ func (r *Registry) Fill(ctx context.Context, repo, origin string, d digest.Diges
 		if f.Wait(ctx) == nil {
 			if rd, err := r.s.OpenBlob(d); err == nil {
 				rd.Close()
-				if err := r.s.Link(repo, origin, d); err == nil {
+				if err := r.s.Link(repo, Origin, d); err == nil {
 					return r.cached.GetBlob(ctx, repo, d)
 				}
 			}
@@ -564,24 +561,9 @@ func (r *Registry) PushManifest(ctx context.Context, repo, tag string, m *regist
 		return registry.Descriptor{}, err
 	}
 	d := m.Desc.Digest
-	if _, err := r.b.Stat(ctx, blobKey(d)); err != nil {
-		if !errors.Is(err, ErrNotFound) {
-			return registry.Descriptor{}, err
-		}
-		if err := r.b.PutBytes(ctx, blobKey(d), m.Body); err != nil {
-			return registry.Descriptor{}, err
-		}
-	}
-	rec := cache.RecordOf(m)
-	full := rec
-	rec.Annotations = nil
-	if err := r.putJSON(ctx, manifestKey(repo, d), rec); err != nil {
+	full, err := r.putManifest(ctx, repo, m)
+	if err != nil {
 		return registry.Descriptor{}, err
-	}
-	if m.Subject != nil {
-		if err := r.putJSON(ctx, referrerKey(repo, m.Subject.Digest, d), full); err != nil {
-			return registry.Descriptor{}, err
-		}
 	}
 	if err := r.ensureRepo(ctx, repo); err != nil {
 		return registry.Descriptor{}, err
@@ -595,6 +577,31 @@ func (r *Registry) PushManifest(ctx context.Context, repo, tag string, m *regist
 		zerolog.Ctx(ctx).Warn().Err(err).Str("digest", d.String()).Msg("caching a pushed manifest")
 	}
 	return m.Desc, nil
+}
+
+// putManifest writes m's body (unless the bucket has it), its record in
+// repo and its referrer entry; it returns the record with annotations.
+func (r *Registry) putManifest(ctx context.Context, repo string, m *registry.Manifest) (cache.ManifestRecord, error) {
+	d := m.Desc.Digest
+	rec := cache.RecordOf(m)
+	if _, err := r.b.Stat(ctx, blobKey(d)); errors.Is(err, ErrNotFound) {
+		if err := r.b.PutBytes(ctx, blobKey(d), m.Body); err != nil {
+			return rec, err
+		}
+	} else if err != nil {
+		return rec, err
+	}
+	small := rec
+	small.Annotations = nil // the record is read on every pull; referrers carry them
+	if err := r.putJSON(ctx, manifestKey(repo, d), small); err != nil {
+		return rec, err
+	}
+	if m.Subject != nil {
+		if err := r.putJSON(ctx, referrerKey(repo, m.Subject.Digest, d), rec); err != nil {
+			return rec, err
+		}
+	}
+	return rec, nil
 }
 
 // checkReferences checks that repo has every blob and child m needs. A
@@ -690,24 +697,8 @@ func (r *Registry) ImportImage(ctx context.Context, repo, tag string, top digest
 		}
 	}
 	for _, m := range manifests {
-		d := m.Desc.Digest
-		if _, err := r.b.Stat(ctx, blobKey(d)); errors.Is(err, ErrNotFound) {
-			if err := r.b.PutBytes(ctx, blobKey(d), m.Body); err != nil {
-				return err
-			}
-		} else if err != nil {
+		if _, err := r.putManifest(ctx, repo, m); err != nil {
 			return err
-		}
-		rec := cache.RecordOf(m)
-		full := rec
-		rec.Annotations = nil
-		if err := r.putJSON(ctx, manifestKey(repo, d), rec); err != nil {
-			return err
-		}
-		if m.Subject != nil {
-			if err := r.putJSON(ctx, referrerKey(repo, m.Subject.Digest, d), full); err != nil {
-				return err
-			}
 		}
 	}
 	if err := r.ensureRepo(ctx, repo); err != nil {
