@@ -201,11 +201,43 @@ func (b *bench) startNginx(ctx context.Context, root string, im *image) error {
 	if err != nil {
 		return err
 	}
+	conf := nginxConfig(dir, fmt.Sprintf(`
+    listen %s;
+    location / { root %s; }
+    # The manifest by tag, as a static file: no extension, so the type
+    # comes from default_type alone.
+    location /v2/ {
+      root %s;
+      types { }
+      default_type %s;
+      add_header Docker-Distribution-API-Version registry/2.0;
+      add_header Docker-Content-Digest %s;
+    }
+`, addr, root, www, ocispec.MediaTypeImageManifest, im.Digest))
+	path := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return err
+	}
+	p, err := b.startProc(srvNginx, nil, b.o.nginx, "-p", dir+"/", "-c", path, "-e", filepath.Join(dir, "error.log"))
+	if err != nil {
+		return err
+	}
+	if err := waitReady(ctx, p, "http://"+addr+"/"); err != nil {
+		return err
+	}
+	b.servers[srvNginx] = &server{name: srvNginx, base: "http://" + addr, proc: p}
+	return nil
+}
+
+// nginxConfig is the configuration of every nginx the bench runs, in dir:
+// two workers, sendfile, a buffered access log of every request, and the
+// given server block's body.
+func nginxConfig(dir, server string) string {
 	user := ""
 	if os.Geteuid() == 0 {
 		user = "user root;\n" // the workers must read files under a 0700 temp dir
 	}
-	conf := fmt.Sprintf(`daemon off;
+	return fmt.Sprintf(`daemon off;
 master_process on;
 worker_processes 2;
 %spid %[2]s/nginx.pid;
@@ -223,34 +255,9 @@ http {
   fastcgi_temp_path %[2]s/fastcgi;
   uwsgi_temp_path %[2]s/uwsgi;
   scgi_temp_path %[2]s/scgi;
-  server {
-    listen %[3]s;
-    location / { root %[4]s; }
-    # The manifest by tag, as a static file: no extension, so the type
-    # comes from default_type alone.
-    location /v2/ {
-      root %[5]s;
-      types { }
-      default_type %[6]s;
-      add_header Docker-Distribution-API-Version registry/2.0;
-      add_header Docker-Content-Digest %[7]s;
-    }
-  }
+  server {%[3]s  }
 }
-`, user, dir, addr, root, www, ocispec.MediaTypeImageManifest, im.Digest)
-	path := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
-		return err
-	}
-	p, err := b.startProc(srvNginx, nil, b.o.nginx, "-p", dir+"/", "-c", path, "-e", filepath.Join(dir, "error.log"))
-	if err != nil {
-		return err
-	}
-	if err := waitReady(ctx, p, "http://"+addr+"/"); err != nil {
-		return err
-	}
-	b.servers[srvNginx] = &server{name: srvNginx, base: "http://" + addr, proc: p}
-	return nil
+`, user, dir, server)
 }
 
 // prime makes the warm measurements warm: one full pull of everything they

@@ -218,37 +218,13 @@ func (b *bench) startNginxTLS(ctx context.Context, dir, root, certFile, keyFile 
 	if err != nil {
 		return nil, err
 	}
-	user := ""
-	if os.Geteuid() == 0 {
-		user = "user root;\n"
-	}
-	conf := fmt.Sprintf(`daemon off;
-master_process on;
-worker_processes 2;
-%spid %[2]s/nginx.pid;
-error_log %[2]s/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log %[2]s/access.log combined buffer=64k flush=1s;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_requests 1000000;
-  keepalive_timeout 120s;
-  default_type application/octet-stream;
-  client_body_temp_path %[2]s/body;
-  proxy_temp_path %[2]s/proxy;
-  fastcgi_temp_path %[2]s/fastcgi;
-  uwsgi_temp_path %[2]s/uwsgi;
-  scgi_temp_path %[2]s/scgi;
-  server {
-    listen %[3]s ssl http2;
-    ssl_certificate %[4]s;
-    ssl_certificate_key %[5]s;
+	conf := nginxConfig(dir, fmt.Sprintf(`
+    listen %s ssl http2;
+    ssl_certificate %s;
+    ssl_certificate_key %s;
     ssl_protocols TLSv1.2 TLSv1.3;
-    location / { root %[6]s; }
-  }
-}
-`, user, dir, addr, certFile, keyFile, root)
+    location / { root %s; }
+`, addr, certFile, keyFile, root))
 	path := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, err
