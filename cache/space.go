@@ -255,11 +255,26 @@ type guarded struct {
 	promised int64 // bytes still counted in pending for this stream
 	keep     int64 // free bytes each write must leave
 	n        int64 // bytes written through it
+	flushed  int64 // bytes handed to early writeback (see startWriteback)
+	checked  int64 // bytes written when the directory was last checked
 }
+
+// writebackEvery is how many bytes a staging file takes before the
+// kernel is asked to start writing them out.
+const writebackEvery = 8 << 20
 
 func (g *guarded) Write(p []byte) (int, error) {
 	n := int64(len(p)) - g.promised // what pending does not count yet
-	err := g.sp.healthy()
+	var err error
+	if g.n == 0 || g.n-g.checked >= writebackEvery {
+		// The data directory's identity (a stat) every few MiB of a
+		// stream, not every write; a failure seen elsewhere, every write.
+		err = g.sp.healthy()
+		g.checked = g.n
+	} else if r := g.sp.failed.Load(); r != nil {
+		g.sp.refused[1].Add(1)
+		err = unavailable(*r)
+	}
 	if err == nil {
 		err = g.sp.room(max(n, 0), g.keep, false)
 	}
@@ -268,6 +283,15 @@ func (g *guarded) Write(p []byte) (int, error) {
 	}
 	m, err := g.w.Write(p)
 	g.n += int64(m)
+	if g.n-g.flushed >= writebackEvery {
+		if f, ok := g.w.(*os.File); ok {
+			// The file's offset, not g.n: an upload's chunk appends.
+			if end, err := f.Seek(0, io.SeekCurrent); err == nil {
+				startWriteback(f, end-(g.n-g.flushed), g.n-g.flushed)
+			}
+		}
+		g.flushed = g.n
+	}
 	g.sp.written.Add(int64(m))
 	if rel := min(int64(m), g.promised); rel > 0 {
 		g.promised -= rel

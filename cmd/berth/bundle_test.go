@@ -500,3 +500,29 @@ func TestClientHelp(t *testing.T) {
 		t.Errorf("export without --out: %v", err)
 	}
 }
+
+// The bar of a file sent as it is follows the file's offset: at the end it
+// has counted every byte once.
+func TestFollowOffset(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "bundle.tar")
+	if err := os.WriteFile(p, bytes.Repeat([]byte("x"), 3<<20+7), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out bytes.Buffer
+	m := newMeter(stdio{out: &out, err: &out, getenv: func(string) string { return "" }}, "import")
+	task := m.task("bundle", 3<<20+7)
+	stop := followOffset(f, task)
+	if _, err := io.Copy(io.Discard, f); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	m.close()
+	if got := m.done.Load(); got != 3<<20+7 {
+		t.Errorf("counted %d bytes, want %d", got, 3<<20+7)
+	}
+}

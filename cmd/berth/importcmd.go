@@ -102,7 +102,15 @@ func importServer(ctx context.Context, cf *clientFlags, in io.Reader, size int64
 	m := newMeter(s, "import")
 	m.grow(size)
 	t := m.task("bundle", size)
-	err = c.Post(ctx, "/admin/import", "application/x-tar", t.reader(in), &sum)
+	if f, ok := in.(*os.File); ok && size > 0 {
+		// A regular file goes out as it is, sized (a sendfile over plain
+		// HTTP); the bar follows the file's offset, which the copy advances.
+		stop := followOffset(f, t)
+		err = c.Post(ctx, "/admin/import", "application/x-tar", f, size, &sum)
+		stop()
+	} else {
+		err = c.Post(ctx, "/admin/import", "application/x-tar", t.reader(in), -1, &sum)
+	}
 	t.finish(err)
 	m.close()
 	if err != nil {
@@ -150,4 +158,35 @@ func importData(ctx context.Context, dir, config string, in io.Reader, size int6
 		return sum, fmt.Errorf("import refused, nothing of the bundle was kept: %w", err)
 	}
 	return sum, nil
+}
+
+// followOffset adds to t what is read of f, by its offset, until stop.
+func followOffset(f *os.File, t *task) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	var seen int64
+	poll := func() {
+		if pos, err := f.Seek(0, io.SeekCurrent); err == nil && pos > seen {
+			t.add(int(pos - seen))
+			seen = pos
+		}
+	}
+	go func() {
+		defer close(finished)
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				poll()
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+		poll()
+	}
 }

@@ -97,12 +97,23 @@ func (c *Client) Name(r imageref.Ref) string {
 // do sends a request to path (with query) and returns a 2xx response; any
 // other status is an *Error.
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, h http.Header, body io.Reader) (*http.Response, error) {
+	return c.doSized(ctx, method, path, query, h, body, -1)
+}
+
+// doSized is do with the body's size (-1: unknown, or as net/http finds it).
+func (c *Client) doSized(ctx context.Context, method, path string, query url.Values, h http.Header, body io.Reader, size int64) (*http.Response, error) {
 	u := *c.base
 	u.Path = c.base.Path + path
 	u.RawQuery = query.Encode()
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
 		return nil, err
+	}
+	if size >= 0 && body != nil {
+		req.ContentLength = size
+		if size == 0 {
+			req.Body = http.NoBody
+		}
 	}
 	for k, v := range h {
 		req.Header[k] = v
@@ -284,8 +295,12 @@ func (c *Client) Referrers(ctx context.Context, name string, d digest.Digest) ([
 
 // Post sends body to one of berth's own endpoints (/admin/...) and decodes
 // its JSON answer into out.
-func (c *Client) Post(ctx context.Context, path, contentType string, body io.Reader, out any) error {
-	resp, err := c.do(ctx, http.MethodPost, path, nil, http.Header{"Content-Type": {contentType}}, body)
+//
+// A body of known size (size >= 0) goes out with a Content-Length: from an
+// *os.File over plain HTTP on Linux that is a sendfile, the bytes never
+// passing through berth's memory. size < 0 sends it chunked.
+func (c *Client) Post(ctx context.Context, path, contentType string, body io.Reader, size int64, out any) error {
+	resp, err := c.doSized(ctx, http.MethodPost, path, nil, http.Header{"Content-Type": {contentType}}, body, size)
 	if err != nil {
 		return err
 	}
