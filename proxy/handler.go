@@ -9,6 +9,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -435,6 +436,24 @@ func (r *recorder) Write(b []byte) (int, error) {
 	r.bytes += int64(n)
 	return n, err
 }
+
+// ReadFrom is net/http's: on a plain TCP connection a body from a file
+// goes out with sendfile(2), the bytes never copied through berth.
+func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
+	r.written = true
+	rf, ok := r.ResponseWriter.(io.ReaderFrom)
+	if !ok {
+		n, err := io.Copy(writerOnly{r.ResponseWriter}, src)
+		r.bytes += n
+		return n, err
+	}
+	n, err := rf.ReadFrom(src)
+	r.bytes += n
+	return n, err
+}
+
+// writerOnly hides a writer's ReadFrom, so that io.Copy does not call it.
+type writerOnly struct{ io.Writer }
 
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }

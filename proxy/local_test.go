@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"net/http/httptest"
 	"slices"
 	"strconv"
@@ -754,5 +755,52 @@ func TestLocalTruncatedBody(t *testing.T) {
 			resp, body = s.do(t, http.MethodHead, "/v2/a/blobs/"+d, nil)
 			expect(t, resp, body, http.StatusNotFound, oci.CodeBlobUnknown)
 		})
+	}
+}
+
+// A stored blob past the small-blob cache goes out of its file with
+// sendfile on a plain TCP connection: whole, from a Range's offset, and,
+// if the file on disk ends before its indexed size, as a cut connection,
+// never a clean end of a short body.
+func TestLocalBlobFromFile(t *testing.T) {
+	t.Parallel()
+	s := newRegSrv(t)
+	b := make([]byte, 3*cache.MaxSmallBlob+17)
+	for i := range b {
+		b[i] = byte(i*31 + i/7)
+	}
+	d := s.pushBlob(t, "a", b)
+	resp, body := s.do(t, http.MethodGet, "/v2/a/blobs/"+d.String(), nil)
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(body, b) {
+		t.Fatalf("GET: %d, %d bytes, equal %v", resp.StatusCode, len(body), bytes.Equal(body, b))
+	}
+	for _, r := range []struct {
+		hdr        string
+		start, end int
+	}{{"bytes=0-0", 0, 0}, {"bytes=1000-", 1000, len(b) - 1}, {"bytes=70000-140000", 70000, 140000}, {"bytes=-5", len(b) - 5, len(b) - 1}} {
+		resp, body := s.do(t, http.MethodGet, "/v2/a/blobs/"+d.String(), nil, "Range", r.hdr)
+		if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(body, b[r.start:r.end+1]) {
+			t.Errorf("Range %s: %d, %d bytes, equal %v", r.hdr, resp.StatusCode, len(body), bytes.Equal(body, b[r.start:r.end+1]))
+		}
+	}
+
+	// The file loses its tail under berth (a disk fault): the client must
+	// see the connection cut.
+	f, err := s.st.OpenBlob(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := os.Truncate(f.Name(), int64(len(b)/2)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err = s.srv.Client().Get(s.srv.URL + "/v2/a/blobs/" + d.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got, err := io.ReadAll(resp.Body)
+	if err == nil {
+		t.Fatalf("a blob file that ends early was sent as a clean %d-byte body (status %d)", len(got), resp.StatusCode)
 	}
 }

@@ -61,7 +61,9 @@ func startServer(tb testing.TB, so cache.Options, b berth) (*cache.Store, *httpt
 	if b.Log != nil {
 		log = zerolog.New(b.Log)
 	}
-	srv := httptest.NewServer(proxy.New(proxy.Options{Registry: rt, Logger: log, Auth: b.Auth, Registerer: b.Registerer, OnRequest: b.OnRequest}))
+	srv := httptest.NewUnstartedServer(proxy.New(proxy.Options{Registry: rt, Logger: log, Auth: b.Auth, Registerer: b.Registerer, OnRequest: b.OnRequest}))
+	srv.Config.ConnContext = proxy.WithConn // as berth serve: corked writes, sendfile
+	srv.Start()
 	tb.Cleanup(func() {
 		srv.Close()
 		if m != nil {
