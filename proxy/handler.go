@@ -214,7 +214,10 @@ func (h *Handler) logRequest(r *http.Request, st *state, d time.Duration, err er
 	if st.info.Host != "" {
 		ev = ev.Str("ns", st.info.Host)
 	}
-	if dg := st.Header()["Docker-Content-Digest"]; len(dg) > 0 {
+	// The content's digest, unless the reference already is it (a blob, a
+	// manifest by digest): the line is written for every request, and
+	// its bytes are most of what logging costs.
+	if dg := st.Header()["Docker-Content-Digest"]; len(dg) > 0 && dg[0] != st.req.Reference {
 		ev = ev.Str("digest", dg[0])
 	}
 	if st.info.Route != "" {

@@ -203,7 +203,8 @@ func TestRequestLogLocal(t *testing.T) {
 	// Pulls: anonymous, then authenticated; content from local storage.
 	_, line = c.do(t, logReq{method: "GET", path: "/v2/team/app/blobs/" + d.String()})
 	wantFields(t, "anonymous pull", line, map[string]any{"method": "GET", "kind": "blob", "ref": d.String(), "route": "local",
-		"cache": "local", "status": n(200), "bytes": n(len(blob)), "user": nil, "bytes_in": nil})
+		"cache": "local", "status": n(200), "bytes": n(len(blob)), "user": nil, "bytes_in": nil,
+		"digest": nil}) // the reference is the digest: not twice on the line
 	_, line = c.do(t, logReq{method: "GET", path: "/v2/team/app/manifests/1.0", user: "ci", pass: "pushpw",
 		hdr: []string{"Accept", "application/vnd.oci.image.manifest.v1+json"}})
 	wantFields(t, "authenticated pull", line, map[string]any{"kind": "manifest", "cache": "local", "status": n(200),

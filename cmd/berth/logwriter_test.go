@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -99,3 +100,61 @@ func TestLogWriterConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// Idle writes the lines at once when no batch went out within idleGap, and
+// otherwise once the gap has passed: one write for a burst, none lost.
+func TestLogWriterIdle(t *testing.T) {
+	t.Parallel()
+	out := countingBuffer{wrote: make(chan struct{}, 1)}
+	w := newLogWriter(&out, time.Hour) // the ticker never fires in this test
+	defer w.Close()
+	log := zerolog.New(w)
+	log.Info().Msg("first")
+	w.Idle()
+	if got := out.String(); !strings.Contains(got, `"first"`) || out.writes() != 1 {
+		t.Fatalf("after a quiet spell Idle did not write at once: %d writes, %q", out.writes(), got)
+	}
+	for i := range 50 { // a busy spell: idle after every line
+		log.Info().Msgf("busy %d", i)
+		w.Idle()
+	}
+	timeout := time.After(10 * time.Second)
+	for !strings.Contains(out.String(), `"busy 49"`) {
+		select {
+		case <-out.wrote:
+		case <-timeout:
+			t.Fatalf("the busy spell's lines never went out: %q", out.String())
+		}
+	}
+	// The burst went out in the deferred batch (on a slow machine perhaps
+	// in a few, one per idleGap), not a write per line.
+	if n := out.writes(); n > 10 {
+		t.Errorf("%d writes for 51 lines", n)
+	}
+	for i := range 50 {
+		if !strings.Contains(out.String(), fmt.Sprintf(`"busy %d"`, i)) {
+			t.Fatalf("line %d lost", i)
+		}
+	}
+	var nilw *logWriter
+	nilw.Idle()
+}
+
+// countingBuffer counts its writes and signals each on wrote.
+type countingBuffer struct {
+	syncBuffer
+	n     atomic.Int64
+	wrote chan struct{}
+}
+
+func (c *countingBuffer) Write(p []byte) (int, error) {
+	c.n.Add(1)
+	n, err := c.syncBuffer.Write(p)
+	select {
+	case c.wrote <- struct{}{}:
+	default:
+	}
+	return n, err
+}
+
+func (c *countingBuffer) writes() int64 { return c.n.Load() }

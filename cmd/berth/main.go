@@ -317,9 +317,10 @@ func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 			defer handlers.Done()
 			mux.ServeHTTP(w, r)
 			if running.Add(-1) == 0 {
-				// Idle: nothing to batch with, so the lines go out now, and
-				// whoever reads the log after a response finds its line.
-				logw.Flush()
+				// Idle: nothing to batch with, so the lines go out now (or
+				// within a few milliseconds of the last batch), and whoever
+				// reads the log after a response finds its line.
+				logw.Idle()
 			}
 		}),
 		BaseContext: func(net.Listener) context.Context { return baseCtx },
