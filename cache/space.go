@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/berth-dev/berth/internal/iox"
 	"github.com/berth-dev/berth/internal/oci"
 	"golang.org/x/sys/unix"
 )
@@ -255,18 +256,14 @@ type guarded struct {
 	promised int64 // bytes still counted in pending for this stream
 	keep     int64 // free bytes each write must leave
 	n        int64 // bytes written through it
-	flushed  int64 // bytes handed to early writeback (see startWriteback)
+	flushed  int64 // bytes handed to early writeback (see iox.StartWriteback)
 	checked  int64 // bytes written when the directory was last checked
 }
-
-// writebackEvery is how many bytes a staging file takes before the
-// kernel is asked to start writing them out.
-const writebackEvery = 8 << 20
 
 func (g *guarded) Write(p []byte) (int, error) {
 	n := int64(len(p)) - g.promised // what pending does not count yet
 	var err error
-	if g.n == 0 || g.n-g.checked >= writebackEvery {
+	if g.n == 0 || g.n-g.checked >= iox.WritebackEvery {
 		// The data directory's identity (a stat) every few MiB of a
 		// stream, not every write; a failure seen elsewhere, every write.
 		err = g.sp.healthy()
@@ -283,11 +280,11 @@ func (g *guarded) Write(p []byte) (int, error) {
 	}
 	m, err := g.w.Write(p)
 	g.n += int64(m)
-	if g.n-g.flushed >= writebackEvery {
+	if g.n-g.flushed >= iox.WritebackEvery {
 		if f, ok := g.w.(*os.File); ok {
 			// The file's offset, not g.n: an upload's chunk appends.
 			if end, err := f.Seek(0, io.SeekCurrent); err == nil {
-				startWriteback(f, end-(g.n-g.flushed), g.n-g.flushed)
+				iox.StartWriteback(f, end-(g.n-g.flushed), g.n-g.flushed)
 			}
 		}
 		g.flushed = g.n

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/berth-dev/berth/internal/iox"
+
 	"github.com/opencontainers/go-digest"
 )
 
@@ -29,8 +31,13 @@ func (s *Store) Stage(d digest.Digest, size int64, r io.Reader) (*Staged, error)
 	if err != nil {
 		return nil, err
 	}
+	// Hashed on a goroutine of its own while the next chunk is read and
+	// written: a large blob is staged at the speed of the slower of the
+	// two, not of both in turn (an import is otherwise one core's work).
 	v := d.Verifier()
-	n, err := copyHashing(s.space.writer(f, 0), r, v)
+	h := iox.NewAsyncHash(v)
+	n, err := io.CopyBuffer(io.MultiWriter(s.space.writer(f, 0), h), r, make([]byte, 1<<20))
+	h.Close()
 	switch {
 	case err != nil:
 	case size >= 0 && n != size:
@@ -47,56 +54,6 @@ func (s *Store) Stage(d digest.Digest, size int64, r io.Reader) (*Staged, error)
 		return nil, err
 	}
 	return &Staged{Digest: d, Size: n, s: s, path: f.Name()}, nil
-}
-
-// copyHashing copies r to w and also writes every byte to h, hashing on a
-// goroutine of its own: while one chunk is hashed the next is read and
-// written, so a large blob is staged at the speed of the slower of the two
-// rather than of both in turn (an import of a 2 GiB bundle is otherwise a
-// single core's work of receiving, hashing and writing). It returns once h
-// has every byte written to w.
-func copyHashing(w io.Writer, r io.Reader, h io.Writer) (int64, error) {
-	const nbuf, bufSize = 3, 1 << 20
-	free := make(chan []byte, nbuf)
-	for range nbuf {
-		free <- make([]byte, bufSize)
-	}
-	full := make(chan []byte, nbuf)
-	hashed := make(chan struct{})
-	go func() {
-		defer close(hashed)
-		for b := range full {
-			_, _ = h.Write(b) // a hash's Write never fails
-			free <- b[:cap(b)]
-		}
-	}()
-	var n int64
-	var err error
-	for err == nil {
-		b := <-free
-		m := 0
-		var rerr error
-		for m < len(b) && rerr == nil {
-			var k int
-			k, rerr = r.Read(b[m:])
-			m += k
-		}
-		if m > 0 {
-			if _, werr := w.Write(b[:m]); werr != nil {
-				err = werr
-				break
-			}
-			n += int64(m)
-			full <- b[:m]
-		}
-		if rerr == io.EOF {
-			break
-		}
-		err = rerr
-	}
-	close(full)
-	<-hashed
-	return n, err
 }
 
 // Open opens the staged file for reading.

@@ -3,9 +3,7 @@ package cache
 import (
 	"bytes"
 	"errors"
-	"io"
 	"testing"
-	"testing/iotest"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -68,37 +66,3 @@ func TestManifests(t *testing.T) {
 		t.Errorf("a prefix of the name lists %d manifests", len(ms))
 	}
 }
-
-// copyHashing hands the hash every byte it writes, in order, and stops at
-// the first error of either side without leaving its hashing goroutine
-// behind.
-func TestCopyHashing(t *testing.T) {
-	t.Parallel()
-	b := make([]byte, 3<<20+12345) // more chunks than buffers, a short last one
-	for i := range b {
-		b[i] = byte(i * 7 / 3)
-	}
-	var out bytes.Buffer
-	h := digest.Canonical.Digester()
-	n, err := copyHashing(&out, iotest.HalfReader(bytes.NewReader(b)), h.Hash())
-	if err != nil || n != int64(len(b)) || !bytes.Equal(out.Bytes(), b) {
-		t.Fatalf("copied %d of %d bytes, equal %v: %v", n, len(b), bytes.Equal(out.Bytes(), b), err)
-	}
-	if h.Digest() != digest.FromBytes(b) {
-		t.Errorf("hash %s, want %s", h.Digest(), digest.FromBytes(b))
-	}
-
-	broken := errors.New("connection reset")
-	r := io.MultiReader(bytes.NewReader(b[:2<<20]), iotest.ErrReader(broken))
-	if n, err := copyHashing(io.Discard, r, digest.Canonical.Digester().Hash()); !errors.Is(err, broken) || n != 2<<20 {
-		t.Errorf("reader failing after 2 MiB: %d bytes, %v", n, err)
-	}
-	full := errors.New("no space")
-	if _, err := copyHashing(failingWriter{full}, bytes.NewReader(b), digest.Canonical.Digester().Hash()); !errors.Is(err, full) {
-		t.Errorf("failing writer: %v", err)
-	}
-}
-
-type failingWriter struct{ err error }
-
-func (w failingWriter) Write([]byte) (int, error) { return 0, w.err }

@@ -16,6 +16,7 @@ import (
 	"github.com/berth-dev/berth/cache"
 	"github.com/berth-dev/berth/internal/bundle"
 	"github.com/berth-dev/berth/internal/imageref"
+	"github.com/berth-dev/berth/internal/iox"
 	"github.com/berth-dev/berth/internal/regclient"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -214,7 +215,9 @@ func writeBundle(ctx context.Context, c *regclient.Client, items []exportItem, i
 			}
 		}
 	}()
-	w, err := bundle.NewWriter(f, opts)
+	// The bundle starts its way to disk as it is written: the fsync at the
+	// end then has little left to do.
+	w, err := bundle.NewWriter(iox.Writeback(f), opts)
 	if err != nil {
 		return err
 	}

@@ -36,6 +36,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-dev/berth/internal/iox"
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -150,8 +151,11 @@ func (w *Writer) AddBlob(desc ocispec.Descriptor, r io.Reader) error {
 		return &DigestError{Digest: desc.Digest, Err: ErrCorrupt, Detail: err.Error()}
 	}
 	v := desc.Digest.Verifier()
+	h := iox.NewAsyncHash(v) // hashed while the next chunk is received and written
 	name := "blobs/" + desc.Digest.Algorithm().String() + "/" + desc.Digest.Encoded()
-	if err := w.file(name, desc.Size, io.TeeReader(r, v)); err != nil {
+	err := w.file(name, desc.Size, io.TeeReader(r, h))
+	h.Close()
+	if err != nil {
 		return err
 	}
 	if !v.Verified() {

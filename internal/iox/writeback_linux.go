@@ -1,4 +1,4 @@
-package cache
+package iox
 
 import (
 	"os"
@@ -6,7 +6,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// startWriteback asks the kernel to begin writing [off, off+n) of f to
+// StartWriteback asks the kernel to begin writing [off, off+n) of f to
 // disk now, without waiting for it (sync_file_range SYNC_FILE_RANGE_WRITE).
 // A blob's fsync at commit then finds most of it already on disk, instead
 // of flushing all of it at once: the disk works while the bytes arrive, as
@@ -14,6 +14,6 @@ import (
 // background threshold (gigabytes on a large machine). Where the file
 // system does not support it, nothing happens: the fsync at commit is what
 // makes the blob durable either way.
-func startWriteback(f *os.File, off, n int64) {
+func StartWriteback(f *os.File, off, n int64) {
 	_ = unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
 }
