@@ -81,9 +81,11 @@ func notModified(r *http.Request, etag string) bool {
 }
 
 // getBlob answers a blob GET: If-None-Match, one Range (when the content
-// seeks), and the body through a pooled buffer, so memory does not grow with
-// blob size. A body that breaks off is errAbort: the client must see a cut
-// connection, never a clean end of a short or unverified blob.
+// seeks), and the body: a small blob from memory in one corked write, a
+// stored file with sendfile on plain TCP, anything else (TLS, HTTP/2, a
+// fill still arriving) through a pooled buffer, so memory does not grow
+// with blob size. A body that breaks off is errAbort: the client must see
+// a cut connection, never a clean end of a short or unverified blob.
 func (h *Handler) getBlob(ctx context.Context, w http.ResponseWriter, r *http.Request, repo string, d digest.Digest) error {
 	rd, err := h.reg.GetBlob(ctx, repo, d)
 	if err != nil {
