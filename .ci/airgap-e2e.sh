@@ -277,6 +277,7 @@ sc_import() {
   use_berth berth-b
   local m; m=$(mark "$BLOG")
   step "berth import --server http://$B bundle.tar" "$BERTH" import --server "http://$B" "$BUNDLE" || return
+  bsync
   local said; said=$(tail -n +$((m + 1)) "$BLOG" | jq -Rc 'fromjson? | select(.message=="bundle imported")')
   check "B itself imported it (its log: bundle imported)" '[ -n "$said" ]' "$(tail -n +$((m + 1)) "$BLOG" | tail -n 5)"
   local after; after=$(state "http://$B" "$RT/berth-b-data")

@@ -68,8 +68,20 @@ equal() { if [ "$2" = "$3" ]; then echo "  ok   $1"; return 0; fi
 # mark FILE : current line count, to look only at what is logged after it.
 mark() { wc -l <"$1" 2>/dev/null || echo 0; }
 
-# blog FROM JQ-CONDITION : berth's request log lines after line FROM matching the condition.
-blog() { tail -n +$(( $1 + 1 )) "$BLOG" | jq -Rc "fromjson? | select(.message==\"request\") | select($2)"; }
+# bsync : wait until berth's log holds every line of the requests made so
+# far. berth writes its lines in order, in batches (when it falls idle, at
+# most one batch every 5 ms): one more request, with a user agent of its
+# own, is logged after all of them; once its line is in the file, so are
+# theirs.
+bsync() { local ua="e2e-sync-$$-$RANDOM$RANDOM" i
+  curl -s -o /dev/null -A "$ua" "http://$B/v2/_catalog?n=1" || true
+  for i in $(seq 200); do grep -qF "\"$ua\"" "$BLOG" && return 0; sleep 0.025; done
+  echo "  (bsync: berth did not log the sync request within 5 s)"
+}
+# blog FROM JQ-CONDITION : berth's request log lines after line FROM matching
+# the condition (the sync request left out).
+blog() { bsync >&2
+  tail -n +$(( $1 + 1 )) "$BLOG" | jq -Rc "fromjson? | select(.message==\"request\") | select((.user_agent // \"\") | startswith(\"e2e-sync-\") | not) | select($2)"; }
 # bexpect DESC FROM JQ-CONDITION [MIN] : at least MIN (default 1) berth request log lines match.
 bexpect() { local desc=$1 from=$2 cond=$3 min=${4:-1} n
   n=$(blog "$from" "$cond" | wc -l)
