@@ -174,21 +174,38 @@ func (m *Mirror) shared(ctx context.Context, key string, fn func(ctx context.Con
 // --- manifests ---------------------------------------------------------------
 
 // GetTag implements registry.Reader.
+//
+// Eviction removes a mirrored manifest together with the tags that point
+// at it; if that happens between the tag's read and the manifest's, the
+// tag is resolved once more (now from the upstream) rather than answered
+// 404 (found by crash-e2e under a 6 MiB cache limit).
 func (m *Mirror) GetTag(ctx context.Context, repo, tag string) (registry.BlobReader, error) {
-	d, err := m.resolveTag(ctx, repo, tag, true)
-	if err != nil {
-		return nil, err
+	for try := 0; ; try++ {
+		d, err := m.resolveTag(ctx, repo, tag, true)
+		if err != nil {
+			return nil, err
+		}
+		rd, err := m.local.GetManifest(ctx, m.storeRepo(repo), d)
+		if try == 0 && errors.Is(err, oci.ErrManifestUnknown) {
+			continue
+		}
+		return rd, err
 	}
-	return m.local.GetManifest(ctx, m.storeRepo(repo), d)
 }
 
-// ResolveTag implements registry.Reader.
+// ResolveTag implements registry.Reader (evicted meanwhile: as GetTag).
 func (m *Mirror) ResolveTag(ctx context.Context, repo, tag string) (registry.Descriptor, error) {
-	d, err := m.resolveTag(ctx, repo, tag, false)
-	if err != nil {
-		return registry.Descriptor{}, outageUnknown(err, oci.CodeManifestUnknown, "manifest "+oci.Clip(tag))
+	for try := 0; ; try++ {
+		d, err := m.resolveTag(ctx, repo, tag, false)
+		if err != nil {
+			return registry.Descriptor{}, outageUnknown(err, oci.CodeManifestUnknown, "manifest "+oci.Clip(tag))
+		}
+		desc, err := m.local.ResolveManifest(ctx, m.storeRepo(repo), d)
+		if try == 0 && errors.Is(err, oci.ErrManifestUnknown) {
+			continue
+		}
+		return desc, err
 	}
-	return m.local.ResolveManifest(ctx, m.storeRepo(repo), d)
 }
 
 // GetManifest implements registry.Reader.
