@@ -242,7 +242,13 @@ func (sp *space) classify(err error) error {
 // its writes release it, and stop only if the disk falls to the index's
 // half reserve (something else is filling it); writes past it, or of a
 // stream with nothing promised, must keep the whole reserve.
+//
+// A file starts its writeback as it is written (iox.Writeback): the fsync
+// at commit then finds the blob on disk.
 func (sp *space) writer(w io.Writer, promised int64) *guarded {
+	if f, ok := w.(*os.File); ok {
+		w = iox.Writeback(f)
+	}
 	g := &guarded{w: w, sp: sp, promised: max(promised, 0), keep: sp.reserve}
 	if g.promised > 0 {
 		g.keep = sp.reserve / 2
@@ -256,7 +262,6 @@ type guarded struct {
 	promised int64 // bytes still counted in pending for this stream
 	keep     int64 // free bytes each write must leave
 	n        int64 // bytes written through it
-	flushed  int64 // bytes handed to early writeback (see iox.StartWriteback)
 	checked  int64 // bytes written when the directory was last checked
 }
 
@@ -280,15 +285,6 @@ func (g *guarded) Write(p []byte) (int, error) {
 	}
 	m, err := g.w.Write(p)
 	g.n += int64(m)
-	if g.n-g.flushed >= iox.WritebackEvery {
-		if f, ok := g.w.(*os.File); ok {
-			// The file's offset, not g.n: an upload's chunk appends.
-			if end, err := f.Seek(0, io.SeekCurrent); err == nil {
-				iox.StartWriteback(f, end-(g.n-g.flushed), g.n-g.flushed)
-			}
-		}
-		g.flushed = g.n
-	}
 	g.sp.written.Add(int64(m))
 	if rel := min(int64(m), g.promised); rel > 0 {
 		g.promised -= rel
