@@ -315,7 +315,11 @@ func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 			handlers.Add(1)
 			running.Add(1)
 			defer handlers.Done()
-			mux.ServeHTTP(w, r)
+			if strings.HasPrefix(r.URL.Path, "/v2/") {
+				api.ServeHTTP(w, r) // the registry's requests skip the mux's pattern matching
+			} else {
+				mux.ServeHTTP(w, r)
+			}
 			if running.Add(-1) == 0 {
 				// Idle: nothing to batch with, so the lines go out now (or
 				// within a few milliseconds of the last batch), and whoever

@@ -206,6 +206,21 @@ func TestServeLifecycle(t *testing.T) {
 	if resp.StatusCode != http.StatusNotFound {
 		t.Errorf("GET /nowhere: %s, want 404", resp.Status)
 	}
+	// /v2/ goes to the registry as it came, not through the mux's path
+	// cleaning: a name with a dot-dot segment is refused by the name
+	// grammar, and no /v2/ path reaches /metrics by a redirect.
+	for path, want := range map[string]int{"/v2/a/../b/tags/list": http.StatusBadRequest, "/v2/../metrics": http.StatusNotFound} {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
+		req.URL.Opaque = "//" + addr + path // as sent, uncleaned
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want || resp.Header.Get("Docker-Distribution-Api-Version") == "" {
+			t.Errorf("GET %s: %s (API version %q), want %d from the registry", path, resp.Status, resp.Header.Get("Docker-Distribution-Api-Version"), want)
+		}
+	}
 	cancel()
 	select {
 	case err := <-done:
