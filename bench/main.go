@@ -76,7 +76,16 @@ func main() {
 	bundleMiB := flag.Int64("bundle-mib", 0, "size of the image exported and imported, MiB (default 2048, 16 with -smoke)")
 	flag.StringVar(&o.only, "only", "", "tls: only the rows over TLS (berth vs nginx with the same certificate); docs/benchmarks.md is left alone.\ncluster: only the cluster run (three replicas on SeaweedFS; writes cluster.{json,md} and its own section of docs/benchmarks.md)")
 	bigMiB := flag.Int64("big-mib", 0, "size of the warm throughput blob, MiB (default 1024, 8 with -smoke)")
+	floorAddr := flag.String("floor-serve", "", "internal: serve the net/http floor on this address (floor.go) instead of running the bench")
+	floorEntries := flag.String("floor-entries", "", "internal: the floor server's responses (JSON)")
 	flag.Parse()
+	if *floorAddr != "" {
+		if err := serveFloor(*floorAddr, *floorEntries); err != nil {
+			fmt.Fprintln(os.Stderr, "berthbench floor:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if flag.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "berthbench: unexpected arguments", flag.Args())
 		os.Exit(2)

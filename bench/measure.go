@@ -105,7 +105,7 @@ func (b *bench) measure(ctx context.Context) error {
 		}
 
 		// 2. Request rate: small blobs, manifests by tag.
-		for _, name := range b.present(r, srvBerth, srvDistProxy, srvDist, srvNginx) {
+		for _, name := range b.present(r, srvBerth, srvDistProxy, srvDist, srvNginx, srvFloor) {
 			s := b.servers[name]
 			var urls []string
 			for _, l := range c.small.Layers {
@@ -122,7 +122,7 @@ func (b *bench) measure(ctx context.Context) error {
 			b.logf("  %s blob, %d conns, %-18s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  errors %d",
 				size(c.small.Layers[0].Size), b.o.conns, serverLabels[name], res.rps, ms(res.p50), ms(res.p99), res.errors)
 		}
-		for _, name := range b.present(r, srvBerth, srvDistProxy, srvDist, srvNginx) {
+		for _, name := range b.present(r, srvBerth, srvDistProxy, srvDist, srvNginx, srvFloor) {
 			s := b.servers[name]
 			res, err := rate(ctx, []string{s.manifestURL(c.ten.Repo, c.ten.Tag)}, manifestAccept, b.o.conns, b.o.dur)
 			if err != nil {

@@ -219,7 +219,7 @@ func (b *bench) report() *report {
 	judge(&rw, v, ok, "berth / nginx, both HTTP/2", "", "", 0, true)
 	r.Rows = append(r.Rows, rw)
 
-	rw = mk(fmt.Sprintf("%s blob, %d conns (req/s)", smallName, o.conns), mSmallRPS, srvBerth, srvDistProxy, srvDist, srvNginx)
+	rw = mk(fmt.Sprintf("%s blob, %d conns (req/s)", smallName, o.conns), mSmallRPS, srvBerth, srvDistProxy, srvDist, srvNginx, srvFloor)
 	be, ok1 = med(mSmallRPS, srvBerth)
 	ng, ok2 = med(mSmallRPS, srvNginx)
 	v, ok = div(be, ng, ok1, ok2)
@@ -228,11 +228,22 @@ func (b *bench) report() *report {
 	v, ok = div(dp, ng, ok3, ok2)
 	other(&rw, v, ok, "distribution proxy")
 	r.Rows = append(r.Rows, rw)
-	rw = pair(fmt.Sprintf("%s blob latency p50 / p99 (ms)", smallName), mSmallP50, mSmallP99, srvBerth, srvDistProxy, srvDist, srvNginx)
+	rw = pair(fmt.Sprintf("%s blob latency p50 / p99 (ms)", smallName), mSmallP50, mSmallP99, srvBerth, srvDistProxy, srvDist, srvNginx, srvFloor)
 	be, ok1 = med(mSmallP99, srvBerth)
 	ng, ok2 = med(mSmallP99, srvNginx)
 	v, ok = div(be, ng, ok1, ok2)
 	judge(&rw, v, ok, "berth p99 / nginx p99", "<= 1x", smallName+" blob p99 vs nginx", 1, false)
+	r.Rows = append(r.Rows, rw)
+	// Against the net/http floor (floor.go): what berth's own work per
+	// request costs, and how far nginx goes beyond the library.
+	rw = mk(fmt.Sprintf("%s blob, %d conns (req/s)", smallName, o.conns), mSmallRPS, srvBerth, srvNginx, srvFloor)
+	be, ok1 = med(mSmallRPS, srvBerth)
+	ng, ok2 = med(mSmallRPS, srvNginx)
+	fl, ok3 := med(mSmallRPS, srvFloor)
+	v, ok = div(be, fl, ok1, ok3)
+	judge(&rw, v, ok, "berth / net/http floor", "", "", 0, true)
+	v, ok = div(ng, fl, ok2, ok3)
+	other(&rw, v, ok, "nginx")
 	r.Rows = append(r.Rows, rw)
 
 	// Manifests by tag: the same rates in three rows, one per target.
@@ -241,15 +252,15 @@ func (b *bench) report() *report {
 	dp, ok2 = med(mManRPS, srvDistProxy)
 	di, ok3 := med(mManRPS, srvDist)
 	ng, ok4 := med(mManRPS, srvNginx)
-	rw = mk(manRPS, mManRPS, srvBerth, srvDistProxy, srvDist, srvNginx)
+	rw = mk(manRPS, mManRPS, srvBerth, srvDistProxy, srvDist, srvNginx, srvFloor)
 	v, ok = div(be, dp, ok1, ok2)
 	judge(&rw, v, ok, "berth / distribution proxy", ">= 10x", "manifest by tag vs distribution proxy", 10, true)
 	r.Rows = append(r.Rows, rw)
-	rw = mk(manRPS, mManRPS, srvBerth, srvDistProxy, srvDist, srvNginx)
+	rw = mk(manRPS, mManRPS, srvBerth, srvDistProxy, srvDist, srvNginx, srvFloor)
 	v, ok = div(be, di, ok1, ok3)
 	judge(&rw, v, ok, "berth / distribution", ">= 2x", "manifest by tag vs distribution", 2, true)
 	r.Rows = append(r.Rows, rw)
-	rw = mk(manRPS, mManRPS, srvBerth, srvDistProxy, srvDist, srvNginx)
+	rw = mk(manRPS, mManRPS, srvBerth, srvDistProxy, srvDist, srvNginx, srvFloor)
 	v, ok = div(be, ng, ok1, ok4)
 	judge(&rw, v, ok, "berth / nginx", ">= 0.8x", "manifest by tag vs nginx", 0.8, true)
 	r.Rows = append(r.Rows, rw)
@@ -259,14 +270,23 @@ func (b *bench) report() *report {
 	dp, ok2 = med(mManP99, srvDistProxy)
 	di, ok3 = med(mManP99, srvDist)
 	ng, ok4 = med(mManP99, srvNginx)
-	rw = pair(manLat, mManP50, mManP99, srvBerth, srvDistProxy, srvDist, srvNginx)
+	rw = pair(manLat, mManP50, mManP99, srvBerth, srvDistProxy, srvDist, srvNginx, srvFloor)
 	v, ok = div(be, min(dp, di), ok1, ok2 && ok3)
 	// "best other" is the better of the two distributions: nginx has a row of its own.
 	judge(&rw, v, ok, "berth p99 / best distribution p99", "< 1x", "manifest p99 vs the better distribution", 0.999999, false)
 	r.Rows = append(r.Rows, rw)
-	rw = pair(manLat, mManP50, mManP99, srvBerth, srvDistProxy, srvDist, srvNginx)
+	rw = pair(manLat, mManP50, mManP99, srvBerth, srvDistProxy, srvDist, srvNginx, srvFloor)
 	v, ok = div(be, ng, ok1, ok4)
 	judge(&rw, v, ok, "berth p99 / nginx p99", "<= 1x", "manifest p99 vs nginx", 1, false)
+	r.Rows = append(r.Rows, rw)
+	rw = mk(manRPS, mManRPS, srvBerth, srvNginx, srvFloor)
+	be, ok1 = med(mManRPS, srvBerth)
+	ng, ok2 = med(mManRPS, srvNginx)
+	fl, ok3 = med(mManRPS, srvFloor)
+	v, ok = div(be, fl, ok1, ok3)
+	judge(&rw, v, ok, "berth / net/http floor", "", "", 0, true)
+	v, ok = div(ng, fl, ok2, ok3)
+	other(&rw, v, ok, "nginx")
 	r.Rows = append(r.Rows, rw)
 
 	herdName := size(o.herdSize)
@@ -351,7 +371,7 @@ func (b *bench) report() *report {
 	return r
 }
 
-var tableServers = []string{srvBerth, srvDistProxy, srvDist, srvNginx, srvDirect}
+var tableServers = []string{srvBerth, srvDistProxy, srvDist, srvNginx, srvFloor, srvDirect}
 
 // table renders the rows as a markdown table.
 func (r *report) table() string {

@@ -25,6 +25,7 @@ const (
 	srvDist      = "distribution"
 	srvNginx     = "nginx"
 	srvDirect    = "direct"
+	srvFloor     = "floor"
 )
 
 var serverLabels = map[string]string{
@@ -33,9 +34,10 @@ var serverLabels = map[string]string{
 	srvDist:      "distribution",
 	srvNginx:     "nginx",
 	srvDirect:    "direct",
+	srvFloor:     "net/http floor",
 }
 
-var serverOrder = []string{srvBerth, srvDistProxy, srvDist, srvNginx, srvDirect}
+var serverOrder = []string{srvBerth, srvDistProxy, srvDist, srvNginx, srvFloor, srvDirect}
 
 type server struct {
 	name string
@@ -143,6 +145,10 @@ func (b *bench) setup(ctx context.Context) error {
 		if err := b.startNginx(ctx, filepath.Join(upDir, "docker", "registry", "v2", "blobs"), &b.content.ten); err != nil {
 			b.note("nginx skipped: %v", err)
 		}
+	}
+	// The net/http floor (floor.go), serving the same bytes.
+	if err := b.startFloor(ctx, filepath.Join(upDir, "docker", "registry", "v2", "blobs")); err != nil {
+		return fmt.Errorf("net/http floor: %w", err)
 	}
 	return b.prime(ctx)
 }
