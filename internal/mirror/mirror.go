@@ -511,12 +511,16 @@ func (m *Mirror) fillReader(ctx context.Context, repo string, d digest.Digest) (
 		}
 		rd, err := f.NewReader(ctx, 0)
 		if err != nil {
-			// The fill ended between lookup and open: the blob is stored
-			// (or the fill failed and the next round starts another).
-			if f.Wait(ctx) == nil {
-				if rd, err := m.local.GetBlob(ctx, sr, d); err == nil {
-					return rd, nil
-				}
+			// The fill ended between lookup and open. Stored: read it (or,
+			// evicted since, fetch again). Failed: this client gets the
+			// failure the clients reading it got, and the upstream is not
+			// asked again for it within the same request.
+			werr := f.Wait(ctx)
+			if werr != nil {
+				return nil, m.upstreamErr(ctx, werr, oci.CodeBlobUnknown)
+			}
+			if rd, err := m.local.GetBlob(ctx, sr, d); err == nil {
+				return rd, nil
 			}
 			continue
 		}
