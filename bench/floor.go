@@ -27,6 +27,7 @@ type floorEntry struct {
 	Type   string `json:"type"`
 	Digest string `json:"digest"`
 	File   string `json:"file"`
+	Blob   bool   `json:"blob"` // with a blob's Accept-Ranges and Cache-Control, as berth sends
 }
 
 // startFloor writes the floor's entries (the small image's layers, the
@@ -46,7 +47,7 @@ func (b *bench) startFloor(ctx context.Context, blobRoot string) error {
 	for _, l := range c.small.Layers {
 		entries = append(entries, floorEntry{
 			Path: "/v2/" + c.small.Repo + "/blobs/" + l.Digest.String(), Type: "application/octet-stream", Digest: l.Digest.String(),
-			File: filepath.Join(blobRoot, "sha256", l.Digest.Encoded()[:2], l.Digest.Encoded(), "data"),
+			File: filepath.Join(blobRoot, "sha256", l.Digest.Encoded()[:2], l.Digest.Encoded(), "data"), Blob: true,
 		})
 	}
 	man := filepath.Join(dir, "manifest.json")
@@ -100,13 +101,21 @@ func serveFloor(addr, entriesPath string) error {
 		if err != nil {
 			return err
 		}
-		responses[e.Path] = response{body: body, hdr: http.Header{
+		// Byte for byte the headers berth sends (the request ID is fixed,
+		// of the length of berth's).
+		hdr := http.Header{
 			"Content-Type":                    {e.Type},
 			"Content-Length":                  {strconv.Itoa(len(body))},
 			"Docker-Content-Digest":           {e.Digest},
 			"Docker-Distribution-Api-Version": {"registry/2.0"},
 			"Etag":                            {`"` + e.Digest + `"`},
-		}}
+			"X-Request-Id":                    {"flooridx-1234"},
+		}
+		if e.Blob {
+			hdr["Accept-Ranges"] = []string{"bytes"}
+			hdr["Cache-Control"] = []string{"max-age=31536000"}
+		}
+		responses[e.Path] = response{body: body, hdr: hdr}
 	}
 	srv := &http.Server{
 		Addr: addr,
