@@ -235,16 +235,19 @@ func (b *bench) report() *report {
 	judge(&rw, v, ok, "berth p99 / nginx p99", "<= 1x", smallName+" blob p99 vs nginx", 1, false)
 	r.Rows = append(r.Rows, rw)
 	// Against the net/http floor (floor.go): what berth's own work per
-	// request costs, and how far nginx goes beyond the library.
-	rw = mk(fmt.Sprintf("%s blob, %d conns (req/s)", smallName, o.conns), mSmallRPS, srvBerth, srvNginx, srvFloor)
-	be, ok1 = med(mSmallRPS, srvBerth)
-	ng, ok2 = med(mSmallRPS, srvNginx)
-	fl, ok3 := med(mSmallRPS, srvFloor)
-	v, ok = div(be, fl, ok1, ok3)
-	judge(&rw, v, ok, "berth / net/http floor", "", "", 0, true)
-	v, ok = div(ng, fl, ok2, ok3)
-	other(&rw, v, ok, "nginx")
-	r.Rows = append(r.Rows, rw)
+	// request costs, and how far nginx goes beyond the library. No target.
+	floorRow := func(label, metric string) row {
+		rw := mk(label, metric, srvBerth, srvNginx, srvFloor)
+		be, ok1 := med(metric, srvBerth)
+		ng, ok2 := med(metric, srvNginx)
+		fl, ok3 := med(metric, srvFloor)
+		v, ok := div(be, fl, ok1, ok3)
+		judge(&rw, v, ok, "berth / net/http floor", "", "", 0, true)
+		v, ok = div(ng, fl, ok2, ok3)
+		other(&rw, v, ok, "nginx")
+		return rw
+	}
+	r.Rows = append(r.Rows, floorRow(fmt.Sprintf("%s blob, %d conns (req/s)", smallName, o.conns), mSmallRPS))
 
 	// Manifests by tag: the same rates in three rows, one per target.
 	manRPS := fmt.Sprintf("manifest by tag, %d conns (req/s)", o.conns)
@@ -279,15 +282,7 @@ func (b *bench) report() *report {
 	v, ok = div(be, ng, ok1, ok4)
 	judge(&rw, v, ok, "berth p99 / nginx p99", "<= 1x", "manifest p99 vs nginx", 1, false)
 	r.Rows = append(r.Rows, rw)
-	rw = mk(manRPS, mManRPS, srvBerth, srvNginx, srvFloor)
-	be, ok1 = med(mManRPS, srvBerth)
-	ng, ok2 = med(mManRPS, srvNginx)
-	fl, ok3 = med(mManRPS, srvFloor)
-	v, ok = div(be, fl, ok1, ok3)
-	judge(&rw, v, ok, "berth / net/http floor", "", "", 0, true)
-	v, ok = div(ng, fl, ok2, ok3)
-	other(&rw, v, ok, "nginx")
-	r.Rows = append(r.Rows, rw)
+	r.Rows = append(r.Rows, floorRow(manRPS, mManRPS))
 
 	herdName := size(o.herdSize)
 	rw = mk(fmt.Sprintf("herd of %d, cold %s blob: upstream bytes (x blob)", o.herdClients, herdName), mHerdBytes, srvBerth, srvDistProxy)
