@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 
 	"github.com/berth-dev/berth/internal/regclient"
 	"github.com/berth-dev/berth/internal/registry"
@@ -61,12 +62,12 @@ func (c *clientFlags) register(fs *flag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&c.key, "key", "", "")
 }
 
-// httpClient is the HTTP client of the TLS flags; nil (the default
-// client) without them.
+// httpClient is the HTTP client of the TLS flags. Without --cert, a server
+// that asks for a client certificate (a berth with tls.client_ca_file)
+// refuses the handshake, and what reaches the client then depends on
+// timing (the server's alert, a broken pipe under the request, an HTTP/2
+// connection that could not be established): its errors then say why.
 func (c *clientFlags) httpClient() (*http.Client, error) {
-	if c.cacert == "" && c.cert == "" && c.key == "" {
-		return nil, nil
-	}
 	if (c.cert == "") != (c.key == "") {
 		return nil, errors.New("--cert and --key go together")
 	}
@@ -94,7 +95,30 @@ func (c *clientFlags) httpClient() (*http.Client, error) {
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = conf
-	return &http.Client{Transport: tr}, nil
+	if c.cert != "" {
+		return &http.Client{Transport: tr}, nil
+	}
+	rt := &certAsked{next: tr}
+	conf.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		rt.asked.Store(true)
+		return &tls.Certificate{}, nil // none: the handshake goes on, and the server decides
+	}
+	return &http.Client{Transport: rt}, nil
+}
+
+// certAsked adds to a failed request's error that the server asked for a
+// client certificate none was given for.
+type certAsked struct {
+	next  http.RoundTripper
+	asked atomic.Bool
+}
+
+func (c *certAsked) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := c.next.RoundTrip(r)
+	if err != nil && c.asked.Load() {
+		err = fmt.Errorf("%w (the server asked for a client certificate: give one with --cert and --key)", err)
+	}
+	return resp, err
 }
 
 // client is the regclient of the flags: credentials from --username and
