@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -29,9 +28,10 @@ func blobHeaders(hdr http.Header, desc registry.Descriptor) string {
 	return etag
 }
 
-// corkAbove is the body size past which headers and body no longer fit in
-// net/http's 4 KiB write buffer, so the response goes out in two writes.
-const corkAbove = 3 << 10
+// batchAbove is the body size past which headers and body no longer fit in
+// net/http's 4 KiB write buffer, so the response goes out in two writes
+// unless batched.
+const batchAbove = 3 << 10
 
 var (
 	acceptRanges = []string{"bytes"}
@@ -125,8 +125,8 @@ func (h *Handler) getBlob(ctx context.Context, w http.ResponseWriter, r *http.Re
 	w.WriteHeader(status)
 	if b, ok := rd.(registry.Bytes); ok {
 		body := b.Bytes()[start : start+n]
-		if len(body) > corkAbove {
-			corked(ctx, func() { _, _ = w.Write(body) })
+		if len(body) > batchAbove {
+			batched(ctx, func() { _, _ = w.Write(body) })
 		} else {
 			_, _ = w.Write(body)
 		}
@@ -146,8 +146,7 @@ func (h *Handler) getBlob(ctx context.Context, w http.ResponseWriter, r *http.Re
 // connection (not TLS, not HTTP/2), where a stored blob's file can be
 // handed to sendfile(2).
 func plainTCP(ctx context.Context) bool {
-	_, ok := ctx.Value(connKey{}).(*net.TCPConn)
-	return ok
+	return tcpConn(ctx) != nil
 }
 
 // sendFile sends n bytes of a stored blob's file from its offset with

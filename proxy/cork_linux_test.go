@@ -1,13 +1,108 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 )
+
+// batchPair is a connection accepted through Listener and its client.
+func batchPair(t *testing.T) (*batchConn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln = Listener(ln)
+	t.Cleanup(func() { ln.Close() })
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close() })
+	bc, ok := server.(*batchConn)
+	if !ok {
+		t.Fatalf("Listener accepted a %T, want *batchConn", server)
+	}
+	return bc, client
+}
+
+// In a batch the first write is held and goes out with the second, in
+// order; a write alone in its batch goes out when the batch ends; outside
+// a batch nothing is held.
+func TestBatchedWrites(t *testing.T) {
+	t.Parallel()
+	c, client := batchPair(t)
+	ctx := WithConn(context.Background(), c)
+	head, body := bytes.Repeat([]byte("h"), heldMax), bytes.Repeat([]byte("b"), 10<<10)
+	batched(ctx, func() {
+		if n, err := c.Write(head); n != len(head) || err != nil {
+			t.Errorf("first write: %d, %v", n, err)
+		}
+		if c.held == nil {
+			t.Error("the first write of a batch was not held")
+		}
+		head[0] = 'X' // net/http reuses its buffer: the held copy must not change
+		if n, err := c.Write(body); n != len(body) || err != nil {
+			t.Errorf("second write: %d, %v", n, err)
+		}
+		if c.held != nil {
+			t.Error("the second write left something held")
+		}
+	})
+	batched(ctx, func() { _, _ = c.Write([]byte("alone")) })
+	if c.held != nil {
+		t.Fatal("a write alone in its batch is still held after it")
+	}
+	if _, err := c.Write([]byte("after")); err != nil || c.held != nil {
+		t.Fatalf("a write outside a batch: %v, held %q", err, c.held)
+	}
+	want := append(append(append(bytes.Repeat([]byte("h"), heldMax), body...), "alone"...), "after"...)
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(client, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("the client read the writes changed or out of order")
+	}
+}
+
+// A held write goes out before a file sent with sendfile(2), which
+// bypasses Write.
+func TestBatchedReadFromSendsHeldFirst(t *testing.T) {
+	t.Parallel()
+	c, client := batchPair(t)
+	path := filepath.Join(t.TempDir(), "blob")
+	if err := os.WriteFile(path, []byte("file"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	batched(WithConn(context.Background(), c), func() {
+		_, _ = c.Write([]byte("headers "))
+		if _, err := c.ReadFrom(f); err != nil {
+			t.Error(err)
+		}
+	})
+	got := make([]byte, len("headers file"))
+	if _, err := io.ReadFull(client, got); err != nil || string(got) != "headers file" {
+		t.Fatalf("client read %q, %v; want %q", got, err, "headers file")
+	}
+}
 
 // A corked write reaches the client whole, and the socket is uncorked after
 // (a cork left on would hold the next response back for 200 ms).

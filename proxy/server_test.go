@@ -62,7 +62,8 @@ func startServer(tb testing.TB, so cache.Options, b berth) (*cache.Store, *httpt
 		log = zerolog.New(b.Log)
 	}
 	srv := httptest.NewUnstartedServer(proxy.New(proxy.Options{Registry: rt, Logger: log, Auth: b.Auth, Registerer: b.Registerer, OnRequest: b.OnRequest}))
-	srv.Config.ConnContext = proxy.WithConn // as berth serve: corked writes, sendfile
+	srv.Config.ConnContext = proxy.WithConn // as berth serve: batched writes, corked sendfile
+	srv.Listener = proxy.Listener(srv.Listener)
 	srv.Start()
 	tb.Cleanup(func() {
 		srv.Close()

@@ -378,7 +378,7 @@ func serveWith(ctx context.Context, cfg Config, h hooks) (err error) {
 		if tlsConfig != nil {
 			serve = func(ln net.Listener) error { return srv.ServeTLS(ln, "", "") }
 		}
-		if err := serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := serve(proxy.Listener(ln)); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil
