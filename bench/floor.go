@@ -9,13 +9,15 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"time"
+
+	"github.com/berth-dev/berth/proxy"
 )
 
 // The net/http floor: the bench started again as a bare net/http server
 // that answers the small blob and manifest GETs from memory with the
-// headers berth sends, corking a body past 3 KiB as berth does, and
+// headers berth sends, a body past 3 KiB written in one writev as berth
+// writes it (through berth's own listener, proxy.Listener), and
 // nothing else: no routing, index, request log or metrics. It is what any
 // Go registry built on net/http could reach at most on the machine, so
 // berth's rate against it is the cost of berth's own work per request,
@@ -79,8 +81,6 @@ func (b *bench) startFloor(ctx context.Context, blobRoot string) error {
 	return nil
 }
 
-type floorConn struct{}
-
 // serveFloor runs the floor server on addr until the process is stopped.
 func serveFloor(addr, entriesPath string) error {
 	spec, err := os.ReadFile(entriesPath)
@@ -118,7 +118,7 @@ func serveFloor(addr, entriesPath string) error {
 		responses[e.Path] = response{body: body, hdr: hdr}
 	}
 	srv := &http.Server{
-		Addr: addr,
+
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			res, ok := responses[r.URL.Path]
 			if !ok {
@@ -133,30 +133,19 @@ func serveFloor(addr, entriesPath string) error {
 				hdr[k] = v
 			}
 			w.WriteHeader(http.StatusOK)
-			c, _ := r.Context().Value(floorConn{}).(*net.TCPConn)
-			if c == nil || len(res.body) <= 3<<10 {
+			if len(res.body) <= 3<<10 {
 				_, _ = w.Write(res.body)
 				return
 			}
-			cork(c, 1)
-			_, _ = w.Write(res.body)
-			cork(c, 0)
+			proxy.Batched(r.Context(), func() { _, _ = w.Write(res.body) })
 		}),
-		ConnContext:       func(ctx context.Context, c net.Conn) context.Context { return context.WithValue(ctx, floorConn{}, c) },
+		ConnContext:       proxy.WithConn,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}
-	return srv.ListenAndServe()
-}
-
-// cork sets TCP_CORK: the two writes net/http makes of a response larger
-// than its 4 KiB buffer leave as one transmission.
-func cork(c *net.TCPConn, on int) {
-	raw, err := c.SyscallConn()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return
+		return err
 	}
-	_ = raw.Control(func(fd uintptr) {
-		_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_CORK, on)
-	})
+	return srv.Serve(proxy.Listener(ln))
 }

@@ -126,7 +126,7 @@ func (h *Handler) getBlob(ctx context.Context, w http.ResponseWriter, r *http.Re
 	if b, ok := rd.(registry.Bytes); ok {
 		body := b.Bytes()[start : start+n]
 		if len(body) > batchAbove {
-			batched(ctx, func() { _, _ = w.Write(body) })
+			Batched(ctx, func() { _, _ = w.Write(body) })
 		} else {
 			_, _ = w.Write(body)
 		}

@@ -10,14 +10,14 @@ import (
 type connKey struct{}
 
 // WithConn is an http.Server's ConnContext: it lets a handler reach the
-// connection under a response, to batch or cork its writes (see batched
+// connection under a response, to batch or cork its writes (see Batched
 // and corked).
 func WithConn(ctx context.Context, c net.Conn) context.Context {
 	return context.WithValue(ctx, connKey{}, c)
 }
 
 // Listener wraps ln's TCP connections so that a response written from
-// memory leaves in one writev(2) (see batched). berth serve listens
+// memory leaves in one writev(2) (see Batched). berth serve listens
 // through it; TLS wraps the connections it returns, as any.
 func Listener(ln net.Listener) net.Listener { return batchListener{ln} }
 
@@ -83,10 +83,10 @@ func (c *batchConn) ReadFrom(r io.Reader) (int64, error) {
 	return c.TCPConn.ReadFrom(r)
 }
 
-// batched runs write with the connection holding its first write back to
+// Batched runs write with the connection holding its first write back to
 // send it with the second (see batchConn). Without a batchConn (over TLS,
 // whose records are written whole; in tests) it just writes.
-func batched(ctx context.Context, write func()) {
+func Batched(ctx context.Context, write func()) {
 	c, _ := ctx.Value(connKey{}).(*batchConn)
 	if c == nil {
 		write()

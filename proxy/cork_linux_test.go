@@ -46,7 +46,7 @@ func TestBatchedWrites(t *testing.T) {
 	c, client := batchPair(t)
 	ctx := WithConn(context.Background(), c)
 	head, body := bytes.Repeat([]byte("h"), heldMax), bytes.Repeat([]byte("b"), 10<<10)
-	batched(ctx, func() {
+	Batched(ctx, func() {
 		if n, err := c.Write(head); n != len(head) || err != nil {
 			t.Errorf("first write: %d, %v", n, err)
 		}
@@ -61,7 +61,7 @@ func TestBatchedWrites(t *testing.T) {
 			t.Error("the second write left something held")
 		}
 	})
-	batched(ctx, func() { _, _ = c.Write([]byte("alone")) })
+	Batched(ctx, func() { _, _ = c.Write([]byte("alone")) })
 	if c.held != nil {
 		t.Fatal("a write alone in its batch is still held after it")
 	}
@@ -92,7 +92,7 @@ func TestBatchedReadFromSendsHeldFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	batched(WithConn(context.Background(), c), func() {
+	Batched(WithConn(context.Background(), c), func() {
 		_, _ = c.Write([]byte("headers "))
 		if _, err := c.ReadFrom(f); err != nil {
 			t.Error(err)
