@@ -50,7 +50,37 @@ func (s *Store) Linked(repo string, d digest.Digest) (bool, error) {
 }
 
 // StatRepoBlob is StatBlob for a blob that repo may read; ErrNotFound otherwise.
+// A warm answer costs one lookup in memory (see readable).
 func (s *Store) StatRepoBlob(repo string, d digest.Digest) (int64, error) {
+	k := repoBlob{repo, d}
+	// Read before the index: an entry filled from a state older than a
+	// deletion carries an older count and is not used again.
+	n := s.deletions.Load()
+	if e, ok := s.readable.Get(k); ok && e.deletions == n {
+		s.Touch(d)
+		return e.size, nil
+	}
+	size, err := s.statRepoBlob(repo, d)
+	if err == nil {
+		s.readable.Add(k, readableBlob{size: size, deletions: n})
+	}
+	return size, err
+}
+
+// readableEntries bounds Store.readable (about 100 bytes an entry).
+const readableEntries = 16384
+
+type repoBlob struct {
+	repo string
+	d    digest.Digest
+}
+
+type readableBlob struct {
+	size      int64
+	deletions uint64 // Store.deletions when it was filled
+}
+
+func (s *Store) statRepoBlob(repo string, d digest.Digest) (int64, error) {
 	ok, err := s.Linked(repo, d)
 	if err != nil {
 		return 0, err

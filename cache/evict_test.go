@@ -108,6 +108,9 @@ func assertEvicted(t *testing.T, st *Store, repo string, d digest.Digest) {
 	if ok, err := st.Linked(repo, d); ok || err != nil {
 		t.Errorf("Linked(%s, %.19s) = %v, %v; want false", repo, d, ok, err)
 	}
+	if _, err := st.StatRepoBlob(repo, d); !errors.Is(err, ErrNotFound) {
+		t.Errorf("StatRepoBlob(%s, %.19s) = %v, want ErrNotFound", repo, d, err)
+	}
 	if _, err := st.OpenBlob(d); !errors.Is(err, ErrNotFound) {
 		t.Errorf("OpenBlob(%.19s) = %v, want ErrNotFound", d, err)
 	}

@@ -84,6 +84,7 @@ func setJSON(txn *wtxn, k []byte, v any) error {
 type wtxn struct {
 	*badger.Txn
 	touched []string
+	deleted bool
 }
 
 func (t *wtxn) Set(k, v []byte) error {
@@ -98,6 +99,7 @@ func (t *wtxn) SetEntry(e *badger.Entry) error {
 
 func (t *wtxn) Delete(k []byte) error {
 	t.touched = append(t.touched, string(k))
+	t.deleted = true
 	return t.Txn.Delete(k)
 }
 
@@ -111,14 +113,20 @@ func (s *Store) update(fn func(txn *wtxn) error) error {
 	defer s.hotMu.Unlock()
 	for {
 		var touched []string
+		var deleted bool
 		err := s.db.Update(func(txn *badger.Txn) error {
 			w := &wtxn{Txn: txn}
 			err := fn(w)
-			touched = w.touched
+			touched, deleted = w.touched, w.deleted
 			return err
 		})
 		for _, k := range touched {
 			s.hot.Remove(k)
+		}
+		if deleted {
+			// After the commit and the hot cache: a reader that sees the
+			// new count sees the deletion (RepoBlobSize).
+			s.deletions.Add(1)
 		}
 		if err == nil {
 			// The directory removed or replaced while it committed: Badger's

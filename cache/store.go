@@ -86,6 +86,13 @@ type Store struct {
 	manifests *lru.Cache[digest.Digest, []byte] // hot manifest bodies
 	small     *lru.Cache[digest.Digest, []byte] // hot small blobs; see SmallBlob
 
+	// readable remembers, per repository and blob, that the blob is linked
+	// and its size (RepoBlobSize), for as long as nothing is deleted from
+	// the index: every deletion moves deletions on, and an entry from
+	// before it is not trusted.
+	readable  *lru.Cache[repoBlob, readableBlob]
+	deletions atomic.Uint64
+
 	// hot caches index values (repositories, tags, manifests, links) by
 	// key, so a warm request does not reach Badger. hotMu orders cache
 	// fills against writes: a write holds it exclusively while it commits
@@ -181,8 +188,9 @@ func Open(root string, opts Options) (*Store, error) {
 	mans, _ := lru.New[digest.Digest, []byte](opts.ManifestCacheEntries)
 	hot, _ := lru.New[string, hotValue](65536)
 	small, _ := lru.New[digest.Digest, []byte](smallBlobEntries)
+	readable, _ := lru.New[repoBlob, readableBlob](readableEntries)
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Store{root: root, db: db, log: opts.Logger, opts: opts, sizes: sizes, manifests: mans, hot: hot, small: small,
+	s := &Store{root: root, db: db, log: opts.Logger, opts: opts, sizes: sizes, manifests: mans, hot: hot, small: small, readable: readable,
 		uploading: map[string]struct{}{}, fills: map[digest.Digest]*Fill{}, ctx: ctx, cancel: cancel, evictCh: make(chan struct{}, 1), space: sp}
 	if err := s.CleanIngest(); err != nil {
 		db.Close()
