@@ -257,6 +257,85 @@ func rateHeader(ctx context.Context, urls []string, accept string, hdr http.Head
 	}, nil
 }
 
+// fixedRate offers GETs of urls (round-robin) at rps requests a second for
+// dur, after a warm-up of dur/5, spread over conns connections: an open
+// loop, whose requests are sent on schedule whatever the server's pace.
+// Each latency counts from the request's scheduled start, so a server that
+// falls behind is charged the time its requests waited to be sent. The
+// rate reported is the completed requests a second of the measured window.
+func fixedRate(ctx context.Context, urls []string, accept string, conns int, rps float64, dur time.Duration) (rateResult, error) {
+	client := newClient(conns)
+	defer client.CloseIdleConnections()
+	interval := time.Duration(float64(conns) / rps * float64(time.Second))
+	begin := time.Now()
+	from, until := begin.Add(dur/5), begin.Add(dur/5+dur)
+	lat := make([][]time.Duration, conns)
+	var errs atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for w := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 32<<10)
+			next := begin.Add(interval * time.Duration(w) / time.Duration(conns))
+			for i := w; ctx.Err() == nil; i += conns {
+				if d := time.Until(next); d > 0 {
+					time.Sleep(d) // pacing: the open loop's schedule
+				}
+				t0 := next
+				next = next.Add(interval)
+				if t0.After(until) {
+					return
+				}
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, urls[i%len(urls)], nil)
+				if accept != "" {
+					req.Header.Set("Accept", accept)
+				}
+				resp, err := client.Do(req)
+				if err == nil {
+					for {
+						if _, rerr := resp.Body.Read(buf); rerr != nil {
+							if rerr != io.EOF {
+								err = rerr
+							}
+							break
+						}
+					}
+					resp.Body.Close()
+					if err == nil && resp.StatusCode != http.StatusOK {
+						err = fmt.Errorf("%s: %s", urls[i%len(urls)], resp.Status)
+					}
+				}
+				if err != nil {
+					errs.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+					continue
+				}
+				if !t0.Before(from) {
+					lat[w] = append(lat[w], time.Since(t0))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return rateResult{}, ctx.Err()
+	}
+	all := slices.Concat(lat...)
+	if len(all) == 0 {
+		err, _ := firstErr.Load().(error)
+		return rateResult{}, fmt.Errorf("no request succeeded: %v", err)
+	}
+	slices.Sort(all)
+	return rateResult{
+		rps:    float64(len(all)) / dur.Seconds(),
+		p50:    percentile(all, 0.50),
+		p99:    percentile(all, 0.99),
+		errors: errs.Load(),
+	}, nil
+}
+
 func percentile[T any](sorted []T, q float64) T {
 	return sorted[int(q*float64(len(sorted)-1)+0.5)]
 }

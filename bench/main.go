@@ -46,7 +46,9 @@ type options struct {
 	// single sample is mostly noise on a small machine.
 	warmReps int
 	conns    int
-	dur      time.Duration
+	// fixedRate is the offered load of the open-loop latency rows (req/s).
+	fixedRate float64
+	dur       time.Duration
 	// The air-gap bundle: an image of bundleLayers layers, bundleSize in all.
 	bundleSize   int64
 	bundleLayers int
@@ -75,6 +77,7 @@ func main() {
 	dur := flag.Duration("duration", 0, "duration of each request-rate run (default 5s, 300ms with -smoke)")
 	bundleMiB := flag.Int64("bundle-mib", 0, "size of the image exported and imported, MiB (default 2048, 16 with -smoke)")
 	flag.StringVar(&o.only, "only", "", "tls: only the rows over TLS (berth vs nginx with the same certificate); docs/benchmarks.md is left alone.\ncluster: only the cluster run (three replicas on SeaweedFS; writes cluster.{json,md} and its own section of docs/benchmarks.md)")
+	fixedRate := flag.Float64("fixed-rate", 0, "offered load of the open-loop latency rows, req/s (default 15000, 2000 with -smoke)")
 	bigMiB := flag.Int64("big-mib", 0, "size of the warm throughput blob, MiB (default 1024, 8 with -smoke)")
 	floorAddr := flag.String("floor-serve", "", "internal: serve the net/http floor on this address (floor.go) instead of running the bench")
 	floorEntries := flag.String("floor-entries", "", "internal: the floor server's responses (JSON)")
@@ -98,6 +101,7 @@ func main() {
 		o.layerSize, o.nLayers = 256*kib, 10
 		o.herdSize, o.herdClients = 4*mib, 32
 		o.warmClients, o.conns, o.dur, o.warmReps = 4, 16, 300*time.Millisecond, 1
+		o.fixedRate = 2000
 		o.bundleSize, o.bundleLayers = 16*mib, 4
 		if !flagSet("rounds") {
 			o.rounds = 1
@@ -107,10 +111,14 @@ func main() {
 		o.layerSize, o.nLayers = 10*mib, 10
 		o.herdSize, o.herdClients = 256*mib, 32
 		o.warmClients, o.conns, o.dur, o.warmReps = 16, 64, 5*time.Second, 5
+		o.fixedRate = 15000
 		o.bundleSize, o.bundleLayers = 2*gib, 4
 	}
 	if *dur > 0 {
 		o.dur = *dur
+	}
+	if *fixedRate > 0 {
+		o.fixedRate = *fixedRate
 	}
 	if *bundleMiB > 0 {
 		o.bundleSize = *bundleMiB * mib

@@ -43,6 +43,10 @@ const (
 	mManRPS      = "manifest_tag_rps"
 	mManP50      = "manifest_tag_p50_ms"
 	mManP99      = "manifest_tag_p99_ms"
+	mSmallFixP50 = "small_blob_fixed_rate_p50_ms"
+	mSmallFixP99 = "small_blob_fixed_rate_p99_ms"
+	mManFixP50   = "manifest_tag_fixed_rate_p50_ms"
+	mManFixP99   = "manifest_tag_fixed_rate_p99_ms"
 	mHerdBytes   = "herd_upstream_bytes_per_blob"
 	mHerdWall    = "herd_wall_s"
 	mHerdTTFB50  = "herd_ttfb_p50_ms"
@@ -134,6 +138,38 @@ func (b *bench) measure(ctx context.Context) error {
 			b.samples.add(mErrors, name, float64(res.errors))
 			b.logf("  manifest by tag, %d conns, %-18s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  errors %d",
 				b.o.conns, serverLabels[name], res.rps, ms(res.p50), ms(res.p99), res.errors)
+		}
+
+		// 2b. The same requests at a fixed offered rate (an open loop):
+		// latency at the same load for every server, where the rows above
+		// give it at each server's own saturation.
+		for _, name := range b.present(r, srvBerth, srvNginx, srvFloor) {
+			s := b.servers[name]
+			var urls []string
+			for _, l := range c.small.Layers {
+				urls = append(urls, s.blobURL(c.small.Repo, l.Digest))
+			}
+			res, err := fixedRate(ctx, urls, "", b.o.conns, b.o.fixedRate, b.o.dur)
+			if err != nil {
+				return b.fail(name, "small blob fixed rate", err)
+			}
+			b.samples.add(mSmallFixP50, name, ms(res.p50))
+			b.samples.add(mSmallFixP99, name, ms(res.p99))
+			b.samples.add(mErrors, name, float64(res.errors))
+			b.logf("  %s blob at %.0f req/s offered, %-18s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  errors %d",
+				size(c.small.Layers[0].Size), b.o.fixedRate, serverLabels[name], res.rps, ms(res.p50), ms(res.p99), res.errors)
+		}
+		for _, name := range b.present(r, srvBerth, srvNginx, srvFloor) {
+			s := b.servers[name]
+			res, err := fixedRate(ctx, []string{s.manifestURL(c.ten.Repo, c.ten.Tag)}, manifestAccept, b.o.conns, b.o.fixedRate, b.o.dur)
+			if err != nil {
+				return b.fail(name, "manifest fixed rate", err)
+			}
+			b.samples.add(mManFixP50, name, ms(res.p50))
+			b.samples.add(mManFixP99, name, ms(res.p99))
+			b.samples.add(mErrors, name, float64(res.errors))
+			b.logf("  manifest by tag at %.0f req/s offered, %-18s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  errors %d",
+				b.o.fixedRate, serverLabels[name], res.rps, ms(res.p50), ms(res.p99), res.errors)
 		}
 
 		// 3. The herd, and a single cold pull for comparison, through the throttle.

@@ -122,6 +122,7 @@ func (b *bench) report() *report {
 			"big_blob_bytes": o.bigSize, "small_blob_bytes": o.smallSize, "small_blobs": o.nSmall,
 			"image_layers": o.nLayers, "layer_bytes": o.layerSize, "herd_blob_bytes": o.herdSize,
 			"herd_clients": o.herdClients, "warm_clients": o.warmClients, "connections": o.conns,
+			"fixed_rate_rps":  o.fixedRate,
 			"rate_duration_s": o.dur.Seconds(), "upstream_rate_MBps": o.rateMBps,
 			"request_logs":       requestLogs,
 			"bundle_image_bytes": o.bundleSize, "bundle_layers": o.bundleLayers,
@@ -248,6 +249,20 @@ func (b *bench) report() *report {
 		return rw
 	}
 	r.Rows = append(r.Rows, floorRow(fmt.Sprintf("%s blob, %d conns (req/s)", smallName, o.conns), mSmallRPS))
+	// Latency at one offered load for all (an open loop, fixedRate), where
+	// the rows above give it at each server's own saturation. No target.
+	fixedRow := func(label, p50, p99 string) row {
+		rw := pair(label, p50, p99, srvBerth, srvNginx, srvFloor)
+		be, ok1 := med(p99, srvBerth)
+		ng, ok2 := med(p99, srvNginx)
+		fl, ok3 := med(p99, srvFloor)
+		v, ok := div(be, ng, ok1, ok2)
+		judge(&rw, v, ok, "berth p99 / nginx p99, same offered rate", "", "", 0, false)
+		v, ok = div(fl, ng, ok3, ok2)
+		other(&rw, v, ok, "net/http floor")
+		return rw
+	}
+	r.Rows = append(r.Rows, fixedRow(fmt.Sprintf("%s blob at %.0f req/s offered, latency p50 / p99 (ms)", smallName, o.fixedRate), mSmallFixP50, mSmallFixP99))
 
 	// Manifests by tag: the same rates in three rows, one per target.
 	manRPS := fmt.Sprintf("manifest by tag, %d conns (req/s)", o.conns)
@@ -283,6 +298,7 @@ func (b *bench) report() *report {
 	judge(&rw, v, ok, "berth p99 / nginx p99", "<= 1x", "manifest p99 vs nginx", 1, false)
 	r.Rows = append(r.Rows, rw)
 	r.Rows = append(r.Rows, floorRow(manRPS, mManRPS))
+	r.Rows = append(r.Rows, fixedRow(fmt.Sprintf("manifest by tag at %.0f req/s offered, latency p50 / p99 (ms)", o.fixedRate), mManFixP50, mManFixP99))
 
 	herdName := size(o.herdSize)
 	rw = mk(fmt.Sprintf("herd of %d, cold %s blob: upstream bytes (x blob)", o.herdClients, herdName), mHerdBytes, srvBerth, srvDistProxy)
