@@ -125,7 +125,7 @@ func (s *Store) update(fn func(txn *wtxn) error) error {
 		}
 		if deleted {
 			// After the commit and the hot cache: a reader that sees the
-			// new count sees the deletion (RepoBlobSize).
+			// new count sees the deletion (StatRepoBlob).
 			s.deletions.Add(1)
 		}
 		if err == nil {

@@ -87,7 +87,7 @@ type Store struct {
 	small     *lru.Cache[digest.Digest, []byte] // hot small blobs; see SmallBlob
 
 	// readable remembers, per repository and blob, that the blob is linked
-	// and its size (RepoBlobSize), for as long as nothing is deleted from
+	// and its size (StatRepoBlob), for as long as nothing is deleted from
 	// the index: every deletion moves deletions on, and an entry from
 	// before it is not trusted.
 	readable  *lru.Cache[repoBlob, readableBlob]

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"sync"
 	"syscall"
 )
 
@@ -42,26 +43,30 @@ func (l batchListener) Accept() (net.Conn, error) {
 type batchConn struct {
 	*net.TCPConn
 	batching bool
-	held     []byte // a copy of the held write; nil when none
-	buf      []byte // held's storage, kept for the connection's life
+	held     *[]byte // a copy of the held write, from heldBufs; nil when none
 }
 
 // heldMax is the biggest write held: net/http's buffer size.
 const heldMax = 4 << 10
 
+// heldBufs lends the copies of held writes, for the moment they are held:
+// an idle connection keeps none.
+var heldBufs = sync.Pool{New: func() any { b := make([]byte, 0, heldMax); return &b }}
+
 func (c *batchConn) Write(p []byte) (int, error) {
 	if c.held != nil {
-		bufs := net.Buffers{c.held, p}
-		held := len(c.held)
+		held := c.held
 		c.held = nil
+		bufs := net.Buffers{*held, p}
 		n, err := bufs.WriteTo(c.TCPConn)
-		return max(int(n)-held, 0), err
+		n -= int64(len(*held))
+		heldBufs.Put(held)
+		return max(int(n), 0), err
 	}
 	if c.batching && len(p) <= heldMax {
-		if c.buf == nil {
-			c.buf = make([]byte, 0, heldMax)
-		}
-		c.held = append(c.buf[:0], p...)
+		b := heldBufs.Get().(*[]byte)
+		*b = append((*b)[:0], p...) // net/http reuses p
+		c.held = b
 		return len(p), nil
 	}
 	return c.TCPConn.Write(p)
@@ -71,8 +76,10 @@ func (c *batchConn) Write(p []byte) (int, error) {
 // connection's next read or write, where net/http handles it.
 func (c *batchConn) flush() {
 	if c.held != nil {
-		_, _ = c.TCPConn.Write(c.held)
+		held := c.held
 		c.held = nil
+		_, _ = c.TCPConn.Write(*held)
+		heldBufs.Put(held)
 	}
 }
 
