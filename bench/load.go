@@ -189,9 +189,8 @@ func rateHeader(ctx context.Context, urls []string, accept string, hdr http.Head
 	warm := dur / 5
 	begin := time.Now()
 	from, until := begin.Add(warm), begin.Add(warm+dur)
-	lat := make([][]time.Duration, conns)
-	var errs atomic.Int64
-	var firstErr atomic.Value
+	var t tally
+	t.lat = make([][]time.Duration, conns)
 	var wg sync.WaitGroup
 	for w := range conns {
 		wg.Add(1)
@@ -203,58 +202,21 @@ func rateHeader(ctx context.Context, urls []string, accept string, hdr http.Head
 				if t0.After(until) {
 					return
 				}
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, urls[i%len(urls)], nil)
-				if accept != "" {
-					req.Header.Set("Accept", accept)
-				}
-				for k, v := range hdr {
-					req.Header[k] = v
-				}
-				resp, err := client.Do(req)
-				if err == nil {
-					for {
-						if _, rerr := resp.Body.Read(buf); rerr != nil {
-							if rerr != io.EOF {
-								err = rerr
-							}
-							break
-						}
-					}
-					resp.Body.Close()
-					if err == nil && resp.StatusCode != http.StatusOK {
-						err = fmt.Errorf("%s: %s", urls[i%len(urls)], resp.Status)
-					}
-				}
-				if err != nil {
-					errs.Add(1)
-					firstErr.CompareAndSwap(nil, err)
+				if err := getOnce(ctx, client, urls[i%len(urls)], accept, hdr, buf); err != nil {
+					t.fail(err)
 					if ctx.Err() == nil {
 						time.Sleep(time.Millisecond)
 					}
 					continue
 				}
 				if !t0.Before(from) {
-					lat[w] = append(lat[w], time.Since(t0))
+					t.lat[w] = append(t.lat[w], time.Since(t0))
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	if ctx.Err() != nil {
-		return rateResult{}, ctx.Err()
-	}
-	all := slices.Concat(lat...)
-	if len(all) == 0 {
-		err, _ := firstErr.Load().(error)
-		return rateResult{}, fmt.Errorf("no request succeeded: %v", err)
-	}
-	slices.Sort(all)
-	return rateResult{
-		rps:    float64(len(all)) / dur.Seconds(),
-		p50:    percentile(all, 0.50),
-		p99:    percentile(all, 0.99),
-		errors: errs.Load(),
-	}, nil
+	return t.result(ctx, dur)
 }
 
 // fixedRate offers GETs of urls (round-robin) at rps requests a second for
@@ -269,9 +231,8 @@ func fixedRate(ctx context.Context, urls []string, accept string, conns int, rps
 	interval := time.Duration(float64(conns) / rps * float64(time.Second))
 	begin := time.Now()
 	from, until := begin.Add(dur/5), begin.Add(dur/5+dur)
-	lat := make([][]time.Duration, conns)
-	var errs atomic.Int64
-	var firstErr atomic.Value
+	var t tally
+	t.lat = make([][]time.Duration, conns)
 	var wg sync.WaitGroup
 	for w := range conns {
 		wg.Add(1)
@@ -288,43 +249,70 @@ func fixedRate(ctx context.Context, urls []string, accept string, conns int, rps
 				if t0.After(until) {
 					return
 				}
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, urls[i%len(urls)], nil)
-				if accept != "" {
-					req.Header.Set("Accept", accept)
-				}
-				resp, err := client.Do(req)
-				if err == nil {
-					for {
-						if _, rerr := resp.Body.Read(buf); rerr != nil {
-							if rerr != io.EOF {
-								err = rerr
-							}
-							break
-						}
-					}
-					resp.Body.Close()
-					if err == nil && resp.StatusCode != http.StatusOK {
-						err = fmt.Errorf("%s: %s", urls[i%len(urls)], resp.Status)
-					}
-				}
-				if err != nil {
-					errs.Add(1)
-					firstErr.CompareAndSwap(nil, err)
+				if err := getOnce(ctx, client, urls[i%len(urls)], accept, nil, buf); err != nil {
+					t.fail(err)
 					continue
 				}
 				if !t0.Before(from) {
-					lat[w] = append(lat[w], time.Since(t0))
+					t.lat[w] = append(t.lat[w], time.Since(t0))
 				}
 			}
 		}()
 	}
 	wg.Wait()
+	return t.result(ctx, dur)
+}
+
+// getOnce GETs url and reads the body to its end; a status other than 200
+// is an error.
+func getOnce(ctx context.Context, client *http.Client, url, accept string, hdr http.Header, buf []byte) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	for {
+		if _, err := resp.Body.Read(buf); err != nil {
+			if err != io.EOF {
+				return err
+			}
+			break
+		}
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return nil
+}
+
+// tally gathers a load run's latencies (one slice per connection, each
+// written by its own goroutine) and errors.
+type tally struct {
+	lat      [][]time.Duration
+	errs     atomic.Int64
+	firstErr atomic.Value
+}
+
+func (t *tally) fail(err error) {
+	t.errs.Add(1)
+	t.firstErr.CompareAndSwap(nil, err)
+}
+
+// result is the run's rate over dur and its latency percentiles.
+func (t *tally) result(ctx context.Context, dur time.Duration) (rateResult, error) {
 	if ctx.Err() != nil {
 		return rateResult{}, ctx.Err()
 	}
-	all := slices.Concat(lat...)
+	all := slices.Concat(t.lat...)
 	if len(all) == 0 {
-		err, _ := firstErr.Load().(error)
+		err, _ := t.firstErr.Load().(error)
 		return rateResult{}, fmt.Errorf("no request succeeded: %v", err)
 	}
 	slices.Sort(all)
@@ -332,7 +320,7 @@ func fixedRate(ctx context.Context, urls []string, accept string, conns int, rps
 		rps:    float64(len(all)) / dur.Seconds(),
 		p50:    percentile(all, 0.50),
 		p99:    percentile(all, 0.99),
-		errors: errs.Load(),
+		errors: t.errs.Load(),
 	}, nil
 }
 

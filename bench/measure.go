@@ -145,31 +145,28 @@ func (b *bench) measure(ctx context.Context) error {
 		// give it at each server's own saturation.
 		for _, name := range b.present(r, srvBerth, srvNginx, srvFloor) {
 			s := b.servers[name]
-			var urls []string
+			var blobs []string
 			for _, l := range c.small.Layers {
-				urls = append(urls, s.blobURL(c.small.Repo, l.Digest))
+				blobs = append(blobs, s.blobURL(c.small.Repo, l.Digest))
 			}
-			res, err := fixedRate(ctx, urls, "", b.o.conns, b.o.fixedRate, b.o.dur)
-			if err != nil {
-				return b.fail(name, "small blob fixed rate", err)
+			for _, k := range []struct {
+				what, accept string
+				urls         []string
+				p50, p99     string
+			}{
+				{size(c.small.Layers[0].Size) + " blob", "", blobs, mSmallFixP50, mSmallFixP99},
+				{"manifest by tag", manifestAccept, []string{s.manifestURL(c.ten.Repo, c.ten.Tag)}, mManFixP50, mManFixP99},
+			} {
+				res, err := fixedRate(ctx, k.urls, k.accept, b.o.conns, b.o.fixedRate, b.o.dur)
+				if err != nil {
+					return b.fail(name, k.what+" at a fixed rate", err)
+				}
+				b.samples.add(k.p50, name, ms(res.p50))
+				b.samples.add(k.p99, name, ms(res.p99))
+				b.samples.add(mErrors, name, float64(res.errors))
+				b.logf("  %s at %.0f req/s offered, %-18s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  errors %d",
+					k.what, b.o.fixedRate, serverLabels[name], res.rps, ms(res.p50), ms(res.p99), res.errors)
 			}
-			b.samples.add(mSmallFixP50, name, ms(res.p50))
-			b.samples.add(mSmallFixP99, name, ms(res.p99))
-			b.samples.add(mErrors, name, float64(res.errors))
-			b.logf("  %s blob at %.0f req/s offered, %-18s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  errors %d",
-				size(c.small.Layers[0].Size), b.o.fixedRate, serverLabels[name], res.rps, ms(res.p50), ms(res.p99), res.errors)
-		}
-		for _, name := range b.present(r, srvBerth, srvNginx, srvFloor) {
-			s := b.servers[name]
-			res, err := fixedRate(ctx, []string{s.manifestURL(c.ten.Repo, c.ten.Tag)}, manifestAccept, b.o.conns, b.o.fixedRate, b.o.dur)
-			if err != nil {
-				return b.fail(name, "manifest fixed rate", err)
-			}
-			b.samples.add(mManFixP50, name, ms(res.p50))
-			b.samples.add(mManFixP99, name, ms(res.p99))
-			b.samples.add(mErrors, name, float64(res.errors))
-			b.logf("  manifest by tag at %.0f req/s offered, %-18s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  errors %d",
-				b.o.fixedRate, serverLabels[name], res.rps, ms(res.p50), ms(res.p99), res.errors)
 		}
 
 		// 3. The herd, and a single cold pull for comparison, through the throttle.

@@ -235,32 +235,28 @@ func (b *bench) report() *report {
 	v, ok = div(be, ng, ok1, ok2)
 	judge(&rw, v, ok, "berth p99 / nginx p99", "<= 1x", smallName+" blob p99 vs nginx", 1, false)
 	r.Rows = append(r.Rows, rw)
-	// Against the net/http floor (floor.go): what berth's own work per
-	// request costs, and how far nginx goes beyond the library. No target.
-	floorRow := func(label, metric string) row {
-		rw := mk(label, metric, srvBerth, srvNginx, srvFloor)
+	// untargeted gives rw the ratio of berth's median of metric to base's,
+	// and third's to base's in brackets; no target.
+	untargeted := func(rw row, metric, base, third, of string, higher bool) row {
 		be, ok1 := med(metric, srvBerth)
-		ng, ok2 := med(metric, srvNginx)
-		fl, ok3 := med(metric, srvFloor)
-		v, ok := div(be, fl, ok1, ok3)
-		judge(&rw, v, ok, "berth / net/http floor", "", "", 0, true)
-		v, ok = div(ng, fl, ok2, ok3)
-		other(&rw, v, ok, "nginx")
+		ba, ok2 := med(metric, base)
+		th, ok3 := med(metric, third)
+		v, ok := div(be, ba, ok1, ok2)
+		judge(&rw, v, ok, of, "", "", 0, higher)
+		v, ok = div(th, ba, ok3, ok2)
+		other(&rw, v, ok, serverLabels[third])
 		return rw
+	}
+	// Against the net/http floor (floor.go): what berth's own work per
+	// request costs, and how far nginx goes beyond the library.
+	floorRow := func(label, metric string) row {
+		return untargeted(mk(label, metric, srvBerth, srvNginx, srvFloor), metric, srvFloor, srvNginx, "berth / net/http floor", true)
 	}
 	r.Rows = append(r.Rows, floorRow(fmt.Sprintf("%s blob, %d conns (req/s)", smallName, o.conns), mSmallRPS))
 	// Latency at one offered load for all (an open loop, fixedRate), where
 	// the rows above give it at each server's own saturation. No target.
 	fixedRow := func(label, p50, p99 string) row {
-		rw := pair(label, p50, p99, srvBerth, srvNginx, srvFloor)
-		be, ok1 := med(p99, srvBerth)
-		ng, ok2 := med(p99, srvNginx)
-		fl, ok3 := med(p99, srvFloor)
-		v, ok := div(be, ng, ok1, ok2)
-		judge(&rw, v, ok, "berth p99 / nginx p99, same offered rate", "", "", 0, false)
-		v, ok = div(fl, ng, ok3, ok2)
-		other(&rw, v, ok, "net/http floor")
-		return rw
+		return untargeted(pair(label, p50, p99, srvBerth, srvNginx, srvFloor), p99, srvNginx, srvFloor, "berth p99 / nginx p99, same offered rate", false)
 	}
 	r.Rows = append(r.Rows, fixedRow(fmt.Sprintf("%s blob at %.0f req/s offered, latency p50 / p99 (ms)", smallName, o.fixedRate), mSmallFixP50, mSmallFixP99))
 
