@@ -186,36 +186,27 @@ func rate(ctx context.Context, urls []string, accept string, conns int, dur time
 func rateHeader(ctx context.Context, urls []string, accept string, hdr http.Header, conns int, dur time.Duration) (rateResult, error) {
 	client := newClient(conns)
 	defer client.CloseIdleConnections()
-	warm := dur / 5
 	begin := time.Now()
-	from, until := begin.Add(warm), begin.Add(warm+dur)
-	var t tally
-	t.lat = make([][]time.Duration, conns)
-	var wg sync.WaitGroup
-	for w := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 32<<10)
-			for i := w; ctx.Err() == nil; i += conns {
-				t0 := time.Now()
-				if t0.After(until) {
-					return
-				}
-				if err := getOnce(ctx, client, urls[i%len(urls)], accept, hdr, buf); err != nil {
-					t.fail(err)
-					if ctx.Err() == nil {
-						time.Sleep(time.Millisecond)
-					}
-					continue
-				}
-				if !t0.Before(from) {
-					t.lat[w] = append(t.lat[w], time.Since(t0))
-				}
+	from, until := begin.Add(dur/5), begin.Add(dur/5+dur)
+	t := tally{lat: make([][]time.Duration, conns)}
+	workers(conns, func(w int, buf []byte) {
+		for i := w; ctx.Err() == nil; i += conns {
+			t0 := time.Now()
+			if t0.After(until) {
+				return
 			}
-		}()
-	}
-	wg.Wait()
+			if err := getOnce(ctx, client, urls[i%len(urls)], accept, hdr, buf); err != nil {
+				t.fail(err)
+				if ctx.Err() == nil {
+					time.Sleep(time.Millisecond)
+				}
+				continue
+			}
+			if !t0.Before(from) {
+				t.lat[w] = append(t.lat[w], time.Since(t0))
+			}
+		}
+	})
 	return t.result(ctx, dur)
 }
 
@@ -231,36 +222,42 @@ func fixedRate(ctx context.Context, urls []string, accept string, conns int, rps
 	interval := time.Duration(float64(conns) / rps * float64(time.Second))
 	begin := time.Now()
 	from, until := begin.Add(dur/5), begin.Add(dur/5+dur)
-	var t tally
-	t.lat = make([][]time.Duration, conns)
+	t := tally{lat: make([][]time.Duration, conns)}
+	workers(conns, func(w int, buf []byte) {
+		next := begin.Add(interval * time.Duration(w) / time.Duration(conns))
+		for i := w; ctx.Err() == nil; i += conns {
+			if d := time.Until(next); d > 0 {
+				time.Sleep(d) // pacing: the open loop's schedule
+			}
+			t0 := next
+			next = next.Add(interval)
+			if t0.After(until) {
+				return
+			}
+			if err := getOnce(ctx, client, urls[i%len(urls)], accept, nil, buf); err != nil {
+				t.fail(err)
+				continue
+			}
+			if !t0.Before(from) {
+				t.lat[w] = append(t.lat[w], time.Since(t0))
+			}
+		}
+	})
+	return t.result(ctx, dur)
+}
+
+// workers runs work on conns goroutines, one per connection (w its
+// index, buf its read buffer), and waits for them.
+func workers(conns int, work func(w int, buf []byte)) {
 	var wg sync.WaitGroup
 	for w := range conns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			buf := make([]byte, 32<<10)
-			next := begin.Add(interval * time.Duration(w) / time.Duration(conns))
-			for i := w; ctx.Err() == nil; i += conns {
-				if d := time.Until(next); d > 0 {
-					time.Sleep(d) // pacing: the open loop's schedule
-				}
-				t0 := next
-				next = next.Add(interval)
-				if t0.After(until) {
-					return
-				}
-				if err := getOnce(ctx, client, urls[i%len(urls)], accept, nil, buf); err != nil {
-					t.fail(err)
-					continue
-				}
-				if !t0.Before(from) {
-					t.lat[w] = append(t.lat[w], time.Since(t0))
-				}
-			}
+			work(w, make([]byte, 32<<10))
 		}()
 	}
 	wg.Wait()
-	return t.result(ctx, dur)
 }
 
 // getOnce GETs url and reads the body to its end; a status other than 200
