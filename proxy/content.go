@@ -161,9 +161,14 @@ func sendFile(ctx context.Context, rf io.ReaderFrom, rd io.Reader, n int64, d di
 	if m == n {
 		return nil
 	}
-	if ctx.Err() == nil && !isClientGone(err) {
-		zerolog.Ctx(ctx).Warn().Err(err).Int64("sent", m).Int64("size", n).Str("digest", d.String()).Msg("cutting client off: blob file ended early")
+	if ctx.Err() != nil || isClientGone(err) {
+		// The client went away (a client that stops reading a blob it no
+		// longer needs, as regctl does once a cross-repository mount
+		// succeeds): nothing of berth's failed, as in copyBody. net/http
+		// closes the connection, short of its Content-Length.
+		return nil
 	}
+	zerolog.Ctx(ctx).Warn().Err(err).Int64("sent", m).Int64("size", n).Str("digest", d.String()).Msg("cutting client off: blob file ended early")
 	return errAbort
 }
 
